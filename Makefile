@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make demo` (install + build the bundled example) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test test-fast lint bench clean
+
+venv: $(STAMP)
+
+# torch first, from the CPU wheel pip finds on this disk: anything that asks PyPI for torch gets a CUDA build.
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/edgekit build examples/01_android_int8/digits_cnn.pt2 --target android-arm64-int8 \
+		--calibration examples/01_android_int8/calibration.npz --eval examples/01_android_int8/eval.npz \
+		--out dist/digits_cnn-android-arm64-int8 --force
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not emulator"
+
+lint: $(STAMP)
+	$(BIN)/ruff check edgekit tests benchmarks examples
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_build.py
+
+clean:
+	rm -rf dist .pytest_cache

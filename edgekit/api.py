@@ -1,0 +1,162 @@
+"""The Python API: build() and check(), the same code the CLI runs."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit import bundle as bundle_io
+from edgekit.config import BuildOptions, Calibration, Cluster, Prune
+from edgekit.device import DeviceModel
+from edgekit.drift import Thresholds, class_output, drift_block, failure_reasons, output_metrics
+from edgekit.errors import DriftError, EdgekitError, UnsupportedError
+from edgekit.plan import Plan, make_plan
+from edgekit.progress import Listener, Steps
+from edgekit.report import passed as report_passed
+from edgekit.runners.base import Runner
+from edgekit.runners.onnxrt import OnnxRunner
+from edgekit.runners.torch import TorchRunner
+from edgekit.steps.export_onnx import OnnxExport, export_onnx
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build produced: the bundle folder, the report (same dict as report.json) and the verdict."""
+
+    out: Path
+    report: dict
+    manifest: dict
+
+    @property
+    def passed(self) -> bool:
+        return report_passed(self.report)
+
+    def raise_for_drift(self) -> None:
+        if not self.passed:
+            reasons = failure_reasons(self.report["drift"]) or ["the emulator run failed"]
+            raise DriftError(f"drift over threshold: {'; '.join(reasons)}", report=self.report,
+                             hint=f"see {self.out / 'report.html'}")
+
+
+def build(model: Any, target: str = "android-arm64-int8", calibration: Any = None, eval_data: Any = None,
+          out: str | Path | None = None, *, recipe: str | Path | None = None, prune: Prune | None = None,
+          cluster: Cluster | None = None, recover: int = 0, calibration_method: str | Calibration = "minmax",
+          max_drop: float = 1.0, min_agreement: float = 0.99, fallback: str = "none", converter: str | None = None,
+          emulator: str | None = None, emulator_samples: int = 64, input_shape: tuple[int, ...] | None = None,
+          io: str | None = None, seed: int = 0, force: bool = False, progress: Listener | None = None) -> BuildResult:
+    """Build a device bundle for `target` and measure its drift; see DESIGN.md for every argument."""
+    method = calibration_method if isinstance(calibration_method, Calibration) else Calibration(calibration_method)
+    options = BuildOptions(max_drop=max_drop, min_agreement=min_agreement, calibration=method, prune=prune,
+                           cluster=cluster, recover=recover, fallback=fallback, converter=converter, emulator=emulator,
+                           emulator_samples=emulator_samples, io=io, seed=seed)
+    _refuse_unimplemented(options)
+    steps = Steps(progress)
+    with steps.step("plan", "checking model, data and target"):
+        plan = make_plan(model, target, calibration, eval_data, out, options, recipe, input_shape, force)
+    staging = Path(tempfile.mkdtemp(prefix=f".{plan.out.name}.tmp-", dir=_parent(plan.out)))
+    workdir = Path(tempfile.mkdtemp(prefix="edgekit-work-"))
+    try:
+        result = _run(plan, staging, workdir, steps)
+        bundle_io.commit(staging, plan.out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return BuildResult(plan.out, result.report, result.manifest)
+
+
+def _parent(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out.parent
+
+
+def _refuse_unimplemented(options: BuildOptions) -> None:
+    """Options whose step this version lacks stop the build (exit 2) rather than being silently ignored."""
+    asked = [name for name, value in (("prune", options.prune), ("cluster", options.cluster),
+                                      ("recover", options.recover or None)) if value is not None]
+    if options.fallback != "none":
+        asked.append("fallback")
+    if options.converter == "litert-torch":
+        asked.append("converter litert-torch")
+    if asked:
+        raise UnsupportedError(f"{', '.join(asked)} is not available in this version of edgekit",
+                               hint="build without it")
+
+
+def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Written:
+    with steps.step("export", "exporting to ONNX"):
+        export = export_onnx(plan.model, plan.inputs, workdir / "reference.onnx")
+    with steps.step("convert", f"converting for {plan.target.name}"):
+        device = _convert(plan, export, workdir)
+    with steps.step("verify", f"measuring drift on {plan.evaluation.size} {plan.eval_source} samples"):
+        measured = _measure(plan, export, device)
+    with steps.step("bundle", "writing the bundle"):
+        return bundle_io.write(staging, plan, export, device, measured, steps.timings_s)
+
+
+def _convert(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
+    if plan.target.is_android:
+        from edgekit.backends.android import build_tflite
+
+        return build_tflite(plan, export, workdir)
+    from edgekit.backends.tensorrt import build_qdq_onnx
+
+    return build_qdq_onnx(plan, export, workdir)
+
+
+def reference_runner(plan: Plan, export: OnnxExport) -> Runner:
+    """PyTorch itself where there is a torch model; the ONNX file for models given as ONNX."""
+    names = [s.name for s in plan.inputs]
+    outputs = [o.name for o in export.outputs]
+    if plan.model.is_torch:
+        batch = 1 if plan.model.kind == "exported_program" else 64
+        return TorchRunner(plan.model.module, names, outputs, batch_size=batch)
+    return OnnxRunner(export.path)
+
+
+def _measure(plan: Plan, export: OnnxExport, device: DeviceModel) -> bundle_io.Measured:
+    data = plan.evaluation
+    with reference_runner(plan, export) as runner:
+        reference = runner.run(data.inputs)
+    with device.open_float_runner() as runner:
+        floats = runner.run(data.inputs)
+    with device.open_runner(device.path) as runner:
+        outputs = runner.run(data.inputs)
+        latency = runner.median_latency_ms()
+    thresholds = Thresholds(plan.options.max_drop, plan.options.min_agreement, plan.target.min_sqnr_db)
+    scores = class_output({o.name: o.shape for o in export.outputs})
+    drift = drift_block(reference, outputs, data.labels, scores, thresholds)
+    quantized = plan.target.precision != "fp32"
+    return bundle_io.Measured(
+        reference=reference, device=outputs, conversion=output_metrics(reference, floats),
+        quantization=output_metrics(floats, outputs) if quantized else None, drift=drift,
+        latency_ms={"host": latency}, warnings=_warnings(plan, drift, reference, outputs))
+
+
+def _warnings(plan: Plan, drift: dict, reference: dict, outputs: dict) -> list[str]:
+    notes = list(plan.warnings)
+    if plan.eval_source != "eval":
+        notes.append(f"no eval data given: drift measured on {plan.evaluation.size} held-out calibration samples")
+    if drift["top1_agreement"] is not None and plan.evaluation.labels is None:
+        notes.append("eval data has no labels: accuracy drop not measured, agreement only")
+    if any(not np.all(np.isfinite(v)) for v in reference.values()):
+        notes.append("the reference model itself produces NaN/inf on the eval data")
+    return notes
+
+
+def check(bundle: str | Path, eval_data: Any = None, recipe: str | Path | None = None) -> dict:
+    """Re-run the drift check of a bundle: golden I/O, or with `eval_data`, references recomputed from
+    reference.onnx."""
+    from edgekit.checking import check_bundle_dir
+
+    return check_bundle_dir(Path(bundle), eval_data, recipe)
+
+
+__all__ = ["BuildResult", "build", "check", "EdgekitError"]

@@ -1,0 +1,170 @@
+"""ONNX -> TFLite with onnx2tf (float32, float16, INT8 with the user's calibration data), and I/O binding."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.config import Target
+from edgekit.errors import ConversionError, ToolError, UnsupportedError
+from edgekit.mapping import channels_last, layout_candidates, match_outputs
+from edgekit.runners.litert import Binding, open_interpreter
+from edgekit.steps.export_onnx import OnnxExport
+
+# onnx2tf fetches sample images for 3-channel 4-D inputs unless this file is in its working directory.
+_SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+_SUFFIX = {"fp32": "float32", "fp16": "float16", ("int8", "float32"): "integer_quant",
+           ("int8", "int8"): "full_integer_quant"}
+
+
+@dataclass(frozen=True)
+class TfliteFiles:
+    float32: Path
+    device: Path
+    log: Path
+    seconds: float
+    converter: str = "onnx2tf"
+    converter_version: str = ""
+
+
+def onnx2tf_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("onnx2tf")
+    except PackageNotFoundError as exc:
+        raise ToolError("onnx2tf is not installed", hint="pip install 'edgekit[android]'") from exc
+
+
+def convert(export: OnnxExport, calibration: dict[str, np.ndarray], target: Target, io: str, workdir: Path,
+            timeout_s: float = 1800.0) -> TfliteFiles:
+    """Run onnx2tf in a subprocess; calibration arrays are in the model's layout and already normalised."""
+    version = onnx2tf_version()
+    workdir.mkdir(parents=True, exist_ok=True)
+    np.save(workdir / _SAMPLE_FILE, np.zeros((20, 128, 128, 3), np.float32))
+    spec = {"onnx": str(export.path.resolve()), "out": str((workdir / "tflite").resolve()),
+            "int8": target.precision == "int8", "calibration": _calibration_files(export, calibration, workdir)}
+    (workdir / "spec.json").write_text(json.dumps(spec))
+    start = time.perf_counter()
+    log = workdir / "onnx2tf.log"
+    _run_worker(workdir, log, timeout_s)
+    seconds = time.perf_counter() - start
+    stem = export.path.stem
+    key = target.precision if target.precision != "int8" else ("int8", io)
+    files = TfliteFiles(float32=workdir / "tflite" / f"{stem}_float32.tflite",
+                        device=workdir / "tflite" / f"{stem}_{_SUFFIX[key]}.tflite",
+                        log=log, seconds=seconds, converter_version=version)
+    for path in (files.float32, files.device):
+        if not path.is_file():
+            raise ConversionError(f"onnx2tf finished without writing {path.name}: {_log_tail(log)}",
+                                  hint=f"see the full log in {log}")
+    return files
+
+
+def _calibration_files(export: OnnxExport, calibration: dict[str, np.ndarray], workdir: Path) -> list:
+    """onnx2tf wants calibration data in its own (channels-last) layout; mean 0 and std 1 keep it as given."""
+    entries = []
+    for spec in export.inputs:
+        array = calibration[spec.name]
+        perm = channels_last(array.ndim)
+        path = workdir / f"calib_{len(entries)}.npy"
+        np.save(path, np.ascontiguousarray(array.transpose(perm) if perm else array, dtype=np.float32))
+        entries.append([spec.name, str(path.resolve()), [0.0], [1.0]])
+    return entries
+
+
+def _run_worker(workdir: Path, log: Path, timeout_s: float) -> None:
+    bin_dir = str(Path(sys.executable).parent)  # onnx2tf shells out to onnxsim from the same environment
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "TF_CPP_MIN_LOG_LEVEL": "2",
+           "CUDA_VISIBLE_DEVICES": "-1", "PYTHONHASHSEED": "0"}
+    # -P: the worker sits beside this module, whose name would shadow the real onnx2tf package
+    command = [sys.executable, "-P", str(Path(__file__).with_name("_onnx2tf_worker.py")), "spec.json"]
+    with open(log, "w") as handle:
+        try:
+            done = subprocess.run(command, cwd=workdir, stdout=handle, stderr=subprocess.STDOUT, env=env,
+                                  timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise ConversionError(f"onnx2tf did not finish within {timeout_s:.0f} s",
+                                  hint=f"see {log}; a smaller calibration set shortens INT8 conversion") from exc
+    if done.returncode != 0:
+        raise _conversion_failure(log)
+
+
+def _conversion_failure(log: Path) -> Exception:
+    tail = _log_tail(log)
+    lowered = tail.lower()
+    if "not supported" in lowered or "notimplemented" in lowered or "unsupported" in lowered:
+        return UnsupportedError(f"onnx2tf cannot convert this model: {tail}",
+                                hint=f"replace the operator named above; full log in {log}")
+    return ConversionError(f"onnx2tf failed: {tail}", hint=f"see the full log in {log}")
+
+
+def _log_tail(log: Path, lines: int = 3) -> str:
+    text = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    interesting = [t for t in text if "error" in t.lower() or "exception" in t.lower()] or text
+    return " | ".join(interesting[-lines:])[:600]
+
+
+def bind_inputs(path: Path, export: OnnxExport) -> list[Binding]:
+    """Device inputs by name (onnx2tf keeps ONNX input names inside `serving_default_<name>:0`)."""
+    details = open_interpreter(path).get_input_details()
+    bindings = []
+    for spec in export.inputs:
+        index = _find_input(details, spec.name, len(export.inputs))
+        detail = details[index]
+        perms = layout_candidates(spec.shape, tuple(int(d) for d in detail["shape"]))
+        if not perms:
+            raise ConversionError(f"device input {detail['name']} has shape {list(detail['shape'])}, "
+                                  f"not a layout of {list(spec.shape)}", hint="report this model to edgekit")
+        bindings.append(_binding(spec.name, detail, index, perms[0]))
+    return bindings
+
+
+def _find_input(details: list[dict], name: str, count: int) -> int:
+    for index, detail in enumerate(details):
+        bare = detail["name"].removeprefix("serving_default_").split(":")[0]
+        if bare == name:
+            return index
+    if count == 1 and len(details) == 1:
+        return 0
+    raise ConversionError(f"no device input named {name!r} among {[d['name'] for d in details]}",
+                          hint="report this model to edgekit")
+
+
+def bind_outputs(path: Path, inputs: list[Binding], samples: dict[str, np.ndarray],
+                 reference: dict[str, np.ndarray]) -> tuple[list[Binding], dict[str, float]]:
+    """Match device outputs to the reference's by shape and values over a few samples; returns bindings and errors."""
+    interpreter = open_interpreter(path)
+    details = interpreter.get_output_details()
+    raw = _raw_outputs(interpreter, inputs, samples, details)
+    matched = match_outputs(reference, raw)
+    bindings = [_binding(name, details[index], index, perm) for name, (index, perm, _) in matched.items()]
+    return bindings, {name: error for name, (_, _, error) in matched.items()}
+
+
+def _raw_outputs(interpreter, inputs: list[Binding], samples: dict[str, np.ndarray],
+                 details: list[dict]) -> dict[int, np.ndarray]:
+    in_details = interpreter.get_input_details()
+    count = len(next(iter(samples.values())))
+    rows: dict[int, list[np.ndarray]] = {i: [] for i in range(len(details))}
+    for k in range(count):
+        for binding in inputs:
+            interpreter.set_tensor(in_details[binding.device_index]["index"],
+                                   binding.encode(samples[binding.model_name][k:k + 1]))
+        interpreter.invoke()
+        for i, detail in enumerate(details):
+            rows[i].append(_binding("", detail, i, None).decode(interpreter.get_tensor(detail["index"])))
+    return {i: np.concatenate(v) for i, v in rows.items()}
+
+
+def _binding(model_name: str, detail: dict, index: int, perm: tuple[int, ...] | None) -> Binding:
+    scale, zero_point = detail["quantization"]
+    return Binding(model_name, detail["name"], index, perm, np.dtype(detail["dtype"]).name, float(scale),
+                   int(zero_point))

@@ -1,0 +1,132 @@
+"""The bundle folder: device model, reference.onnx, golden I/O, check.py, manifest and reports; written atomically."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekit import bundle_check, lineage
+from edgekit.device import DeviceModel, tolerances
+from edgekit.plan import Plan
+from edgekit.report import make_report, render_html, validate_report
+from edgekit.steps.export_onnx import OnnxExport
+
+
+@dataclass(frozen=True)
+class Measured:
+    """The numbers a build measured, ready for the report."""
+
+    reference: dict[str, np.ndarray]
+    device: dict[str, np.ndarray]
+    conversion: list[dict]
+    quantization: list[dict] | None
+    drift: dict
+    latency_ms: dict
+    warnings: list[str]
+    emulator: dict | None = None
+
+
+@dataclass(frozen=True)
+class Written:
+    report: dict
+    manifest: dict
+
+
+def gzip_size(path: Path) -> int:
+    return len(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0))
+
+
+def write(staging: Path, plan: Plan, export: OnnxExport, device: DeviceModel, measured: Measured,
+          timings_s: dict[str, float]) -> Written:
+    """Fill the staging folder; nothing here touches the final OUT."""
+    shutil.copyfile(device.path, staging / device.bundle_name)
+    shutil.copyfile(export.path, staging / "reference.onnx")
+    for name, path in device.extra_files.items():
+        shutil.copyfile(path, staging / name)
+    golden = _write_golden(staging, plan, measured)
+    shutil.copyfile(bundle_check.__file__, staging / "check.py")
+    report = make_report(plan, device, measured, timings_s, _sizes(staging / device.bundle_name, device))
+    validate_report(report)
+    (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    manifest = _manifest(plan, export, device, golden)
+    (staging / "report.html").write_text(render_html(report, manifest))
+    manifest["files"] = lineage.file_hashes(staging)
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return Written(report, manifest)
+
+
+def _sizes(device_file: Path, device: DeviceModel) -> dict:
+    float_bytes = device.float_path.stat().st_size if device.float_path else None
+    float_gzip = gzip_size(device.float_path) if device.float_path else None
+    return {"baseline_float_gzip_bytes": float_gzip, "float_device_bytes": float_bytes,
+            "float_device_gzip_bytes": float_gzip, "device_bytes": device_file.stat().st_size,
+            "device_gzip_bytes": gzip_size(device_file)}
+
+
+def _write_golden(staging: Path, plan: Plan, measured: Measured) -> dict[str, np.ndarray]:
+    count = min(plan.options.golden_samples, plan.evaluation.size)
+    (staging / "golden").mkdir()
+    np.savez(staging / "golden" / "inputs.npz", **{k: v[:count] for k, v in plan.evaluation.inputs.items()})
+    outputs = {f"reference/{k}": v[:count] for k, v in measured.reference.items()}
+    outputs.update({f"device/{k}": v[:count] for k, v in measured.device.items()})
+    np.savez(staging / "golden" / "outputs.npz", **outputs)
+    return {k: v[:count] for k, v in measured.device.items()}
+
+
+def _manifest(plan: Plan, export: OnnxExport, device: DeviceModel, golden: dict[str, np.ndarray]) -> dict:
+    from edgekit.drift import class_output
+
+    config = {"target": plan.target.name, "options": plan.options.to_dict(), "io": plan.io}
+    return {
+        "schema": lineage.MANIFEST_SCHEMA, "created": lineage.now_utc(), "git_sha": lineage.git_sha(),
+        "seed": plan.options.seed, "config": config, "config_sha256": lineage.config_digest(config),
+        "target": plan.target.summary(),
+        "model": {"name": plan.model.name, "kind": plan.model.kind, "source": plan.model.source,
+                  "sha256": plan.model.sha256, "exporter": export.exporter},
+        "data": {"calibration": _data_entry(plan.calibration), "eval": {**_data_entry(plan.evaluation),
+                                                                       "kind": plan.eval_source}},
+        "versions": lineage.package_versions(),
+        "device": {
+            "model": device.bundle_name, "runtime": device.runtime["name"], "precision": plan.target.precision,
+            "io": plan.io, **device.bindings,
+            "signature": _signature(plan, export, device),
+            "tolerances": {"atol": tolerances(device, plan.target.precision, golden),
+                           "class_output": class_output({o.name: o.shape for o in export.outputs})},
+        },
+    }
+
+
+def _data_entry(data) -> dict:
+    return {"source": data.source, "sha256": data.sha256, "samples": data.size,
+            "labels": data.labels is not None}
+
+
+def _signature(plan: Plan, export: OnnxExport, device: DeviceModel) -> dict:
+    """The device I/O a caller must provide: model-layout names and shapes, device layout, dtype, int8 params."""
+    inputs = {b["model_name"]: b for b in device.bindings["inputs"]}
+    outputs = {b["model_name"]: b for b in device.bindings["outputs"]}
+    return {
+        "inputs": [{**spec.to_dict(), "layout": "NCHW" if len(spec.shape) == 4 else None,
+                    "device_layout": "NHWC" if inputs[spec.name]["to_device"] and len(spec.shape) == 4 else None,
+                    "device_dtype": inputs[spec.name]["dtype"], "scale": inputs[spec.name]["scale"],
+                    "zero_point": inputs[spec.name]["zero_point"],
+                    "normalisation": "as in the calibration data (edgekit does not normalise .npz data)"}
+                   for spec in plan.inputs],
+        "outputs": [{**spec.to_dict(), "device_name": outputs[spec.name]["device_name"],
+                     "device_dtype": outputs[spec.name]["dtype"]} for spec in export.outputs],
+    }
+
+
+def commit(staging: Path, out: Path) -> None:
+    """Replace OUT by the finished staging folder; an old OUT is moved aside first and removed only after."""
+    aside = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+    if out.exists():
+        out.rename(aside)
+    staging.rename(out)
+    shutil.rmtree(aside, ignore_errors=True)

@@ -1,0 +1,199 @@
+"""The `edgekit` command: thin click commands that parse, call the API and print (exit codes in DESIGN.md)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgekit.errors import EdgekitError
+
+
+def _console(stderr: bool = True):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def handle_errors(func: Callable[..., int | None]) -> Callable[..., None]:
+    """Every EdgekitError becomes one message with a hint and its exit code; anything else is exit 1."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        console = _console()
+        try:
+            code = func(*args, **kwargs) or 0
+        except EdgekitError as exc:
+            console.print(f"[bold red]error:[/] {exc.message}")
+            if exc.hint:
+                console.print(f"[bold]hint:[/] {exc.hint}")
+            code = exc.exit_code
+        except KeyboardInterrupt:
+            console.print("interrupted; nothing was written")
+            code = 130
+        except Exception as exc:  # a bug: say so, keep the traceback for the report
+            console.print(f"[bold red]unexpected error:[/] {type(exc).__name__}: {exc}")
+            console.print(traceback.format_exc(), markup=False)
+            code = 1
+        sys.exit(code)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgekit")
+def main() -> None:
+    """Take a trained PyTorch model to a phone or a Jetson, and measure how far it drifts."""
+
+
+@main.command("targets")
+@click.option("--json", "as_json", is_flag=True, help="print the targets as JSON")
+@handle_errors
+def targets_command(as_json: bool) -> None:
+    """List the targets (name, platform, format, precision, runtime)."""
+    from edgekit.config import list_targets
+
+    rows = [t.summary() for t in list_targets()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table("name", "platform", "format", "precision", "runtime")
+    for row in rows:
+        table.add_row(*(str(row[k]) for k in ("name", "platform", "format", "precision", "runtime")))
+    _console(stderr=False).print(table)
+
+
+def _shape(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter("write the shape as comma-separated integers, e.g. 1,3,224,224") from None
+    if not shape or min(shape) < 1:
+        raise click.BadParameter("every size must be a positive integer, e.g. 1,3,224,224")
+    return shape
+
+
+@main.command("build")
+@click.argument("model")
+@click.option("--target", required=True, help="target name (see `edgekit targets`) or a target .toml file")
+@click.option("--out", type=click.Path(path_type=Path), help="bundle folder [dist/<model-stem>-<target>]")
+@click.option("--force", is_flag=True, help="replace an existing --out (only once the new bundle is complete)")
+@click.option("--calibration", "calibration", help="calibration data: .npz/.npy/image folder/module:callable")
+@click.option("--eval", "eval_data", help="evaluation data (with labels y for accuracy); default: held-out calibration")
+@click.option("--recipe", type=click.Path(path_type=Path), help="calibration/NAME.toml for image folders")
+@click.option("--calibration-method", default="minmax", show_default=True,
+              type=click.Choice(["minmax", "percentile", "entropy", "mse"]))
+@click.option("--percentile", type=float, default=99.99, show_default=True)
+@click.option("--prune", type=float, help="fraction of weights (or channels) to prune, e.g. 0.5")
+@click.option("--prune-mode", default="unstructured", show_default=True,
+              type=click.Choice(["unstructured", "structured"]))
+@click.option("--clusters", type=int, help="k-means clusters per weight tensor, e.g. 16")
+@click.option("--recover", type=int, default=0, help="distillation steps after compression")
+@click.option("--max-drop", type=float, default=1.0, show_default=True, help="max accuracy drop, percentage points")
+@click.option("--min-agreement", type=float, default=0.99, show_default=True, help="min top-1 agreement, 0..1")
+@click.option("--fallback", default="none", show_default=True, type=click.Choice(["none", "auto"]))
+@click.option("--converter", type=click.Choice(["onnx2tf", "litert-torch", "auto"]))
+@click.option("--emulator", type=click.Choice(["host", "arm64"]))
+@click.option("--emulator-samples", type=int, default=64, show_default=True)
+@click.option("--input-shape", callback=_shape, help="input shape when the data cannot tell, e.g. 1,3,224,224")
+@click.option("--io", type=click.Choice(["float32", "int8"]), help="device I/O type (default: the target's)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print report.json on stdout (progress stays on stderr)")
+@handle_errors
+def build_command(model: str, target: str, out: Path | None, force: bool, calibration: str | None,
+                  eval_data: str | None, recipe: Path | None, calibration_method: str, percentile: float,
+                  prune: float | None, prune_mode: str, clusters: int | None, recover: int, max_drop: float,
+                  min_agreement: float, fallback: str, converter: str | None, emulator: str | None,
+                  emulator_samples: int, input_shape: tuple[int, ...] | None, io: str | None, seed: int,
+                  as_json: bool) -> int:
+    """Build a device bundle for MODEL and measure its drift (exit 3 when over a threshold)."""
+    import edgekit
+    from edgekit.report import summary_lines
+
+    console = _console()
+    result = edgekit.build(
+        model, target, calibration, eval_data, out, recipe=recipe,
+        prune=edgekit.Prune(prune, prune_mode) if prune is not None else None,
+        cluster=edgekit.Cluster(clusters) if clusters is not None else None,
+        calibration_method=edgekit.Calibration(calibration_method, percentile), max_drop=max_drop,
+        min_agreement=min_agreement, fallback=fallback, converter=converter, emulator=emulator,
+        emulator_samples=emulator_samples, input_shape=input_shape, io=io, seed=seed, force=force,
+        recover=recover, progress=_progress(console))
+    if as_json:
+        click.echo(json.dumps(result.report, indent=2))
+    for line in summary_lines(result.report):
+        console.print(line, markup=False)
+    console.print(f"bundle: {result.out}")
+    return 0 if result.passed else 3
+
+
+def _progress(console) -> Callable[[str, str, float | None], None]:
+    def listener(event: str, label: str, seconds: float | None) -> None:
+        if event == "done":
+            console.print(f"[green]✓[/] {label} [dim]({seconds:.1f} s)[/]")
+        elif event == "note":
+            console.print(f"[yellow]note:[/] {label}")
+        else:
+            console.print(f"[dim]… {label}[/]")
+
+    return listener
+
+
+@main.command("check")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--eval", "eval_data", help="re-measure drift on this data (references from reference.onnx)")
+@click.option("--recipe", type=click.Path(path_type=Path), help="calibration/NAME.toml for image folders")
+@click.option("--emulator", type=click.Choice(["host", "arm64"]), default="host", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+@handle_errors
+def check_command(bundle: Path, eval_data: str | None, recipe: Path | None, emulator: str, as_json: bool) -> int:
+    """Re-run the drift check of an existing bundle (exit 3 on drift)."""
+    from edgekit.checking import check_bundle_dir, result_lines
+
+    result = check_bundle_dir(bundle, eval_data, recipe, emulator=emulator)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        for line in result_lines(result):
+            _console(stderr=False).print(line, markup=False)
+    return 0 if result["passed"] else 3
+
+
+@main.command("inspect")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="print as JSON")
+@handle_errors
+def inspect_command(path: Path, as_json: bool) -> None:
+    """What is inside a model or bundle: ops, dtypes, sizes, sparsity, I/O."""
+    from edgekit.inspect import inspect_path
+
+    info = inspect_path(path)
+    click.echo(json.dumps(info, indent=2, default=str) if as_json else _inspect_text(info))
+
+
+def _inspect_text(info: dict) -> str:
+    lines = [f"{info['path']}  ({info['format']}, {info['bytes']:,} bytes)"]
+    for key in ("inputs", "outputs"):
+        lines += [f"  {key[:-1]:<6} {t['name']}: {t['shape']} {t['dtype']}" for t in info.get(key, [])]
+    if info.get("ops"):
+        lines.append("  ops    " + ", ".join(f"{k} x{v}" for k, v in info["ops"].items()))
+    for w in info.get("weights", [])[:40]:
+        lines.append(f"  weight {w['name']}: {w['shape']} {w['dtype']} sparsity {w['sparsity']:.3f} "
+                     f"distinct {w['distinct']}")
+    for key, value in info.get("bundle", {}).items():
+        lines.append(f"  {key}: {value}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""Frozen configuration: targets (one TOML file each) and the options of a build, validated at the door."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgekit.errors import ConfigError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
+CONVERTERS = ("onnx2tf", "litert-torch", "auto")
+EMULATORS = ("host", "arm64")
+FALLBACKS = ("none", "auto")
+PRUNE_MODES = ("unstructured", "structured")
+
+
+def _choice(field_name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ConfigError(f"{field_name} = {value!r} is not one of {', '.join(allowed)}",
+                          hint=f"use one of: {', '.join(allowed)}")
+    return value
+
+
+def _fraction(field_name: str, value: float, *, open_low: bool = False) -> float:
+    value = float(value)
+    if not (0.0 < value <= 1.0 if open_low else 0.0 <= value <= 1.0):
+        raise ConfigError(f"{field_name} = {value} is outside [0, 1]",
+                          hint="ratios are fractions: write 0.5 for 50 %")
+    return value
+
+
+@dataclass(frozen=True)
+class TensorRTProfile:
+    """What a Jetson target needs from TensorRT on the device."""
+
+    min_version: str = "10.0"
+    max_version: str = "11.99"
+    compute_capability: str = "8.7"
+    jetpack: str = "6"
+    flags: tuple[str, ...] = ()
+    workspace_mib: int = 2048
+    dla_core: int | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    """One deployment target, read from targets/<name>.toml; the only place a target is described."""
+
+    name: str
+    description: str
+    platform: str
+    arch: str
+    format: str
+    precision: str
+    runtime: str
+    converter: str = "onnx2tf"
+    io: str = "float32"
+    emulator: str | None = None
+    cpu: str | None = None
+    cpu_little: str | None = None
+    min_sqnr_db: float = 20.0
+    tensorrt: TensorRTProfile | None = None
+
+    def __post_init__(self) -> None:
+        _choice("precision", self.precision, PRECISIONS)
+        _choice("io", self.io, ("float32", "int8"))
+        _choice("platform", self.platform, ("android", "jetson"))
+        _choice("converter", self.converter, CONVERTERS)
+        if self.io == "int8" and self.precision != "int8":
+            raise ConfigError(f"target {self.name}: io = 'int8' needs precision = 'int8'",
+                              hint="set precision = 'int8' or io = 'float32'")
+
+    @property
+    def is_android(self) -> bool:
+        return self.platform == "android"
+
+    @classmethod
+    def from_toml(cls, path: Path) -> Target:
+        """Read and validate a target file; unknown keys are an error so that a typo never passes."""
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read target file {path}: {exc}", hint="fix the TOML syntax") from exc
+        return cls.from_dict(raw, source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "<dict>") -> Target:
+        raw = dict(raw)
+        trt = raw.pop("tensorrt", None)
+        _reject_unknown(raw, cls, source, skip={"tensorrt"})
+        if trt is not None:
+            _reject_unknown(trt, TensorRTProfile, f"{source} [tensorrt]")
+            trt = TensorRTProfile(**{**trt, "flags": tuple(trt.get("flags", ()))})
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.default is dataclasses.MISSING and f.name not in raw]
+        if missing:
+            raise ConfigError(f"{source}: missing keys {', '.join(missing)}", hint="see targets/*.toml for examples")
+        return cls(**raw, tensorrt=trt)
+
+    def summary(self) -> dict:
+        return {"name": self.name, "platform": self.platform, "format": self.format,
+                "precision": self.precision, "runtime": self.runtime}
+
+
+def _reject_unknown(raw: dict, cls: type, source: str, skip: set[str] = frozenset()) -> None:
+    known = {f.name for f in dataclasses.fields(cls)} - skip
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown keys {', '.join(unknown)}",
+                          hint=f"allowed keys: {', '.join(sorted(known))}")
+
+
+def target_dirs() -> list[Path]:
+    """Where target files are looked up: $EDGEKIT_TARGETS (os.pathsep separated), then the shipped ones."""
+    extra = [Path(p) for p in os.environ.get("EDGEKIT_TARGETS", "").split(os.pathsep) if p]
+    here = Path(__file__).resolve().parent
+    return [*extra, here / "_targets", here.parent / "targets"]
+
+
+def list_targets() -> list[Target]:
+    found: dict[str, Target] = {}
+    for folder in target_dirs():
+        for path in sorted(folder.glob("*.toml")) if folder.is_dir() else ():
+            found.setdefault(path.stem, Target.from_toml(path))
+    return sorted(found.values(), key=lambda t: t.name)
+
+
+def load_target(name_or_path: str | Path) -> Target:
+    """A target by name (targets/<name>.toml) or by the path of a TOML file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml":
+        if not path.is_file():
+            raise ConfigError(f"target file {path} does not exist", hint="give a path to a targets/*.toml file")
+        return Target.from_toml(path)
+    for folder in target_dirs():
+        candidate = folder / f"{name_or_path}.toml"
+        if candidate.is_file():
+            return Target.from_toml(candidate)
+    names = ", ".join(t.name for t in list_targets())
+    raise ConfigError(f"unknown target {name_or_path!r}", hint=f"known targets: {names} (see `edgekit targets`)")
+
+
+@dataclass(frozen=True)
+class Prune:
+    """Magnitude pruning: `fraction` of the weights (unstructured) or of the channels (structured)."""
+
+    fraction: float
+    mode: str = "unstructured"
+    exclude: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        _fraction("prune", self.fraction)
+        _choice("prune mode", self.mode, PRUNE_MODES)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """k-means weight clustering with k distinct non-zero values per tensor (or per output channel)."""
+
+    clusters: int
+    per_channel: bool = True
+    exclude: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not 2 <= int(self.clusters) <= 256:
+            raise ConfigError(f"clusters = {self.clusters} is outside 2..256", hint="16 is a good start")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How activation ranges are measured on the calibration data."""
+
+    method: str = "minmax"
+    percentile: float = 99.99
+    max_samples: int = 200
+
+    def __post_init__(self) -> None:
+        _choice("calibration method", self.method, CALIBRATION_METHODS)
+        if not 90.0 <= float(self.percentile) <= 100.0:
+            raise ConfigError(f"percentile = {self.percentile} is outside 90..100", hint="99.99 is the usual value")
+        if int(self.max_samples) < 1:
+            raise ConfigError("calibration max_samples must be at least 1", hint="200 is the default")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything a build is asked to do besides the model, the target and the data."""
+
+    max_drop: float = 1.0
+    min_agreement: float = 0.99
+    calibration: Calibration = field(default_factory=Calibration)
+    prune: Prune | None = None
+    cluster: Cluster | None = None
+    recover: int = 0
+    fallback: str = "none"
+    converter: str | None = None
+    emulator: str | None = None
+    emulator_samples: int = 64
+    io: str | None = None
+    seed: int = 0
+    golden_samples: int = 16
+    holdout: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= float(self.max_drop) <= 100.0:
+            raise ConfigError(f"max_drop = {self.max_drop} is outside 0..100 points",
+                              hint="accuracy drop is in percentage points: --max-drop 1.0 means 1 point")
+        _fraction("min_agreement", self.min_agreement)
+        _choice("fallback", self.fallback, FALLBACKS)
+        if self.converter is not None:
+            _choice("converter", self.converter, CONVERTERS)
+        if self.emulator is not None:
+            _choice("emulator", self.emulator, EMULATORS)
+        if self.io is not None:
+            _choice("io", self.io, ("float32", "int8"))
+        if int(self.recover) < 0 or int(self.emulator_samples) < 1:
+            raise ConfigError("recover must be >= 0 and emulator_samples >= 1", hint="e.g. --recover 200")
+        _fraction("holdout", self.holdout, open_low=True)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

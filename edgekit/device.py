@@ -1,0 +1,40 @@
+"""The device model a route produced, and how to run it: one description for every target family."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.runners.base import Runner
+
+
+@dataclass(frozen=True)
+class DeviceModel:
+    """A built device model: file, the float version it came from, runtime identity and I/O bindings."""
+
+    path: Path
+    bundle_name: str
+    float_path: Path | None
+    runtime: dict
+    bindings: dict  # {"inputs": [binding dicts], "outputs": [...]} for manifest.json and check.py
+    open_runner: Callable[[Path], Runner]
+    open_float_runner: Callable[[], Runner] | None
+    output_steps: dict[str, float | None] = field(default_factory=dict)
+    extra_files: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def tolerances(device: DeviceModel, precision: str, golden: dict[str, np.ndarray]) -> dict[str, float]:
+    """How far check.py lets a device output move from the golden one: 3 INT8 steps, or a dtype-relative bound."""
+    atol = {}
+    for name, values in golden.items():
+        step = device.output_steps.get(name)
+        peak = float(np.max(np.abs(values))) if values.size else 0.0
+        if precision == "int8" and step:
+            atol[name] = 3.0 * step
+        else:
+            atol[name] = (1e-2 if precision != "fp32" else 1e-4) * peak + 1e-6
+    return atol

@@ -1,0 +1,112 @@
+"""Drift metrics between a reference and a device run: accuracy, top-1 agreement, SQNR, cosine, abs errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgekit.errors import DataError
+
+SQNR_CAP_DB = 200.0  # identical outputs; JSON has no infinity
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    max_drop: float = 1.0
+    min_agreement: float = 0.99
+    min_sqnr_db: float = 20.0
+
+    def to_dict(self) -> dict:
+        return {"max_drop": self.max_drop, "min_agreement": self.min_agreement, "min_sqnr_db": self.min_sqnr_db}
+
+
+def sqnr_db(reference: np.ndarray, device: np.ndarray) -> float:
+    reference = reference.astype(np.float64)
+    noise = float(np.sum((reference - device) ** 2))
+    signal = float(np.sum(reference**2))
+    if noise == 0.0:
+        return SQNR_CAP_DB
+    if signal == 0.0:
+        return -SQNR_CAP_DB
+    return float(np.clip(10.0 * np.log10(signal / noise), -SQNR_CAP_DB, SQNR_CAP_DB))
+
+
+def cosine(reference: np.ndarray, device: np.ndarray) -> float:
+    a, b = reference.astype(np.float64).ravel(), device.astype(np.float64).ravel()
+    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+    if norms == 0.0:
+        return 1.0 if np.array_equal(a, b) else 0.0
+    return float(np.dot(a, b) / norms)
+
+
+def output_metrics(reference: dict[str, np.ndarray], device: dict[str, np.ndarray]) -> list[dict]:
+    """Per output: SQNR (dB), cosine, max and mean absolute error; device values must be finite."""
+    rows = []
+    for name, ref in reference.items():
+        dev = device[name]
+        if dev.shape != ref.shape:
+            raise DataError(f"output {name}: device shape {dev.shape} differs from reference {ref.shape}",
+                            hint="report this model to edgekit")
+        finite = bool(np.all(np.isfinite(dev)))
+        err = np.abs(ref.astype(np.float64) - np.nan_to_num(dev))
+        rows.append({"name": name, "sqnr_db": round(sqnr_db(ref, np.nan_to_num(dev)), 4) if finite else None,
+                     "cosine": round(cosine(ref, np.nan_to_num(dev)), 8) if finite else None,
+                     "max_abs_err": float(err.max()) if finite else None,
+                     "mean_abs_err": float(err.mean()) if finite else None})
+    return rows
+
+
+def class_output(shapes: dict[str, tuple[int | None, ...]]) -> str | None:
+    """The first output that holds class scores: shape (batch, classes) with more than one class."""
+    for name, shape in shapes.items():
+        if len(shape) == 2 and (shape[1] or 0) > 1:
+            return name
+    return None
+
+
+def drift_block(reference: dict[str, np.ndarray], device: dict[str, np.ndarray], labels: np.ndarray | None,
+                scores: str | None, thresholds: Thresholds) -> dict:
+    """The report's `drift` block; zero samples never pass."""
+    samples = len(next(iter(reference.values()))) if reference else 0
+    outputs = output_metrics(reference, device) if samples else []
+    ref_acc = dev_acc = drop = agreement = None
+    if samples and scores is not None:
+        ref_top, dev_top = reference[scores].argmax(1), device[scores].argmax(1)
+        agreement = float(np.mean(ref_top == dev_top))
+        if labels is not None:
+            ref_acc, dev_acc = float(np.mean(ref_top == labels)), float(np.mean(dev_top == labels))
+            drop = round((ref_acc - dev_acc) * 100.0, 6)
+    passed = _passed(samples, outputs, drop, agreement, scores, thresholds)
+    return {"samples": samples, "reference_accuracy": ref_acc, "device_accuracy": dev_acc, "accuracy_drop": drop,
+            "top1_agreement": agreement, "outputs": outputs, "thresholds": thresholds.to_dict(), "passed": passed}
+
+
+def _passed(samples: int, outputs: list[dict], drop: float | None, agreement: float | None, scores: str | None,
+            thresholds: Thresholds) -> bool:
+    if samples == 0 or any(o["sqnr_db"] is None for o in outputs):
+        return False
+    if drop is not None and drop > thresholds.max_drop:
+        return False
+    if agreement is not None and agreement < thresholds.min_agreement:
+        return False
+    if scores is None:
+        return all(o["sqnr_db"] >= thresholds.min_sqnr_db for o in outputs)
+    return True
+
+
+def failure_reasons(drift: dict) -> list[str]:
+    """Plain sentences for what failed, for the console and the DriftError message."""
+    t, reasons = drift["thresholds"], []
+    if drift["samples"] == 0:
+        reasons.append("no samples were compared")
+    if drift["accuracy_drop"] is not None and drift["accuracy_drop"] > t["max_drop"]:
+        reasons.append(f"accuracy drop {drift['accuracy_drop']:.2f} points > max {t['max_drop']}")
+    if drift["top1_agreement"] is not None and drift["top1_agreement"] < t["min_agreement"]:
+        reasons.append(f"top-1 agreement {drift['top1_agreement']:.4f} < min {t['min_agreement']}")
+    for row in drift["outputs"]:
+        if row["sqnr_db"] is None:
+            reasons.append(f"output {row['name']} has NaN/inf values on the device")
+        elif drift["top1_agreement"] is None and row["sqnr_db"] < t["min_sqnr_db"]:
+            reasons.append(f"output {row['name']} SQNR {row['sqnr_db']:.1f} dB < min {t['min_sqnr_db']} dB")
+    return reasons

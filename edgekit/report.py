@@ -1,0 +1,131 @@
+"""report.json (schema edgekit.report/1, validated) and a self-contained report.html."""
+
+from __future__ import annotations
+
+import html
+import json
+from functools import lru_cache
+from pathlib import Path
+
+SCHEMA_ID = "edgekit.report/1"
+SCHEMA_PATH = Path(__file__).parent / "schema" / "report.schema.json"
+
+
+@lru_cache(maxsize=1)
+def report_schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def validate_report(report: dict) -> None:
+    """Raise jsonschema.ValidationError when a report breaks the public contract."""
+    import jsonschema
+
+    jsonschema.validate(report, report_schema())
+
+
+def output_rows(title: str, rows: list[dict] | None) -> list[str]:
+    """One console line per output: SQNR, cosine and errors."""
+    if not rows:
+        return []
+    return [f"{title:<13} {r['name']:<12} SQNR {_num(r['sqnr_db'], '.1f')} dB  cosine {_num(r['cosine'], '.6f')}  "
+            f"max|err| {_num(r['max_abs_err'], '.3g')}  mean|err| {_num(r['mean_abs_err'], '.3g')}" for r in rows]
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def summary_lines(report: dict) -> list[str]:
+    """The drift report as plain lines: verdict, accuracy, agreement, error split, sizes, where it was measured."""
+    drift, size = report["drift"], report["size"]
+    lines = [f"target {report['target']}  model {report['model']['name']}  runtime {report['runtime']['name']} "
+             f"({report['runtime']['where']})  converter {report['runtime']['converter']}"]
+    if drift["reference_accuracy"] is not None:
+        lines.append(f"accuracy      reference {drift['reference_accuracy']:.4f}  device {drift['device_accuracy']:.4f}"
+                     f"  drop {drift['accuracy_drop']:.2f} points (max {drift['thresholds']['max_drop']})")
+    if drift["top1_agreement"] is not None:
+        lines.append(f"top-1 agreement {drift['top1_agreement']:.4f} (min {drift['thresholds']['min_agreement']}) "
+                     f"over {drift['samples']} samples")
+    lines += output_rows("conversion", (report["conversion"] or {}).get("outputs"))
+    lines += output_rows("quantization", (report["quantization"] or {}).get("outputs"))
+    lines += output_rows("total drift", drift["outputs"])
+    emulator = report.get("emulator")
+    if emulator:
+        lines.append(f"emulator      {emulator['where']}: {emulator['samples']} samples, bit-exact with host "
+                     f"{emulator['bit_exact_with_host']}, agreement {_num(emulator['top1_agreement'], '.4f')}")
+    lines.append(f"size          device {size['device_bytes']:,} B (gzip {size['device_gzip_bytes']:,} B); float32 "
+                 f"{_num(size['float_device_bytes'], ',')} B")
+    lines.extend(f"warning       {w}" for w in report["warnings"])
+    lines.append("PASSED" if passed(report) else "FAILED: drift over threshold")
+    return lines
+
+
+def passed(report: dict) -> bool:
+    emulator = report.get("emulator")
+    return bool(report["drift"]["passed"] and (emulator is None or emulator["passed"]))
+
+
+def render_html(report: dict, manifest: dict) -> str:
+    """A single self-contained page (no network): verdict, summary lines, tables of every block, lineage."""
+    verdict = "PASSED" if passed(report) else "FAILED"
+    colour = "#1a7f37" if verdict == "PASSED" else "#cf222e"
+    sections = "".join(_section(key, report.get(key)) for key in ("drift", "conversion", "quantization", "emulator",
+                                                                 "size", "compression", "layers", "timings_s",
+                                                                 "latency_ms"))
+    lineage = {k: manifest.get(k) for k in ("created", "git_sha", "seed", "versions", "model", "data")}
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>edgekit report: {html.escape(report['target'])}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse;margin:.5em 0}}
+td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left;font-size:.9em}}pre{{background:#f6f8fa;padding:1em;overflow:auto}}
+.verdict{{color:#fff;background:{colour};padding:.3em .8em;border-radius:4px}}</style></head><body>
+<h1>edgekit report <span class="verdict" id="verdict">{verdict}</span></h1>
+<pre id="summary">{html.escape(chr(10).join(summary_lines(report)))}</pre>{sections}
+<h2>Lineage</h2><pre id="lineage">{html.escape(json.dumps(lineage, indent=2, default=str))}</pre>
+</body></html>"""
+
+
+def _section(key: str, value: object) -> str:
+    if value in (None, [], {}):
+        return ""
+    return f'<h2>{html.escape(key)}</h2><div id="{key}">{_table(value)}</div>'
+
+
+def _table(value: object) -> str:
+    if isinstance(value, dict):
+        rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_table(v)}</td></tr>" for k, v in value.items())
+        return f"<table>{rows}</table>"
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        keys = list(value[0])
+        head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+        body = "".join("<tr>" + "".join(f"<td>{_table(v.get(k))}</td>" for k in keys) + "</tr>" for v in value)
+        return f"<table><tr>{head}</tr>{body}</table>"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return html.escape("null" if value is None else str(value))
+
+
+def make_report(plan, device, measured, timings_s: dict[str, float], size: dict) -> dict:
+    """The report.json dict (schema edgekit.report/1); blocks that do not apply are null."""
+    import platform
+
+    quantization = None
+    if measured.quantization is not None:
+        method = plan.options.calibration.method if plan.target.precision == "int8" else None
+        quantization = {"method": method, "float_modules": [], "outputs": measured.quantization}
+    return {
+        "schema": SCHEMA_ID,
+        "target": plan.target.name,
+        "model": {"name": plan.model.name, "sha256": plan.model.sha256},
+        "runtime": {"name": device.runtime["name"], "version": device.runtime["version"],
+                    "where": device.runtime.get("where", f"host-{platform.machine()}"),
+                    "converter": device.runtime["converter"], "converter_version": device.runtime["converter_version"]},
+        "size": size,
+        "conversion": {"outputs": measured.conversion},
+        "drift": measured.drift,
+        "emulator": measured.emulator,
+        "compression": None,
+        "quantization": quantization,
+        "layers": None,
+        "warnings": measured.warnings,
+        "timings_s": dict(timings_s),
+        "latency_ms": measured.latency_ms,
+    }

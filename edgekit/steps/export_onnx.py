@@ -1,0 +1,160 @@
+"""PyTorch (or ONNX) to a simplified, checked, batch-1 ONNX file: the common start of every device route."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import ModelError, UnsupportedError
+from edgekit.model import LoadedModel, TensorSpec, forward_input_names, onnx_value_spec
+
+OPSET = 18
+_ATEN_OP = re.compile(r"aten(?:\.|::)(\w+)")
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """The exported float model: where it is, its batch-1 inputs and its outputs."""
+
+    path: Path
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    exporter: str
+
+
+def resolve_inputs(model: LoadedModel, sample_shapes: dict[str, tuple[int, ...]] | None,
+                   input_shape: tuple[int, ...] | None = None) -> tuple[TensorSpec, ...]:
+    """The model's inputs with batch 1: from the model itself where it says, else from the data or --input-shape."""
+    if model.inputs:
+        return tuple(_fill(spec, sample_shapes) for spec in model.inputs)
+    if input_shape is not None:
+        names = forward_input_names(model.module, 1)
+        return (TensorSpec(names[0], (1, *tuple(input_shape)[1:])),)
+    if not sample_shapes:
+        raise ModelError(f"cannot tell the input shape of {model.source}",
+                         hint="give calibration data or --input-shape 1,3,224,224")
+    names = forward_input_names(model.module, len(sample_shapes))
+    shapes = list(sample_shapes.values())
+    return tuple(TensorSpec(n, (1, *s)) for n, s in zip(names, shapes))
+
+
+def _fill(spec: TensorSpec, sample_shapes: dict[str, tuple[int, ...]] | None) -> TensorSpec:
+    """Fix the batch at 1 and take any other dynamic size from the data."""
+    known = (sample_shapes or {}).get(spec.name) or (next(iter(sample_shapes.values())) if sample_shapes and len(
+        sample_shapes) == 1 else None)
+    dims = [1] + [d if d is not None else (known[i] if known and i < len(known) else None)
+                  for i, d in enumerate(spec.shape[1:])]
+    if any(d is None for d in dims):
+        raise ModelError(f"input {spec.name!r} has dynamic sizes {spec.shape} that the data does not fix",
+                         hint="give calibration data or --input-shape")
+    if spec.shape and spec.shape[0] not in (None, 1):
+        raise ModelError(f"input {spec.name!r} has a fixed batch of {spec.shape[0]}",
+                         hint="export the model with batch 1 or a dynamic batch dimension")
+    return TensorSpec(spec.name, tuple(dims), spec.dtype)
+
+
+def export_onnx(model: LoadedModel, inputs: tuple[TensorSpec, ...], path: Path) -> OnnxExport:
+    """Export (or copy and fix) the model to ONNX with batch 1, simplify it with onnxslim and check it."""
+    import onnx
+
+    if model.kind == "onnx":
+        proto = _static_onnx(onnx.load(str(model.onnx_path)), inputs)
+        exporter = "onnx file"
+    else:
+        proto = _torch_export(model, inputs)
+        exporter = "torch.onnx.export (dynamo)" if model.kind != "torchscript" else "torch.onnx.export (torchscript)"
+    proto = _simplify(proto)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    outputs = tuple(onnx_value_spec(v) for v in proto.graph.output)
+    return OnnxExport(path=path, inputs=inputs, outputs=outputs, exporter=exporter)
+
+
+def _torch_export(model: LoadedModel, inputs: tuple[TensorSpec, ...]):
+    import onnx
+    import torch
+
+    example = tuple(torch.zeros(s.shape, dtype=getattr(torch, s.dtype)) for s in inputs)
+    target = model.program if model.program is not None else model.module
+    dynamo = model.kind != "torchscript"
+    buffer = io.BytesIO() if not dynamo else None
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_torch_logs():
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(target, example, buffer, dynamo=dynamo, opset_version=OPSET,
+                                        input_names=[s.name for s in inputs], external_data=False)
+        except Exception as exc:
+            raise _export_error(exc, model) from exc
+    proto = program.model_proto if dynamo else onnx.load_from_string(buffer.getvalue())
+    return _name_outputs(proto)
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """The exporter logs a warning per optional library it does not find (torchvision); keep the console clean."""
+    import logging
+
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _export_error(exc: Exception, model: LoadedModel) -> Exception:
+    ops = sorted(set(_ATEN_OP.findall(str(exc))))
+    if ops:
+        return UnsupportedError(f"{model.source}: operator {', '.join(ops)} has no ONNX export",
+                                hint="replace it with supported ops, or exclude it from the exported graph")
+    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    return ModelError(f"{model.source}: torch.onnx.export failed: {first}",
+                      hint="check that the model runs on the calibration data and is in eval mode")
+
+
+def _name_outputs(proto):
+    """Name outputs `output` (or output_0..k) so reports and bundles read the same for every model."""
+    outputs = list(proto.graph.output)
+    names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
+    for value, new in zip(outputs, names):
+        _rename_tensor(proto.graph, value.name, new)
+    return proto
+
+
+def _rename_tensor(graph, old: str, new: str) -> None:
+    for node in graph.node:
+        node.output[:] = [new if o == old else o for o in node.output]
+        node.input[:] = [new if i == old else i for i in node.input]
+    for value in graph.output:
+        if value.name == old:
+            value.name = new
+
+
+def _static_onnx(proto, inputs: tuple[TensorSpec, ...]):
+    """Pin the user's ONNX inputs to the resolved batch-1 shapes."""
+    shapes = {s.name: s.shape for s in inputs}
+    for value in proto.graph.input:
+        if value.name in shapes:
+            for dim, size in zip(value.type.tensor_type.shape.dim, shapes[value.name]):
+                dim.Clear()
+                dim.dim_value = size
+    return proto
+
+
+def _simplify(proto):
+    import onnxslim
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        return onnxslim.slim(proto)
+
+
+def example_from(data_inputs: dict[str, np.ndarray], inputs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
+    return {s.name: data_inputs[s.name][:1] for s in inputs}
