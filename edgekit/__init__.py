@@ -8,8 +8,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from edgekit.config import BuildOptions, Calibration, Cluster, Prune, Target, list_targets, load_target
-from edgekit.errors import (ConfigError, ConversionError, DataError, DriftError, EdgekitError, EmulatorError,
-                            ModelError, ToolError, UnsupportedError)
+from edgekit.errors import (
+    ConfigError,
+    ConversionError,
+    DataError,
+    DriftError,
+    EdgekitError,
+    EmulatorError,
+    ModelError,
+    ToolError,
+    UnsupportedError,
+)
 
 __version__ = "0.1.0"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -59,6 +58,8 @@ def build(model: Any, target: str = "android-arm64-int8", calibration: Any = Non
     steps = Steps(progress)
     with steps.step("plan", "checking model, data and target"):
         plan = make_plan(model, target, calibration, eval_data, out, options, recipe, input_shape, force)
+    for note in plan.warnings:
+        steps.note(note)
     staging = Path(tempfile.mkdtemp(prefix=f".{plan.out.name}.tmp-", dir=_parent(plan.out)))
     workdir = Path(tempfile.mkdtemp(prefix="edgekit-work-"))
     try:
@@ -97,6 +98,10 @@ def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Wr
         device = _convert(plan, export, workdir)
     with steps.step("verify", f"measuring drift on {plan.evaluation.size} {plan.eval_source} samples"):
         measured = _measure(plan, export, device)
+    if plan.emulator == "arm64":
+        count = min(plan.options.emulator_samples, plan.evaluation.size)
+        with steps.step("emulator", f"running {count} samples in the ARM64 emulator ({plan.target.cpu})"):
+            measured = _measure_emulated(plan, export, device, measured, count)
     with steps.step("bundle", "writing the bundle"):
         return bundle_io.write(staging, plan, export, device, measured, steps.timings_s)
 
@@ -140,6 +145,25 @@ def _measure(plan: Plan, export: OnnxExport, device: DeviceModel) -> bundle_io.M
         latency_ms={"host": latency}, warnings=_warnings(plan, drift, reference, outputs))
 
 
+def _measure_emulated(plan: Plan, export: OnnxExport, device: DeviceModel, measured: bundle_io.Measured,
+                      count: int) -> bundle_io.Measured:
+    from dataclasses import replace
+
+    from edgekit.emulated import measure
+
+    thresholds = Thresholds(plan.options.max_drop, plan.options.min_agreement, plan.target.min_sqnr_db)
+    inputs = {k: v[:count] for k, v in plan.evaluation.inputs.items()}
+    block = measure(device.path, device.bindings, inputs, measured.reference, measured.device,
+                    class_output({o.name: o.shape for o in export.outputs}), thresholds, plan.target.cpu)
+    warnings = list(measured.warnings)
+    if block["error"]:
+        warnings.append(f"emulator run failed: {block['error']}")
+    elif not block["bit_exact_with_host"]:
+        worst = max(block["max_abs_diff_vs_host"].values())
+        warnings.append(f"emulator outputs differ from the host run (max {worst:.3g})")
+    return replace(measured, emulator=block, warnings=warnings)
+
+
 def _warnings(plan: Plan, drift: dict, reference: dict, outputs: dict) -> list[str]:
     notes = list(plan.warnings)
     if plan.eval_source != "eval":
@@ -159,4 +183,4 @@ def check(bundle: str | Path, eval_data: Any = None, recipe: str | Path | None =
     return check_bundle_dir(Path(bundle), eval_data, recipe)
 
 
-__all__ = ["BuildResult", "build", "check", "EdgekitError"]
+__all__ = ["BuildResult", "EdgekitError", "build", "check"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -86,7 +87,7 @@ def _manifest(plan: Plan, export: OnnxExport, device: DeviceModel, golden: dict[
     return {
         "schema": lineage.MANIFEST_SCHEMA, "created": lineage.now_utc(), "git_sha": lineage.git_sha(),
         "seed": plan.options.seed, "config": config, "config_sha256": lineage.config_digest(config),
-        "target": plan.target.summary(),
+        "target": {**plan.target.summary(), "cpu": plan.target.cpu},
         "model": {"name": plan.model.name, "kind": plan.model.kind, "source": plan.model.source,
                   "sha256": plan.model.sha256, "exporter": export.exporter},
         "data": {"calibration": _data_entry(plan.calibration), "eval": {**_data_entry(plan.evaluation),
@@ -126,6 +127,9 @@ def _signature(plan: Plan, export: OnnxExport, device: DeviceModel) -> dict:
 def commit(staging: Path, out: Path) -> None:
     """Replace OUT by the finished staging folder; an old OUT is moved aside first and removed only after."""
     aside = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp made it private; a bundle is an ordinary folder
     if out.exists():
         out.rename(aside)
     staging.rename(out)

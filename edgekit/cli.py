@@ -195,5 +195,39 @@ def _inspect_text(info: dict) -> str:
     return "\n".join(lines)
 
 
+@main.group("emulator")
+def emulator_group() -> None:
+    """Prepare or show the rootless ARM64 emulator used to check Android models where they run."""
+
+
+@emulator_group.command("setup")
+@click.option("--force", is_flag=True, help="rebuild even when it is set up already")
+@handle_errors
+def emulator_setup(force: bool) -> None:
+    """Download QEMU user-mode, an arm64 Python and LiteRT into the cache (no root, nothing system-wide)."""
+    from edgekit import emulator
+
+    console = _console()
+    result = emulator.setup(progress=lambda text: console.print(text, markup=False), force=force)
+    console.print(f"ARM64 emulator ready at {result['root']} ({result['size_bytes'] / 1e6:.0f} MB)"
+                  + ("" if result["changed"] else ", nothing to do"))
+
+
+@emulator_group.command("status")
+@click.option("--json", "as_json", is_flag=True, help="print as JSON")
+@handle_errors
+def emulator_status(as_json: bool) -> None:
+    """Show what is cached, where, and its size."""
+    from edgekit import emulator
+
+    info = emulator.status()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    state = "ready" if info["ready"] else "not set up (run `edgekit emulator setup`)"
+    click.echo(f"ARM64 emulator: {state}\n  root {info['root']}\n  size {info['size_bytes'] / 1e6:.1f} MB\n"
+               f"  qemu {info['qemu']}\n  python {info['python']}\n  litert {info['litert']}")
+
+
 if __name__ == "__main__":
     main()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,30 +145,97 @@ def load_target(name_or_path: str | Path) -> Target:
     raise ConfigError(f"unknown target {name_or_path!r}", hint=f"known targets: {names} (see `edgekit targets`)")
 
 
+PRUNE_SCOPES = ("layer", "global")
+
+
+def _rules(field_name: str, raw, check) -> tuple[tuple[str, object], ...]:
+    """Scoping rules {pattern: value} (or pairs) as sorted pairs; value None = leave those modules alone."""
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    try:
+        rules = tuple(sorted((str(key), None if value is None else check(value)) for key, value in pairs))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{field_name} must map module types or names to values: {exc}",
+                          hint=f"e.g. {field_name}={{'Linear': ...}}; None leaves the matched modules alone") from exc
+    for pattern, _ in rules:
+        _pattern(field_name, pattern)
+    return rules
+
+
+def _pattern(field_name: str, pattern: str) -> str:
+    """Module name patterns are fnmatch globs ("features.*"), or regular expressions written "re:<regex>"."""
+    if pattern.startswith("re:"):
+        try:
+            re.compile(pattern[3:])
+        except re.error as exc:
+            raise ConfigError(f"{field_name}: {pattern!r} is not a valid regular expression: {exc}",
+                              hint="write a glob like 'features.*' or a valid 're:<regex>'") from exc
+    return pattern
+
+
+def _patterns(field_name: str, raw) -> tuple[str, ...] | None:
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        raw = (raw,)
+    return tuple(_pattern(field_name, str(p)) for p in raw)
+
+
 @dataclass(frozen=True)
 class Prune:
-    """Magnitude pruning: `fraction` of the weights (unstructured) or of the channels (structured)."""
+    """Magnitude pruning: `fraction` of the weights (unstructured) or of the output channels (structured).
+
+    Scoping, most specific rule wins: `exclude` patterns > `per_name` rules > the default protection of the
+    first and last prunable layer (`keep_edges`) > `per_type` rules > `fraction`. A rule value of None leaves the
+    matched modules alone. `scope="global"` ranks weights (or channels) across all layers that take the global
+    `fraction`, instead of pruning each layer to it.
+    """
 
     fraction: float
     mode: str = "unstructured"
     exclude: tuple[str, ...] | None = None
+    per_type: tuple[tuple[str, float | None], ...] = ()
+    per_name: tuple[tuple[str, float | None], ...] = ()
+    scope: str = "layer"
+    keep_edges: bool = True
 
     def __post_init__(self) -> None:
         _fraction("prune", self.fraction)
         _choice("prune mode", self.mode, PRUNE_MODES)
+        _choice("prune scope", self.scope, PRUNE_SCOPES)
+        object.__setattr__(self, "exclude", _patterns("prune exclude", self.exclude))
+        object.__setattr__(self, "per_type", _rules("prune per_type", self.per_type, lambda v: _fraction("prune", v)))
+        object.__setattr__(self, "per_name", _rules("prune per_name", self.per_name, lambda v: _fraction("prune", v)))
+        values = [self.fraction, *(v for _, v in self.per_type + self.per_name if v is not None)]
+        if self.mode == "structured" and max(values) >= 1.0:
+            raise ConfigError("structured pruning cannot remove every channel of a layer (fraction 1.0)",
+                              hint="use a fraction below 1, e.g. 0.5")
+
+
+def _cluster_count(value: int) -> int:
+    if isinstance(value, bool) or int(value) != value or not 2 <= int(value) <= 256:
+        raise ConfigError(f"clusters = {value} is outside 2..256", hint="16 is a good start")
+    return int(value)
 
 
 @dataclass(frozen=True)
 class Cluster:
-    """k-means weight clustering with k distinct non-zero values per tensor (or per output channel)."""
+    """k-means weight clustering: at most `clusters` distinct non-zero values per output channel (or per tensor).
+
+    Zeros stay exactly zero and are not one of the k values. Scoping works as for Prune.
+    """
 
     clusters: int
     per_channel: bool = True
     exclude: tuple[str, ...] | None = None
+    per_type: tuple[tuple[str, int | None], ...] = ()
+    per_name: tuple[tuple[str, int | None], ...] = ()
+    keep_edges: bool = True
 
     def __post_init__(self) -> None:
-        if not 2 <= int(self.clusters) <= 256:
-            raise ConfigError(f"clusters = {self.clusters} is outside 2..256", hint="16 is a good start")
+        _cluster_count(self.clusters)
+        object.__setattr__(self, "exclude", _patterns("cluster exclude", self.exclude))
+        object.__setattr__(self, "per_type", _rules("cluster per_type", self.per_type, _cluster_count))
+        object.__setattr__(self, "per_name", _rules("cluster per_name", self.per_name, _cluster_count))
 
 
 @dataclass(frozen=True)

@@ -190,5 +190,5 @@ def split_holdout(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, D
         raise DataError(f"{data.source}: {data.size} sample cannot be split into calibration and held-out parts",
                         hint="give more calibration samples or a separate --eval set")
     order = np.random.default_rng(seed).permutation(data.size)
-    held = max(1, int(round(data.size * fraction)))
+    held = max(1, round(data.size * fraction))
     return data.take(np.sort(order[held:])), data.take(np.sort(order[:held]))

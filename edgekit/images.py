@@ -52,7 +52,8 @@ class Recipe:
         return cls(**{**raw, **tuples})
 
 
-def load_image_folder(folder: Path, recipe: Path | str | Recipe | None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+def load_image_folder(folder: Path, recipe: Path | str | Recipe | None
+                      ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """All images under `folder`; images in class sub-folders get labels (sorted sub-folder names)."""
     if recipe is None:
         raise DataError(f"{folder} is a folder of images but no recipe was given",

@@ -46,7 +46,7 @@ def file_hashes(folder: Path, skip: tuple[str, ...] = ("manifest.json",)) -> dic
 
 
 def now_utc() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def config_digest(config: dict) -> str:

@@ -31,7 +31,10 @@ def relative_error(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float(np.linalg.norm(reference.astype(np.float64) - candidate)) / denominator
 
 
-def match_outputs(reference: dict[str, np.ndarray], device: dict[int, np.ndarray]) -> dict[str, tuple[int, tuple[int, ...] | None, float]]:
+Match = tuple[int, tuple[int, ...] | None, float]  # device output index, model->device permutation, error
+
+
+def match_outputs(reference: dict[str, np.ndarray], device: dict[int, np.ndarray]) -> dict[str, Match]:
     """For each reference output, the device output index and permutation closest to it (greedy, one-to-one).
 
     `device` arrays are raw device outputs (decoded to float, device layout), stacked over the same samples.
@@ -43,7 +46,7 @@ def match_outputs(reference: dict[str, np.ndarray], device: dict[int, np.ndarray
             for perm in layout_candidates((1, *ref.shape[1:]), (1, *dev.shape[1:])):
                 view = dev.transpose(np.argsort(perm)) if perm else dev
                 scored.append((relative_error(ref, view), name, index, perm))
-    chosen: dict[str, tuple[int, tuple[int, ...] | None, float]] = {}
+    chosen: dict[str, Match] = {}
     used: set[int] = set()
     for error, name, index, perm in sorted(scored, key=lambda s: s[0]):
         if name not in chosen and index not in used:

@@ -8,6 +8,7 @@ from typing import Any
 
 from edgekit.config import BuildOptions, Target, load_target
 from edgekit.data import Dataset, load_data, split_holdout, validate_against
+from edgekit.emulated import choose as choose_emulator
 from edgekit.errors import ConfigError, DataError
 from edgekit.model import LoadedModel, TensorSpec, load_model
 from edgekit.steps.export_onnx import resolve_inputs
@@ -24,6 +25,7 @@ class Plan:
     eval_source: str  # "eval" or "held-out calibration"
     out: Path
     force: bool
+    emulator: str = "host"
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -50,6 +52,7 @@ def make_plan(model: Any, target: str | Path | Target, calibration: Any, eval_da
               options: BuildOptions, recipe: str | Path | None = None, input_shape: tuple[int, ...] | None = None,
               force: bool = False) -> Plan:
     target = target if isinstance(target, Target) else load_target(target)
+    emulator_mode, note = choose_emulator(options.emulator, target.is_android)
     out = check_out(Path(out) if out is not None else default_out(model, target), force)
     loaded = load_model(model)
     if calibration is None and eval_data is None:
@@ -65,4 +68,5 @@ def make_plan(model: Any, target: str | Path | Target, calibration: Any, eval_da
     else:
         evaluation = validate_against(evaluation, inputs, "eval data")
         eval_source = "eval"
-    return Plan(target, options, loaded, inputs, calib, evaluation, eval_source, out, force)
+    return Plan(target, options, loaded, inputs, calib, evaluation, eval_source, out, force, emulator_mode,
+                [note] if note else [])

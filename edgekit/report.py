@@ -73,9 +73,12 @@ def render_html(report: dict, manifest: dict) -> str:
                                                                  "size", "compression", "layers", "timings_s",
                                                                  "latency_ms"))
     lineage = {k: manifest.get(k) for k in ("created", "git_sha", "seed", "versions", "model", "data")}
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>edgekit report: {html.escape(report['target'])}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse;margin:.5em 0}}
-td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left;font-size:.9em}}pre{{background:#f6f8fa;padding:1em;overflow:auto}}
+    title = html.escape(report["target"])
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>edgekit report: {title}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:70em}}
+table{{border-collapse:collapse;margin:.5em 0}}
+td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left;font-size:.9em}}
+pre{{background:#f6f8fa;padding:1em;overflow:auto}}
 .verdict{{color:#fff;background:{colour};padding:.3em .8em;border-radius:4px}}</style></head><body>
 <h1>edgekit report <span class="verdict" id="verdict">{verdict}</span></h1>
 <pre id="summary">{html.escape(chr(10).join(summary_lines(report)))}</pre>{sections}

@@ -1,0 +1,76 @@
+"""Drift measured where the model will run: the device model in the ARM64 emulator, next to the host run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgekit import bundle_check, emulator
+from edgekit.drift import Thresholds, drift_block
+from edgekit.errors import ConfigError, EdgekitError, ToolError
+
+NOT_SET_UP_NOTE = ("drift measured on the host (x86_64 LiteRT): the ARM64 emulator is not set up; "
+                   "run `edgekit emulator setup` to measure where the model runs")
+
+
+def choose(requested: str | None, is_android: bool) -> tuple[str, str | None]:
+    """`arm64` or `host`, and a note when the default fell back to the host; an explicit arm64 must be ready."""
+    if not is_android:
+        if requested == "arm64":
+            raise ConfigError("--emulator arm64 applies to android targets only",
+                              hint="Jetson targets are emulated in onnxruntime; drop --emulator")
+        return "host", None
+    ready = emulator.is_ready()
+    if requested == "arm64" and not ready:
+        raise ToolError(f"the ARM64 emulator is not set up at {emulator.default_root()}",
+                        hint="run `edgekit emulator setup` once (about 150 MB, under a minute), or use --emulator host")
+    if requested is None:
+        return ("arm64", None) if ready else ("host", NOT_SET_UP_NOTE)
+    return requested, None
+
+
+def run_bindings(model: Path, device: dict, inputs: dict[str, np.ndarray], cpu: str) -> dict[str, np.ndarray]:
+    """Run model-layout float inputs through the emulator with the bundle's bindings; model-layout outputs."""
+    feed = {b["device_name"]: bundle_check.encode(b, inputs[b["model_name"]]) for b in device["inputs"]}
+    raw = emulator.run_tflite(model, feed, cpu=cpu)
+    return {b["model_name"]: bundle_check.decode(b, raw[b["device_name"]]) for b in device["outputs"]}
+
+
+def measure(model: Path, device: dict, inputs: dict[str, np.ndarray], reference: dict[str, np.ndarray],
+            host: dict[str, np.ndarray], scores: str | None, thresholds: Thresholds, cpu: str) -> dict:
+    """The report's `emulator` block; an emulator failure is recorded (passed false), never raised."""
+    where = f"qemu-aarch64 {cpu}"
+    count = len(next(iter(inputs.values())))
+    try:
+        outputs = run_bindings(model, device, inputs, cpu)
+    except EdgekitError as exc:
+        return {"where": where, "samples": 0, "bit_exact_with_host": None, "top1_agreement": None,
+                "passed": False, "error": str(exc)}
+    block = drift_block({k: v[:count] for k, v in reference.items()}, outputs, None, scores, thresholds)
+    diffs = {k: float(np.max(np.abs(outputs[k] - host[k][:count]))) for k in outputs}
+    return {"where": where, "samples": count,
+            "bit_exact_with_host": all(np.array_equal(outputs[k], host[k][:count]) for k in outputs),
+            "max_abs_diff_vs_host": diffs, "top1_agreement": block["top1_agreement"],
+            "outputs": block["outputs"], "passed": block["passed"], "error": None}
+
+
+def check_golden_in_emulator(bundle: Path, manifest: dict) -> dict:
+    """check.py's golden comparison, with the device model run in the emulator instead of on the host."""
+    device = manifest["device"]
+    if device["runtime"] != "litert":
+        raise ConfigError("--emulator arm64 checks TFLite bundles only", hint="use --emulator host")
+    if not emulator.is_ready():
+        raise ToolError("the ARM64 emulator is not set up", hint="run `edgekit emulator setup`")
+    with np.load(bundle / "golden" / "inputs.npz") as inputs_npz, np.load(bundle / "golden" / "outputs.npz") as out:
+        inputs = {k: inputs_npz[k] for k in inputs_npz.files}
+        golden = {k: out[k] for k in out.files}
+    cpu = manifest.get("target", {}).get("cpu") or "cortex-a76"
+    outputs = run_bindings(bundle / device["model"], device, inputs, cpu)
+    result = bundle_check.compare(golden, outputs, device["tolerances"])
+    model = bundle / device["model"]
+    result.update({"model": str(model), "runtime": "litert (emulated)", "where": f"qemu-aarch64 {cpu}",
+                   "samples": len(next(iter(inputs.values()))),
+                   "model_sha256_matches": bundle_check.sha256(model) == manifest["files"].get(device["model"])})
+    result["passed"] = result["passed"] and result["model_sha256_matches"]
+    return result
