@@ -114,6 +114,18 @@ def run_tflite(
     return outputs
 
 
+def run_python(script: Path, args: list[str], *, cwd: Path | None = None, cpu: str = "cortex-a76",
+               timeout_s: float = 600, root: Path | None = None) -> subprocess.CompletedProcess:
+    """Run a numpy/LiteRT-only Python script (e.g. a bundle's check.py) in the emulator, as on an ARM64 board."""
+    root = Path(root or default_root())
+    with _lock(root, exclusive=False):
+        if not is_ready(root):
+            raise EmulatorError(f"the ARM64 emulator is not set up at {root}", hint=SETUP_HINT)
+        guest = [root / build.QEMU_BINARY, "-L", root / build.SYSROOT, root / build.GUEST_PYTHON, "-s", script]
+        command = [str(part) for part in guest] + [str(a) for a in args]
+        return _run_guest(command, _guest_env(root, cpu), timeout_s, cwd)
+
+
 def _build_verified(root: Path, progress: Callable[[str], None]) -> dict[str, float]:
     """Build into a fresh staging folder, verify it, then move it into place and mark it ready."""
     for stale in root.glob(".build-*"):  # left by a setup that was killed
@@ -192,10 +204,12 @@ def _raise_for_failure(done: subprocess.CompletedProcess, wrote_outputs: bool) -
         )
 
 
-def _run_guest(command: list[str], env: dict[str, str], timeout_s: float) -> subprocess.CompletedProcess:
+def _run_guest(
+    command: list[str], env: dict[str, str], timeout_s: float, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(
-            command, check=False, env=env, capture_output=True, text=True, timeout=timeout_s
+            command, check=False, env=env, capture_output=True, text=True, timeout=timeout_s, cwd=cwd
         )
     except subprocess.TimeoutExpired as exc:
         raise EmulatorError(

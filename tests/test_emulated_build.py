@@ -1,0 +1,84 @@
+"""Issue 6 end to end: the Android model's drift measured in the ARM64 emulator, and check.py run there."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgekit
+from edgekit import emulator
+from edgekit.emulated import NOT_SET_UP_NOTE, choose
+from edgekit.errors import ToolError
+
+pytestmark = pytest.mark.emulator
+
+
+@pytest.fixture(scope="module")
+def ready_emulator():
+    emulator.setup(progress=lambda text: None)
+    return emulator.default_root()
+
+
+@pytest.fixture(scope="module")
+def arm64_bundle(ready_emulator, digits_files, tmp_path_factory):
+    return edgekit.build(digits_files["pt2"], "android-arm64-int8", calibration=digits_files["calib"],
+                         eval_data=digits_files["eval"], out=tmp_path_factory.mktemp("emu") / "b",
+                         emulator="arm64", emulator_samples=100)
+
+
+def test_int8_in_the_emulator_is_bit_exact_with_the_host(arm64_bundle):
+    block = arm64_bundle.report["emulator"]
+    assert block["where"] == "qemu-aarch64 cortex-a76" and block["samples"] == 100
+    assert block["bit_exact_with_host"] is True and block["max_abs_diff_vs_host"] == {"output": 0.0}
+    assert block["top1_agreement"] == 1.0 and block["passed"] is True
+    host = arm64_bundle.report["drift"]
+    assert host["top1_agreement"] >= 0.99 and arm64_bundle.passed
+
+
+def test_emulator_timing_is_recorded(arm64_bundle):
+    assert 0 < arm64_bundle.report["timings_s"]["emulator"] < 60
+
+
+def test_check_py_runs_unchanged_on_arm64(arm64_bundle):
+    done = emulator.run_python(arm64_bundle.out / "check.py", ["--json"], cwd=arm64_bundle.out)
+    assert done.returncode == 0, done.stderr[-800:]
+    result = json.loads(done.stdout)
+    assert result["passed"] and result["runtime"] == "ai_edge_litert.interpreter"
+    assert result["outputs"][0]["max_abs_err_vs_golden"] == 0.0
+
+
+def test_edgekit_check_in_the_emulator(arm64_bundle):
+    from edgekit.checking import check_bundle_dir
+
+    result = check_bundle_dir(arm64_bundle.out, emulator="arm64")
+    assert result["passed"] and result["where"] == "qemu-aarch64 cortex-a76"
+
+
+def test_float32_in_the_emulator_agrees_within_rounding(ready_emulator, digits_files, tmp_path: Path):
+    result = edgekit.build(digits_files["pt2"], "android-arm64-fp32", calibration=digits_files["calib"],
+                           eval_data=digits_files["eval"], out=tmp_path / "f", emulator="arm64",
+                           emulator_samples=32)
+    block = result.report["emulator"]
+    assert block["top1_agreement"] == 1.0 and block["passed"]
+    assert block["max_abs_diff_vs_host"]["output"] < 1e-4
+
+
+def test_default_is_arm64_once_set_up(ready_emulator):
+    assert choose(None, is_android=True) == ("arm64", None)
+    assert choose(None, is_android=False) == ("host", None)
+
+
+def test_default_falls_back_to_host_with_a_note_when_not_set_up(monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path))
+    assert choose(None, is_android=True) == ("host", NOT_SET_UP_NOTE)
+    with pytest.raises(ToolError, match="not set up"):
+        choose("arm64", is_android=True)
+
+
+def test_golden_inputs_are_usable_from_an_app(arm64_bundle):
+    with np.load(arm64_bundle.out / "golden" / "inputs.npz") as inputs:
+        assert inputs.files == ["x"]  # the .pt2's own input name
+        assert inputs["x"].dtype == np.float32 and inputs["x"].shape[1:] == (1, 8, 8)
