@@ -117,11 +117,22 @@ def _signature(plan: Plan, export: OnnxExport, device: DeviceModel) -> dict:
                     "device_layout": "NHWC" if inputs[spec.name]["to_device"] and len(spec.shape) == 4 else None,
                     "device_dtype": inputs[spec.name]["dtype"], "scale": inputs[spec.name]["scale"],
                     "zero_point": inputs[spec.name]["zero_point"],
-                    "normalisation": "as in the calibration data (edgekit does not normalise .npz data)"}
+                    "normalisation": _normalisation(plan.recipe)}
                    for spec in plan.inputs],
         "outputs": [{**spec.to_dict(), "device_name": outputs[spec.name]["device_name"],
                      "device_dtype": outputs[spec.name]["dtype"]} for spec in export.outputs],
     }
+
+
+def _normalisation(recipe: str | None) -> dict | str:
+    """What the device input expects: the image recipe edgekit applied, or the data's own normalisation."""
+    if recipe is None:
+        return "as in the calibration data (edgekit applies none to array data)"
+    from edgekit.images import Recipe
+
+    loaded = Recipe.from_toml(recipe)
+    return {"recipe": Path(recipe).name, "size": list(loaded.size), "scale": loaded.scale, "mean": list(loaded.mean),
+            "std": list(loaded.std), "colour": loaded.colour, "formula": "(pixel / scale - mean) / std"}
 
 
 def commit(staging: Path, out: Path) -> None:

@@ -26,6 +26,7 @@ class Plan:
     out: Path
     force: bool
     emulator: str = "host"
+    recipe: str | None = None
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -69,4 +70,4 @@ def make_plan(model: Any, target: str | Path | Target, calibration: Any, eval_da
         evaluation = validate_against(evaluation, inputs, "eval data")
         eval_source = "eval"
     return Plan(target, options, loaded, inputs, calib, evaluation, eval_source, out, force, emulator_mode,
-                [note] if note else [])
+                None if recipe is None else str(recipe), [note] if note else [])

@@ -82,3 +82,17 @@ def test_golden_inputs_are_usable_from_an_app(arm64_bundle):
     with np.load(arm64_bundle.out / "golden" / "inputs.npz") as inputs:
         assert inputs.files == ["x"]  # the .pt2's own input name
         assert inputs["x"].dtype == np.float32 and inputs["x"].shape[1:] == (1, 8, 8)
+
+
+def test_an_emulator_failure_is_recorded_and_the_host_check_completes(ready_emulator, digits_files, tmp_path: Path):
+    source = (Path(__file__).parents[1] / "targets" / "android-arm64-int8.toml").read_text()
+    target = tmp_path / "bad-cpu.toml"
+    target.write_text(source.replace('name = "android-arm64-int8"', 'name = "bad-cpu"')
+                      .replace('cpu = "cortex-a76"', 'cpu = "cortex-z99"'))
+    result = edgekit.build(digits_files["pt2"], target, calibration=digits_files["calib"],
+                           eval_data=digits_files["eval"], out=tmp_path / "b", emulator="arm64", emulator_samples=4)
+    block = result.report["emulator"]
+    assert block["passed"] is False and block["samples"] == 0 and "emulator failed" in block["error"]
+    assert result.report["drift"]["passed"] is True and result.report["drift"]["samples"] == 360
+    assert not result.passed and any("emulator run failed" in w for w in result.report["warnings"])
+    assert (tmp_path / "b" / "report.json").is_file()
