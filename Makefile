@@ -9,10 +9,12 @@ STAMP := $(VENV)/.installed
 venv: $(STAMP)
 
 # torch first, from the CPU wheel pip finds on this disk: anything that asks PyPI for torch gets a CUDA build.
+# The lock is complete and verified together, so it installs with --no-deps (onnx2tf's own == pins on numpy
+# and ai-edge-litert would otherwise block the versions litert-torch needs; see requirements.lock).
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r requirements.lock
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 

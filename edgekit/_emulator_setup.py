@@ -45,7 +45,8 @@ SYSROOT_PACKAGES = (
     ),
     *("python3.11-minimal:arm64", "libpython3.11-minimal:arm64", "libpython3.11-stdlib:arm64"),
 )
-WHEELS = ("numpy==1.26.4", "ai-edge-litert==2.1.0")
+# The same versions as the host's lock (requirements.lock): INT8 is bit-exact only between equal LiteRT builds.
+WHEELS = ("numpy==2.1.3", "ai-edge-litert==2.3.0")
 # Only the index files that the downloads need: arm64 for the sysroot, amd64 backports for QEMU 10 (Debian
 # 12's own QEMU 7.2 crashed on one machine).
 SOURCES = (
@@ -217,7 +218,7 @@ def install_wheels(site: Path) -> None:
     """pip-install the aarch64 CPython 3.11 wheels into `site`, without dependencies (LiteRT needs none)."""
     command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-cache-dir", "--no-deps",
                "--target", str(site), "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
-               # numpy 1.26.4's aarch64 wheel is tagged manylinux2014 only, ai-edge-litert's manylinux_2_27.
+               # numpy's aarch64 wheel is tagged manylinux2014, ai-edge-litert's manylinux_2_27.
                "--platform", "manylinux_2_27_aarch64", "--platform", "manylinux2014_aarch64",
                "--only-binary=:all:", *WHEELS]  # fmt: skip
     run_tool(command, "pip install of the aarch64 wheels")

@@ -158,6 +158,7 @@ def _verify(staged: Path) -> dict:
         )
     return {
         "format": MARKER_FORMAT,
+        "wheels": list(build.WHEELS),
         "qemu": _qemu_version(staged / build.QEMU_BINARY),
         **{key: meta[key] for key in ("python", "numpy", "litert")},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -259,6 +260,8 @@ def _read_marker(root: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT:
+        return None
+    if marker.get("wheels") != list(build.WHEELS):  # set up for another LiteRT: rebuild to stay bit-exact
         return None
     return marker if (root / build.QEMU_BINARY).is_file() and (root / build.GUEST_PYTHON).is_file() else None
 
