@@ -13,7 +13,9 @@ from edgekit.errors import ConfigError
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
-CONVERTERS = ("onnx2tf", "litert-torch", "auto")
+# onnx2tf / litert-torch: the Android routes; ort-quant: onnxruntime.quantization writes a Q/DQ ONNX (Jetson INT8);
+# none: the float ONNX export ships as it is (Jetson FP16: TensorRT lowers it on the device).
+CONVERTERS = ("onnx2tf", "litert-torch", "auto", "ort-quant", "none")
 EMULATORS = ("host", "arm64")
 FALLBACKS = ("none", "auto")
 PRUNE_MODES = ("unstructured", "structured")
@@ -217,15 +219,21 @@ def _cluster_count(value: int) -> int:
     return int(value)
 
 
+CODEBOOKS = ("shared", "channel", "tensor")
+
+
 @dataclass(frozen=True)
 class Cluster:
-    """k-means weight clustering: at most `clusters` distinct non-zero values per output channel (or per tensor).
+    """k-means weight clustering: at most `clusters` distinct non-zero values per output channel.
 
-    Zeros stay exactly zero and are not one of the k values. Scoping works as for Prune.
+    Zeros stay exactly zero and are not one of the k values. `codebook`: "shared" (one set of k values for the
+    layer, relative to each channel's largest |w| and on the INT8 grid: INT8 keeps it exactly and it compresses
+    best), "channel" (its own k-means per output channel) or "tensor" (one k-means over the tensor).
+    Scoping works as for Prune.
     """
 
     clusters: int
-    per_channel: bool = True
+    codebook: str = "shared"
     exclude: tuple[str, ...] | None = None
     per_type: tuple[tuple[str, int | None], ...] = ()
     per_name: tuple[tuple[str, int | None], ...] = ()
@@ -233,6 +241,7 @@ class Cluster:
 
     def __post_init__(self) -> None:
         _cluster_count(self.clusters)
+        _choice("cluster codebook", self.codebook, CODEBOOKS)
         object.__setattr__(self, "exclude", _patterns("cluster exclude", self.exclude))
         object.__setattr__(self, "per_type", _rules("cluster per_type", self.per_type, _cluster_count))
         object.__setattr__(self, "per_name", _rules("cluster per_name", self.per_name, _cluster_count))

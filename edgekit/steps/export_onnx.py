@@ -16,6 +16,7 @@ from edgekit.model import LoadedModel, TensorSpec, forward_input_names, onnx_val
 
 OPSET = 18
 _ATEN_OP = re.compile(r"aten(?:\.|::)(\w+)")
+MODULES_KEY = "edgekit.tensor_modules"  # model metadata: {ONNX tensor name: PyTorch module path}
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,43 @@ def _torch_export(model: LoadedModel, inputs: tuple[TensorSpec, ...]):
         except Exception as exc:
             raise _export_error(exc, model) from exc
     proto = program.model_proto if dynamo else onnx.load_from_string(buffer.getvalue())
-    return _name_outputs(proto)
+    proto = _name_outputs(proto)
+    _record_modules(proto)
+    return proto
+
+
+def _record_modules(proto) -> None:
+    """Keep which PyTorch module made each tensor (simplification drops node metadata, not model metadata)."""
+    import json
+
+    modules = {}
+    for node in proto.graph.node:
+        module = _node_module(node)
+        if module:
+            modules.update(dict.fromkeys(node.output, module))
+    proto.metadata_props.add(key=MODULES_KEY, value=json.dumps(modules))
+
+
+def _node_module(node) -> str | None:
+    """The module path: from the dynamo exporter's name scopes, or the TorchScript exporter's /a/a.b/Op names."""
+    import ast
+
+    meta = {p.key: p.value for p in node.metadata_props}
+    scopes = meta.get("pkg.torch.onnx.name_scopes")
+    if scopes:
+        names = [s for s in ast.literal_eval(scopes)[:-1] if s]
+        return names[-1] if names else None
+    parts = [p for p in node.name.split("/") if p]
+    return parts[-2] if len(parts) >= 2 else None
+
+
+def tensor_modules(path: Path) -> dict[str, str]:
+    import json
+
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return json.loads(meta.get(MODULES_KEY, "{}"))
 
 
 @contextlib.contextmanager

@@ -1,0 +1,284 @@
+"""The Jetson route: a Q/DQ ONNX (INT8) or the float ONNX (FP16) that TensorRT builds on the device, measured on the
+host in onnxruntime (TensorRT itself where TensorRT and a CUDA GPU are present), with the engine build scripts."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import logging
+import time
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
+
+from edgekit.backends.engine_scripts import check_profile, write_scripts
+from edgekit.config import Calibration
+from edgekit.device import DeviceModel
+from edgekit.errors import ConversionError, UnsupportedError
+from edgekit.plan import Plan
+from edgekit.runners.base import Runner
+from edgekit.runners.litert import Binding
+from edgekit.runners.onnxrt import OnnxRunner
+from edgekit.steps.export_onnx import OnnxExport
+
+# TensorRT fuses Q/DQ best on the inputs of its weighted layers; everything between stays float (FP16 on the device)
+QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
+HISTOGRAM_BINS = 2048  # TensorRT's own histogram calibrators use 2048 bins and 128 quantized bins
+ENTROPY_QUANTIZED_BINS = 128
+MSE_CANDIDATES = 512
+CALIBRATION_CHUNK = 32  # samples per collect pass: onnxruntime keeps every calibrated tensor of a pass in memory
+INT8_MAX = 127  # symmetric INT8 uses [-127, 127], as TensorRT does
+BUNDLE_NAMES = {"int8": "model.qdq.onnx", "fp16": "model.onnx"}
+
+
+def build_qdq_onnx(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
+    """INT8: quantize the export into a symmetric Q/DQ ONNX; FP16: ship the export. Both with build_engine.sh/.py."""
+    _check_request(plan)
+    precision, start = plan.target.precision, time.perf_counter()
+    if precision == "int8":
+        calibration = plan.calibration.take(slice(0, plan.options.calibration.max_samples)).inputs
+        path = quantize_qdq(export.path, calibration, plan.options.calibration, workdir)
+    else:
+        path = export.path
+    seconds = time.perf_counter() - start
+    _check_io(path, export)
+    scripts = write_scripts(plan.target, BUNDLE_NAMES[precision], workdir)
+    bindings = _bindings(export)
+    engine = host_tensorrt(scripts["build_engine.py"])
+    return DeviceModel(
+        path=path, bundle_name=BUNDLE_NAMES[precision], float_path=export.path,
+        runtime=_runtime(plan, engine), bindings=bindings,
+        open_runner=_device_runner(precision, engine, bindings, workdir),
+        open_float_runner=lambda: OnnxRunner(export.path), output_steps={}, extra_files=scripts,
+        notes=_notes(plan, engine, seconds),
+    )
+
+
+def _check_request(plan: Plan) -> None:
+    check_profile(plan.target)
+    asked = plan.options.converter
+    if asked not in (None, "auto", plan.target.converter):
+        raise UnsupportedError(f"converter {asked} does not apply to {plan.target.name}",
+                               hint=f"its converter is {plan.target.converter}: drop --converter")
+    if plan.io != "float32":
+        raise UnsupportedError(f"io = {plan.io!r} is not available on {plan.target.name}: TensorRT takes float32 I/O "
+                               "and quantizes inside the engine", hint="drop --io")
+
+
+# --- INT8: calibration and Q/DQ ---------------------------------------------------------------------------------------
+
+
+def quantize_qdq(model: Path, inputs: dict[str, np.ndarray], calibration: Calibration, workdir: Path) -> Path:
+    """model.qdq.onnx: INT8 weight initializers per channel -> DequantizeLinear, per-tensor INT8 activations
+    QuantizeLinear -> DequantizeLinear on the inputs of Conv/Gemm/MatMul, every zero point 0 (TensorRT accepts
+    nothing else), biases float; activation ranges from `calibration.method`."""
+    from onnxruntime.quantization import quantize_static
+
+    amax = calibrate_amax(model, inputs, calibration, workdir)
+    overrides = {name: [{"rmin": np.float32(-value), "rmax": np.float32(value)}] for name, value in amax.items()}
+    out = workdir / "model.qdq.onnx"
+    with _quiet():
+        # quantize_static measures ranges itself: one sample does, as each range it uses comes from `overrides`
+        quantize_static(str(model), str(out), _Reader(inputs, 0, 1), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True, reduce_range=False,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, extra_options={
+                            "ActivationSymmetric": True, "WeightSymmetric": True,
+                            "QuantizeBias": False,  # an INT32 bias DequantizeLinear is not INT8 Q/DQ TensorRT fuses
+                            "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS),
+                            "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},  # [K, N] weights: per output column
+                            "TensorQuantOverrides": overrides})
+    return out
+
+
+def calibrate_amax(model: Path, inputs: dict[str, np.ndarray], calibration: Calibration,
+                   workdir: Path) -> dict[str, float]:
+    """Per activation that feeds a quantized op, the symmetric range |x| <= amax chosen by the calibration method.
+
+    minmax, percentile and entropy are onnxruntime's calibrators, called directly: through quantize_static its
+    Entropy calibrator gets 128 histogram bins and returns the full range, and its Distribution calibrator returns
+    the full range for INT8 too (both equal to minmax on onnxruntime 1.23). mse has no onnxruntime equivalent: it
+    is the threshold that minimises the squared INT8 error over the same 2048-bin histogram (TensorRT's and
+    pytorch-quantization's "mse" calibration)."""
+    from onnxruntime.quantization import create_calibrator
+
+    method, options = _calibrator_settings(calibration)
+    count, wanted = len(next(iter(inputs.values()))), _quantized_activations(model)
+    with _quiet():
+        calibrator = create_calibrator(model, list(QUANTIZED_OPS), str(workdir / "calibration.onnx"), method,
+                                       extra_options=options)
+        for start in range(0, count, CALIBRATION_CHUNK):
+            calibrator.collect_data(_Reader(inputs, start, start + CALIBRATION_CHUNK))
+        if calibration.method != "minmax":  # thresholds only for what gets quantized: entropy takes ~0.5 s a tensor
+            histograms = calibrator.collector.histogram_dict
+            calibrator.collector.histogram_dict = {n: h for n, h in histograms.items() if n in wanted}
+        if calibration.method == "mse":
+            amax = {name: mse_amax(h[0], h[1]) for name, h in calibrator.collector.histogram_dict.items()}
+        else:
+            amax = {name: float(np.max(np.abs(data.range_value))) for name, data in calibrator.compute_data().items()}
+    return {name: value for name, value in amax.items() if name in wanted}
+
+
+def _calibrator_settings(calibration: Calibration) -> tuple[CalibrationMethod, dict]:
+    histogram = {"num_bins": HISTOGRAM_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS}
+    return {
+        "minmax": (CalibrationMethod.MinMax, {"symmetric": True}),
+        "percentile": (CalibrationMethod.Percentile, {"symmetric": True, "num_bins": HISTOGRAM_BINS,
+                                                      "percentile": float(calibration.percentile)}),
+        "entropy": (CalibrationMethod.Entropy, histogram),
+        "mse": (CalibrationMethod.Entropy, histogram),  # only its histogram of real values is used
+    }[calibration.method]
+
+
+def mse_amax(hist: np.ndarray, edges: np.ndarray) -> float:
+    """The clipping threshold, among the histogram's positive bin edges, with the least squared INT8 error."""
+    centers = (edges[:-1].astype(np.float64) + edges[1:]) / 2
+    positive = edges[len(edges) // 2 + 1 :].astype(np.float64)
+    if positive.size == 0 or positive[-1] <= 0:
+        return 0.0
+    candidates = positive[np.unique(np.linspace(0, positive.size - 1, MSE_CANDIDATES).astype(int))]
+    errors = []
+    for threshold in candidates:
+        step = threshold / INT8_MAX
+        quantized = np.clip(np.round(centers / step), -INT8_MAX, INT8_MAX) * step
+        errors.append(float(np.sum(hist * (centers - quantized) ** 2)))
+    return float(candidates[int(np.argmin(errors))])
+
+
+def _quantized_activations(model: Path) -> set[str]:
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    return {name for node in graph.node if node.op_type in QUANTIZED_OPS for name in node.input
+            if name and name not in weights}
+
+
+class _Reader(CalibrationDataReader):
+    """Samples start..stop of the calibration inputs, one at a time (the export has batch 1)."""
+
+    def __init__(self, inputs: dict[str, np.ndarray], start: int, stop: int) -> None:
+        self.inputs = inputs
+        self.rows = iter(range(start, min(stop, len(next(iter(inputs.values()))))))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        row = next(self.rows, None)
+        return None if row is None else {name: array[row : row + 1] for name, array in self.inputs.items()}
+
+
+@contextlib.contextmanager
+def _quiet():
+    """onnxruntime.quantization prints progress to stdout and logs a pre-processing hint on the root logger."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)
+
+
+# --- FP16: emulation -------------------------------------------------------------------------------------------------
+
+
+def fp16_copy(model: Path, out: Path) -> Path:
+    """A float16 copy with float32 I/O, for onnxruntime to emulate TensorRT's FP16 build: weights and activations
+    are rounded to float16 between ops (CPU kernels may still accumulate in float32)."""
+    import onnx
+
+    try:
+        from onnxconverter_common.float16 import convert_float_to_float16
+    except ImportError:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+    onnx.save(convert_float_to_float16(onnx.load(str(model)), keep_io_types=True), str(out))
+    return out
+
+
+# --- running: onnxruntime emulation, or TensorRT where it is ---------------------------------------------------------
+
+
+def host_tensorrt(script: Path) -> ModuleType | None:
+    """The generated build_engine.py as a module when TensorRT, a CUDA binding and a GPU are on this host."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return None
+    spec = importlib.util.spec_from_file_location("edgekit_build_engine", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if module.CUDA_BINDING is None or module.compute_capability() is None:
+        return None
+    return module
+
+
+class EngineRunner(Runner):
+    """A TensorRT engine built on this host's GPU from the device model, run through build_engine.py's session."""
+
+    where = "host-tensorrt"
+
+    def __init__(self, module: ModuleType, path: Path, bindings: dict) -> None:
+        super().__init__([b["model_name"] for b in bindings["inputs"]], [b["model_name"] for b in bindings["outputs"]])
+        self.bindings = bindings
+        self.session = module.EngineSession(module.build_engine(Path(path)))
+
+    def _run_one(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self.session.run({b["device_name"]: inputs[b["model_name"]] for b in self.bindings["inputs"]})
+        return {b["model_name"]: outputs[b["device_name"]] for b in self.bindings["outputs"]}
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _device_runner(precision: str, engine: ModuleType | None, bindings: dict, workdir: Path):
+    if engine is not None:
+        return lambda path: EngineRunner(engine, path, bindings)
+    if precision == "fp16":
+        return lambda path: OnnxRunner(fp16_copy(path, workdir / "model.fp16-emulation.onnx"))
+    return lambda path: OnnxRunner(path)
+
+
+def _runtime(plan: Plan, engine: ModuleType | None) -> dict:
+    import onnxruntime
+
+    profile, precision = plan.target.tensorrt, plan.target.precision.upper()
+    if engine is not None:
+        version = engine.trt.__version__
+        where = f"tensorrt-gpu on this host (compute capability {engine.compute_capability()})"
+    else:
+        version = f"{profile.min_version}-{profile.max_version}"
+        where = f"onnxruntime-cpu (TensorRT {precision} emulation)"
+    quantized = plan.target.precision == "int8"
+    return {"name": "tensorrt", "version": version, "where": where,
+            "converter": "onnxruntime.quantization" if quantized else None,
+            "converter_version": onnxruntime.__version__ if quantized else None}
+
+
+def _notes(plan: Plan, engine: ModuleType | None, seconds: float) -> list[str]:
+    notes = []
+    if plan.target.precision == "int8":
+        notes.append(f"Q/DQ quantization ({plan.options.calibration.method}) took {seconds:.1f} s")
+    capability = engine.compute_capability() if engine is not None else None
+    if capability and capability != plan.target.tensorrt.compute_capability:
+        notes.append(f"measured with TensorRT on this host's GPU (compute capability {capability}), not on the "
+                     f"target's ({plan.target.tensorrt.compute_capability}): kernels differ, numbers are indicative")
+    return notes
+
+
+def _bindings(export: OnnxExport) -> dict:
+    """Float32 in and out, by ONNX tensor name: TensorRT keeps the ONNX I/O names and types."""
+    def bind(specs):
+        return [Binding(s.name, s.name, index).to_dict() for index, s in enumerate(specs)]
+
+    return {"inputs": bind(export.inputs), "outputs": bind(export.outputs), "mapping": "by ONNX tensor name"}
+
+
+def _check_io(path: Path, export: OnnxExport) -> None:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    found = ([v.name for v in graph.input if v.name not in weights], [v.name for v in graph.output])
+    expected = ([s.name for s in export.inputs], [s.name for s in export.outputs])
+    if found != expected:
+        raise ConversionError(f"{path.name} has I/O {found}, the export {expected}", hint="report this model")

@@ -1,0 +1,145 @@
+"""Per-layer drift: every INT8 activation of the device model, compared with its float counterpart and named
+by the PyTorch module it came from.
+
+Tensors are matched by value, not by name: the float32 TFLite's activations equal the reference ONNX's (up to
+the NHWC layout), so each TFLite tensor finds its ONNX tensor, and the ONNX tensor its module (recorded at
+export). For each INT8 tensor two numbers: `sqnr_db`, the error its own INT8 range introduces (the float
+activation quantised with the device tensor's scale, averaged over channels, so one huge channel cannot hide
+the others), and `accumulated_sqnr_db`, the device activation against the float one (all error up to there).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.drift import SQNR_CAP_DB, sqnr_db
+from edgekit.mapping import layout_candidates, relative_error
+from edgekit.runners.litert import Binding
+
+MATCH_ERROR = 1e-3
+
+
+def onnx_activations(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every intermediate tensor of an ONNX model (graph optimisations off), stacked over the samples."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    known = {o.name for o in model.graph.output}
+    model.graph.output.extend(v for v in model.graph.value_info if v.name not in known)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    rows = [session.run(names, {k: v[i:i + 1] for k, v in inputs.items()}) for i in range(len(next(iter(
+        inputs.values()))))]
+    return {n: np.concatenate([r[j] for r in rows]) for j, n in enumerate(names)}
+
+
+def tflite_activations(path: Path, bindings: list[Binding], inputs: dict[str, np.ndarray]) -> list[dict]:
+    """Each op output of a TFLite model: name, op, quantisation, and its values (dequantised) over the samples."""
+    from edgekit.runners.litert import interpreter_class
+
+    cls, _, _ = interpreter_class()
+    interpreter = cls(model_path=str(path), experimental_preserve_all_tensors=True)
+    interpreter.allocate_tensors()
+    details = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops = [op for op in interpreter._get_ops_details() if op["op_name"] not in ("DELEGATE", "QUANTIZE", "DEQUANTIZE")]
+    in_index = [interpreter.get_input_details()[b.device_index]["index"] for b in bindings]
+    values: dict[int, list[np.ndarray]] = {int(op["outputs"][0]): [] for op in ops}
+    for i in range(len(next(iter(inputs.values())))):
+        for binding, index in zip(bindings, in_index):
+            interpreter.set_tensor(index, binding.encode(inputs[binding.model_name][i:i + 1]))
+        interpreter.invoke()
+        for index in values:
+            values[index].append(_dequantize(interpreter.get_tensor(index), details[index]))
+    return [{"name": details[i]["name"], "op": op["op_name"], "scale": float(details[i]["quantization"][0]),
+             "zero_point": int(details[i]["quantization"][1]), "dtype": np.dtype(details[i]["dtype"]).name,
+             "values": np.concatenate(values[i])} for op, i in zip(ops, values)]
+
+
+def _dequantize(array: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero_point = detail["quantization"]
+    return (array.astype(np.float32) - zero_point) * scale if scale else array.astype(np.float32)
+
+
+def match_to_onnx(activations: list[dict], onnx_values: dict[str, np.ndarray]) -> dict[str, str]:
+    """TFLite tensor name -> ONNX tensor name whose values are the same (any layout the converter used)."""
+    matched = {}
+    for act in activations:
+        best = min(((relative_error(ref, _to_layout(act["values"], ref)), name) for name, ref in onnx_values.items()
+                    if _to_layout(act["values"], ref) is not None), default=None)
+        if best is not None and best[0] <= MATCH_ERROR:
+            matched[act["name"]] = best[1]
+    return matched
+
+
+def _to_layout(values: np.ndarray, reference: np.ndarray) -> np.ndarray | None:
+    for perm in layout_candidates((1, *reference.shape[1:]), (1, *values.shape[1:])):
+        return values.transpose(np.argsort(perm)) if perm else values
+    return None
+
+
+def local_sqnr_db(values: np.ndarray, scale: float, zero_point: int, dtype: str) -> float:
+    """SQNR of the float activation quantised with this scale, per channel (last axis), averaged in dB."""
+    info = np.iinfo(dtype)
+    fake = (np.clip(np.round(values / scale) + zero_point, info.min, info.max) - zero_point) * scale
+    flat, noisy = values.reshape(-1, values.shape[-1]), fake.reshape(-1, values.shape[-1])
+    per_channel = [sqnr_db(flat[:, c], noisy[:, c]) for c in range(flat.shape[1]) if np.any(flat[:, c])]
+    return float(np.mean(per_channel)) if per_channel else SQNR_CAP_DB
+
+
+def pair_with_float(device: list[dict], floats: list[dict]) -> list[tuple[dict, dict]]:
+    """Device activations with their float counterparts: same tensor name, else the next unused same op+shape."""
+    by_name = {a["name"]: a for a in floats}
+    used: set[str] = set()
+    pairs = []
+    for act in device:
+        ref = by_name.get(act["name"])
+        if ref is None or ref["name"] in used:
+            ref = next((f for f in floats if f["name"] not in used and f["op"] == act["op"]
+                        and f["values"].shape == act["values"].shape), None)
+        if ref is not None:
+            used.add(ref["name"])
+            pairs.append((act, ref))
+    return pairs
+
+
+def fused_modules(graph, tensor: str, stops: set[str], modules: dict[str, str]) -> list[str]:
+    """Modules of the ONNX nodes a device op fused into `tensor`: walk back to the previous matched tensor."""
+    producers = {out: node for node in graph.node for out in node.output}
+    found, todo, seen = [], [tensor], set()
+    while todo:
+        node = producers.get(todo.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        found.append(node)
+        todo.extend(i for i in node.input if i not in stops and i in producers)
+    names = [modules.get(node.output[0]) for node in reversed(found)]
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def layer_drift(export_path: Path, modules: dict[str, str], float_path: Path, device_path: Path,
+                float_inputs: list[Binding], device_inputs: list[Binding], samples: dict[str, np.ndarray]) -> list[dict]:
+    """The report's `layers`: one row per INT8 activation of the device model, worst `sqnr_db` first."""
+    import onnx
+
+    floats = tflite_activations(float_path, float_inputs, samples)
+    to_onnx = match_to_onnx(floats, onnx_activations(export_path, samples))
+    graph = onnx.load(str(export_path)).graph
+    rows, seen = [], set()
+    for act, ref in pair_with_float(tflite_activations(device_path, device_inputs, samples), floats):
+        tensor = to_onnx.get(ref["name"])
+        if tensor is None or tensor in seen or act["dtype"] not in ("int8", "int16"):
+            continue
+        seen.add(tensor)
+        group = fused_modules(graph, tensor, set(to_onnx.values()) - {tensor}, modules)
+        rows.append({"module": group[0] if group else modules.get(tensor), "modules": group, "tensor": tensor,
+                     "device_tensor": act["name"], "op": act["op"], "scale": act["scale"],
+                     "sqnr_db": round(local_sqnr_db(ref["values"], act["scale"], act["zero_point"], act["dtype"]), 3),
+                     "accumulated_sqnr_db": round(sqnr_db(ref["values"], act["values"]), 3)})
+    return sorted(rows, key=lambda r: r["sqnr_db"])
