@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ from edgekit.runners.base import Runner
 from edgekit.runners.onnxrt import OnnxRunner
 from edgekit.runners.torch import TorchRunner
 from edgekit.steps.export_onnx import OnnxExport, export_onnx
+
+LAYER_SAMPLES = 32
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,10 @@ def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Wr
         device = _convert(plan, export, workdir)
     with steps.step("verify", f"measuring drift on {plan.evaluation.size} {plan.eval_source} samples"):
         measured = _measure(plan, export, device)
+    if device.per_layer is not None:
+        with steps.step("layers", "measuring per-layer drift"):
+            samples = {k: v[:LAYER_SAMPLES] for k, v in plan.evaluation.inputs.items()}
+            measured = replace(measured, layers=device.per_layer(samples))
     if plan.emulator == "arm64":
         count = min(plan.options.emulator_samples, plan.evaluation.size)
         with steps.step("emulator", f"running {count} samples in the ARM64 emulator ({plan.target.cpu})"):
@@ -142,13 +148,11 @@ def _measure(plan: Plan, export: OnnxExport, device: DeviceModel) -> bundle_io.M
     return bundle_io.Measured(
         reference=reference, device=outputs, conversion=output_metrics(reference, floats),
         quantization=output_metrics(floats, outputs) if quantized else None, drift=drift,
-        latency_ms={"host": latency}, warnings=_warnings(plan, drift, reference, outputs))
+        latency_ms={"host": latency}, warnings=_warnings(plan, drift, reference, outputs) + device.notes)
 
 
 def _measure_emulated(plan: Plan, export: OnnxExport, device: DeviceModel, measured: bundle_io.Measured,
                       count: int) -> bundle_io.Measured:
-    from dataclasses import replace
-
     from edgekit.emulated import measure
 
     thresholds = Thresholds(plan.options.max_drop, plan.options.min_agreement, plan.target.min_sqnr_db)

@@ -24,7 +24,8 @@ class DeviceModel:
     open_float_runner: Callable[[], Runner] | None
     output_steps: dict[str, float | None] = field(default_factory=dict)
     extra_files: dict[str, Path] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # go into the report's warnings: what the user must know
+    per_layer: Callable[[dict[str, np.ndarray]], list[dict]] | None = None  # samples -> report `layers` rows
 
 
 def tolerances(device: DeviceModel, precision: str, golden: dict[str, np.ndarray]) -> dict[str, float]:

@@ -83,10 +83,11 @@ def _to_layout(values: np.ndarray, reference: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def local_sqnr_db(values: np.ndarray, scale: float, zero_point: int, dtype: str) -> float:
-    """SQNR of the float activation quantised with this scale, per channel (last axis), averaged in dB."""
+def local_sqnr_db(values: np.ndarray, scale: float, zero_point: int, dtype: str, axis: int = -1) -> float:
+    """SQNR of the float activation quantised with this scale, per channel (`axis`), averaged in dB."""
     info = np.iinfo(dtype)
     fake = (np.clip(np.round(values / scale) + zero_point, info.min, info.max) - zero_point) * scale
+    values, fake = np.moveaxis(values, axis, -1), np.moveaxis(fake, axis, -1)
     flat, noisy = values.reshape(-1, values.shape[-1]), fake.reshape(-1, values.shape[-1])
     per_channel = [sqnr_db(flat[:, c], noisy[:, c]) for c in range(flat.shape[1]) if np.any(flat[:, c])]
     return float(np.mean(per_channel)) if per_channel else SQNR_CAP_DB
@@ -124,7 +125,8 @@ def fused_modules(graph, tensor: str, stops: set[str], modules: dict[str, str]) 
 
 
 def layer_drift(export_path: Path, modules: dict[str, str], float_path: Path, device_path: Path,
-                float_inputs: list[Binding], device_inputs: list[Binding], samples: dict[str, np.ndarray]) -> list[dict]:
+                float_inputs: list[Binding], device_inputs: list[Binding],
+                samples: dict[str, np.ndarray]) -> list[dict]:
     """The report's `layers`: one row per INT8 activation of the device model, worst `sqnr_db` first."""
     import onnx
 
@@ -142,4 +144,29 @@ def layer_drift(export_path: Path, modules: dict[str, str], float_path: Path, de
                      "device_tensor": act["name"], "op": act["op"], "scale": act["scale"],
                      "sqnr_db": round(local_sqnr_db(ref["values"], act["scale"], act["zero_point"], act["dtype"]), 3),
                      "accumulated_sqnr_db": round(sqnr_db(ref["values"], act["values"]), 3)})
+    return sorted(rows, key=lambda r: r["sqnr_db"])
+
+
+def qdq_layer_drift(export_path: Path, qdq_path: Path, modules: dict[str, str],
+                    samples: dict[str, np.ndarray]) -> list[dict]:
+    """`layers` for a Q/DQ ONNX: every quantised activation (QuantizeLinear on a graph tensor), local and
+    accumulated SQNR against the float reference, named by the module that produced the tensor."""
+    import onnx
+    from onnx import numpy_helper
+
+    qdq = onnx.load(str(qdq_path)).graph
+    constants = {i.name: numpy_helper.to_array(i) for i in qdq.initializer}
+    dequantized = {n.input[0]: n.output[0] for n in qdq.node if n.op_type == "DequantizeLinear"}
+    floats, device = onnx_activations(export_path, samples), onnx_activations(qdq_path, samples)
+    quantized = [n for n in qdq.node if n.op_type == "QuantizeLinear" and n.input[0] in floats]
+    stops = {n.input[0] for n in quantized}
+    graph, rows = onnx.load(str(export_path)).graph, []
+    for node in quantized:
+        tensor, scale = node.input[0], float(constants[node.input[1]])
+        dq_out = device.get(dequantized.get(node.output[0], ""))
+        group = fused_modules(graph, tensor, stops - {tensor}, modules)
+        rows.append({"module": group[0] if group else modules.get(tensor), "modules": group, "tensor": tensor,
+                     "device_tensor": node.output[0], "op": "QuantizeLinear", "scale": scale,
+                     "sqnr_db": round(local_sqnr_db(floats[tensor], scale, 0, "int8", axis=1), 3),
+                     "accumulated_sqnr_db": None if dq_out is None else round(sqnr_db(floats[tensor], dq_out), 3)})
     return sorted(rows, key=lambda r: r["sqnr_db"])

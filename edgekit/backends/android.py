@@ -7,10 +7,11 @@ from pathlib import Path
 from edgekit.backends import onnx2tf
 from edgekit.device import DeviceModel
 from edgekit.errors import ConversionError
+from edgekit.layers import layer_drift
 from edgekit.plan import Plan
 from edgekit.runners.litert import Binding, LiteRTRunner, interpreter_class, output_step
 from edgekit.runners.onnxrt import OnnxRunner
-from edgekit.steps.export_onnx import OnnxExport
+from edgekit.steps.export_onnx import OnnxExport, tensor_modules
 
 MAPPING_SAMPLES = 8
 
@@ -40,7 +41,9 @@ def build_tflite(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
         open_runner=lambda path: LiteRTRunner(path, device_in, device_out),
         open_float_runner=lambda: LiteRTRunner(files.float32, float_in, float_out),
         output_steps={b.model_name: output_step(files.device, b.device_index) for b in device_out},
-        notes=[f"onnx2tf conversion took {files.seconds:.1f} s"],
+        per_layer=(lambda samples: layer_drift(export.path, tensor_modules(export.path), files.float32, files.device,
+                                               float_in, device_in, samples)) if plan.target.precision == "int8"
+        else None,
     )
 
 

@@ -18,11 +18,12 @@ from edgekit.backends.engine_scripts import check_profile, write_scripts
 from edgekit.config import Calibration
 from edgekit.device import DeviceModel
 from edgekit.errors import ConversionError, UnsupportedError
+from edgekit.layers import qdq_layer_drift
 from edgekit.plan import Plan
 from edgekit.runners.base import Runner
 from edgekit.runners.litert import Binding
 from edgekit.runners.onnxrt import OnnxRunner
-from edgekit.steps.export_onnx import OnnxExport
+from edgekit.steps.export_onnx import OnnxExport, tensor_modules
 
 # TensorRT fuses Q/DQ best on the inputs of its weighted layers; everything between stays float (FP16 on the device)
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
@@ -54,6 +55,8 @@ def build_qdq_onnx(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel
         open_runner=_device_runner(precision, engine, bindings, workdir),
         open_float_runner=lambda: OnnxRunner(export.path), output_steps={}, extra_files=scripts,
         notes=_notes(plan, engine, seconds),
+        per_layer=(lambda samples: qdq_layer_drift(export.path, path, tensor_modules(export.path), samples))
+        if precision == "int8" else None,
     )
 
 
@@ -256,8 +259,6 @@ def _runtime(plan: Plan, engine: ModuleType | None) -> dict:
 
 def _notes(plan: Plan, engine: ModuleType | None, seconds: float) -> list[str]:
     notes = []
-    if plan.target.precision == "int8":
-        notes.append(f"Q/DQ quantization ({plan.options.calibration.method}) took {seconds:.1f} s")
     capability = engine.compute_capability() if engine is not None else None
     if capability and capability != plan.target.tensorrt.compute_capability:
         notes.append(f"measured with TensorRT on this host's GPU (compute capability {capability}), not on the "
