@@ -12,10 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit import bundle_check, lineage
+from edgekit import bundle_check, lineage, monitor
 from edgekit.device import DeviceModel, tolerances
+from edgekit.drift import class_output
 from edgekit.plan import Plan
-from edgekit.report import make_report, render_html, validate_report
+from edgekit.report import make_report, validate_report
+from edgekit.report_html import Evidence, render_html
 from edgekit.steps.export_onnx import OnnxExport
 
 
@@ -31,6 +33,7 @@ class Measured:
     latency_ms: dict
     warnings: list[str]
     emulator: dict | None = None
+    layers: list[dict] | None = None
 
 
 @dataclass(frozen=True)
@@ -52,11 +55,15 @@ def write(staging: Path, plan: Plan, export: OnnxExport, device: DeviceModel, me
         shutil.copyfile(path, staging / name)
     golden = _write_golden(staging, plan, measured)
     shutil.copyfile(bundle_check.__file__, staging / "check.py")
+    shutil.copyfile(monitor.__file__, staging / "monitor.py")  # input-drift monitor, scored against data_stats.json
+    (staging / "data_stats.json").write_text(json.dumps(monitor.data_stats(plan.calibration.inputs)) + "\n")
     report = make_report(plan, device, measured, timings_s, _sizes(staging / device.bundle_name, device))
     validate_report(report)
     (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     manifest = _manifest(plan, export, device, golden)
-    (staging / "report.html").write_text(render_html(report, manifest))
+    scores = class_output({o.name: o.shape for o in export.outputs})
+    evidence = Evidence(measured.reference, measured.device, plan.evaluation.labels, scores)
+    (staging / "report.html").write_text(render_html(report, manifest, evidence))
     manifest["files"] = lineage.file_hashes(staging)
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return Written(report, manifest)

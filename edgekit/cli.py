@@ -195,6 +195,31 @@ def _inspect_text(info: dict) -> str:
     return "\n".join(lines)
 
 
+@main.command("diff")
+@click.argument("old", type=click.Path(path_type=Path))
+@click.argument("new", type=click.Path(path_type=Path))
+@click.option("--max-drop-increase", type=float, default=0.5, show_default=True,
+              help="how much NEW's accuracy drop may grow, percentage points")
+@click.option("--max-agreement-decrease", type=float, default=0.01, show_default=True,
+              help="how much NEW's top-1 agreement may fall, 0..1")
+@click.option("--max-size-increase", type=float, help="how much NEW's device model may grow, fraction (not gated "
+              "unless given), e.g. 0.1")
+@click.option("--json", "as_json", is_flag=True, help="print the comparison as JSON")
+@handle_errors
+def diff_command(old: Path, new: Path, max_drop_increase: float, max_agreement_decrease: float,
+                 max_size_increase: float | None, as_json: bool) -> int:
+    """Compare bundle NEW with bundle OLD: a release gate (exit 3 when NEW regresses beyond the thresholds)."""
+    from edgekit.diff import DiffThresholds, diff_bundles, diff_lines
+
+    result = diff_bundles(old, new, DiffThresholds(max_drop_increase, max_agreement_decrease, max_size_increase))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        for line in diff_lines(result):
+            _console(stderr=False).print(line, markup=False)
+    return 0 if result["passed"] else 3
+
+
 @main.group("emulator")
 def emulator_group() -> None:
     """Prepare or show the rootless ARM64 emulator used to check Android models where they run."""

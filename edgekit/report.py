@@ -1,8 +1,7 @@
-"""report.json (schema edgekit.report/1, validated) and a self-contained report.html."""
+"""report.json (schema edgekit.report/1, validated) and its console summary; report.html is in report_html."""
 
 from __future__ import annotations
 
-import html
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -65,45 +64,11 @@ def passed(report: dict) -> bool:
     return bool(report["drift"]["passed"] and (emulator is None or emulator["passed"]))
 
 
-def render_html(report: dict, manifest: dict) -> str:
-    """A single self-contained page (no network): verdict, summary lines, tables of every block, lineage."""
-    verdict = "PASSED" if passed(report) else "FAILED"
-    colour = "#1a7f37" if verdict == "PASSED" else "#cf222e"
-    sections = "".join(_section(key, report.get(key)) for key in ("drift", "conversion", "quantization", "emulator",
-                                                                 "size", "compression", "layers", "timings_s",
-                                                                 "latency_ms"))
-    lineage = {k: manifest.get(k) for k in ("created", "git_sha", "seed", "versions", "model", "data")}
-    title = html.escape(report["target"])
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>edgekit report: {title}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:70em}}
-table{{border-collapse:collapse;margin:.5em 0}}
-td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left;font-size:.9em}}
-pre{{background:#f6f8fa;padding:1em;overflow:auto}}
-.verdict{{color:#fff;background:{colour};padding:.3em .8em;border-radius:4px}}</style></head><body>
-<h1>edgekit report <span class="verdict" id="verdict">{verdict}</span></h1>
-<pre id="summary">{html.escape(chr(10).join(summary_lines(report)))}</pre>{sections}
-<h2>Lineage</h2><pre id="lineage">{html.escape(json.dumps(lineage, indent=2, default=str))}</pre>
-</body></html>"""
+def render_html(report: dict, manifest: dict, evidence=None) -> str:
+    """The self-contained report.html; drawn by edgekit.report_html (kept here for callers of the old name)."""
+    from edgekit.report_html import render_html as render
 
-
-def _section(key: str, value: object) -> str:
-    if value in (None, [], {}):
-        return ""
-    return f'<h2>{html.escape(key)}</h2><div id="{key}">{_table(value)}</div>'
-
-
-def _table(value: object) -> str:
-    if isinstance(value, dict):
-        rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_table(v)}</td></tr>" for k, v in value.items())
-        return f"<table>{rows}</table>"
-    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-        keys = list(value[0])
-        head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-        body = "".join("<tr>" + "".join(f"<td>{_table(v.get(k))}</td>" for k in keys) + "</tr>" for v in value)
-        return f"<table><tr>{head}</tr>{body}</table>"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return html.escape("null" if value is None else str(value))
+    return render(report, manifest, evidence)
 
 
 def make_report(plan, device, measured, timings_s: dict[str, float], size: dict) -> dict:
@@ -127,7 +92,7 @@ def make_report(plan, device, measured, timings_s: dict[str, float], size: dict)
         "emulator": measured.emulator,
         "compression": None,
         "quantization": quantization,
-        "layers": None,
+        "layers": measured.layers,
         "warnings": measured.warnings,
         "timings_s": dict(timings_s),
         "latency_ms": measured.latency_ms,
