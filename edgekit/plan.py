@@ -8,6 +8,7 @@ from typing import Any
 
 from edgekit.config import BuildOptions, Target, load_target
 from edgekit.data import Dataset, load_data, split_holdout, validate_against
+from edgekit.datachecks import calibration_warnings
 from edgekit.emulated import choose as choose_emulator
 from edgekit.errors import ConfigError, DataError
 from edgekit.model import LoadedModel, TensorSpec, load_model
@@ -69,5 +70,6 @@ def make_plan(model: Any, target: str | Path | Target, calibration: Any, eval_da
     else:
         evaluation = validate_against(evaluation, inputs, "eval data")
         eval_source = "eval"
+    notes = ([note] if note else []) + calibration_warnings(calib, evaluation, eval_source == "eval")
     return Plan(target, options, loaded, inputs, calib, evaluation, eval_source, out, force, emulator_mode,
-                None if recipe is None else str(recipe), [note] if note else [])
+                None if recipe is None else str(recipe), notes)
