@@ -11,10 +11,12 @@ from typing import Any
 import numpy as np
 
 from edgekit import bundle as bundle_io
+from edgekit.backends.choose import check_converter
 from edgekit.config import BuildOptions, Calibration, Cluster, Prune
 from edgekit.device import DeviceModel
 from edgekit.drift import Thresholds, class_output, drift_block, failure_reasons, output_metrics
 from edgekit.errors import DriftError, EdgekitError, UnsupportedError
+from edgekit.fallback import run_fallback
 from edgekit.plan import Plan, make_plan
 from edgekit.progress import Listener, Steps
 from edgekit.report import passed as report_passed
@@ -60,6 +62,7 @@ def build(model: Any, target: str = "android-arm64-int8", calibration: Any = Non
     steps = Steps(progress)
     with steps.step("plan", "checking model, data and target"):
         plan = make_plan(model, target, calibration, eval_data, out, options, recipe, input_shape, force)
+        check_converter(plan)
     for note in plan.warnings:
         steps.note(note)
     staging = Path(tempfile.mkdtemp(prefix=f".{plan.out.name}.tmp-", dir=_parent(plan.out)))
@@ -84,10 +87,6 @@ def _refuse_unimplemented(options: BuildOptions) -> None:
     """Options whose step this version lacks stop the build (exit 2) rather than being silently ignored."""
     asked = [name for name, value in (("prune", options.prune), ("cluster", options.cluster),
                                       ("recover", options.recover or None)) if value is not None]
-    if options.fallback != "none":
-        asked.append("fallback")
-    if options.converter == "litert-torch":
-        asked.append("converter litert-torch")
     if asked:
         raise UnsupportedError(f"{', '.join(asked)} is not available in this version of edgekit",
                                hint="build without it")
@@ -99,11 +98,10 @@ def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Wr
     with steps.step("convert", f"converting for {plan.target.name}"):
         device = _convert(plan, export, workdir)
     with steps.step("verify", f"measuring drift on {plan.evaluation.size} {plan.eval_source} samples"):
-        measured = _measure(plan, export, device)
-    if device.per_layer is not None:
-        with steps.step("layers", "measuring per-layer drift"):
-            samples = {k: v[:LAYER_SAMPLES] for k, v in plan.evaluation.inputs.items()}
-            measured = replace(measured, layers=device.per_layer(samples))
+        measured = _evaluate(plan, export, device)
+    if plan.options.fallback == "auto" and not measured.drift["passed"]:
+        with steps.step("fallback", "keeping the most sensitive layers in float"):
+            device, measured = run_fallback(device, measured, lambda candidate: _evaluate(plan, export, candidate))
     if plan.emulator == "arm64":
         count = min(plan.options.emulator_samples, plan.evaluation.size)
         with steps.step("emulator", f"running {count} samples in the ARM64 emulator ({plan.target.cpu})"):
@@ -114,9 +112,9 @@ def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Wr
 
 def _convert(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
     if plan.target.is_android:
-        from edgekit.backends.android import build_tflite
+        from edgekit.backends.choose import build_android
 
-        return build_tflite(plan, export, workdir)
+        return build_android(plan, export, workdir)
     from edgekit.backends.tensorrt import build_qdq_onnx
 
     return build_qdq_onnx(plan, export, workdir)
@@ -130,6 +128,15 @@ def reference_runner(plan: Plan, export: OnnxExport) -> Runner:
         batch = 1 if plan.model.kind == "exported_program" else 64
         return TorchRunner(plan.model.module, names, outputs, batch_size=batch)
     return OnnxRunner(export.path)
+
+
+def _evaluate(plan: Plan, export: OnnxExport, device: DeviceModel) -> bundle_io.Measured:
+    """Drift on the eval data, plus per-layer drift where the route can measure it."""
+    measured = _measure(plan, export, device)
+    if device.per_layer is None:
+        return measured
+    samples = {k: v[:LAYER_SAMPLES] for k, v in plan.evaluation.inputs.items()}
+    return replace(measured, layers=device.per_layer(samples))
 
 
 def _measure(plan: Plan, export: OnnxExport, device: DeviceModel) -> bundle_io.Measured:

@@ -26,6 +26,8 @@ class DeviceModel:
     extra_files: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # go into the report's warnings: what the user must know
     per_layer: Callable[[dict[str, np.ndarray]], list[dict]] | None = None  # samples -> report `layers` rows
+    with_float: Callable[[list[dict]], DeviceModel] | None = None  # rebuild keeping these `layers` rows in float
+    float_modules: tuple[str, ...] = ()  # what a fallback kept in float
 
 
 def tolerances(device: DeviceModel, precision: str, golden: dict[str, np.ndarray]) -> dict[str, float]:

@@ -78,7 +78,8 @@ def make_report(plan, device, measured, timings_s: dict[str, float], size: dict)
     quantization = None
     if measured.quantization is not None:
         method = plan.options.calibration.method if plan.target.precision == "int8" else None
-        quantization = {"method": method, "float_modules": [], "outputs": measured.quantization}
+        quantization = {"method": method, "float_modules": list(device.float_modules),
+                        "outputs": measured.quantization}
     return {
         "schema": SCHEMA_ID,
         "target": plan.target.name,

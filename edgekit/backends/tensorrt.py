@@ -35,13 +35,16 @@ INT8_MAX = 127  # symmetric INT8 uses [-127, 127], as TensorRT does
 BUNDLE_NAMES = {"int8": "model.qdq.onnx", "fp16": "model.onnx"}
 
 
-def build_qdq_onnx(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
-    """INT8: quantize the export into a symmetric Q/DQ ONNX; FP16: ship the export. Both with build_engine.sh/.py."""
+def build_qdq_onnx(plan: Plan, export: OnnxExport, workdir: Path,
+                   float_tensors: frozenset[str] = frozenset()) -> DeviceModel:
+    """INT8: quantize the export into a symmetric Q/DQ ONNX; FP16: ship the export. Both with build_engine.sh/.py.
+
+    `float_tensors`: activations whose Q/DQ is left out (their consumers run in FP16): the accuracy fallback."""
     _check_request(plan)
     precision, start = plan.target.precision, time.perf_counter()
     if precision == "int8":
         calibration = plan.calibration.take(slice(0, plan.options.calibration.max_samples)).inputs
-        path = quantize_qdq(export.path, calibration, plan.options.calibration, workdir)
+        path = quantize_qdq(export.path, calibration, plan.options.calibration, workdir, float_tensors)
     else:
         path = export.path
     seconds = time.perf_counter() - start
@@ -56,6 +59,9 @@ def build_qdq_onnx(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel
         open_float_runner=lambda: OnnxRunner(export.path), output_steps={}, extra_files=scripts,
         notes=_notes(plan, engine, seconds),
         per_layer=(lambda samples: qdq_layer_drift(export.path, path, tensor_modules(export.path), samples))
+        if precision == "int8" else None,
+        with_float=(lambda rows: build_qdq_onnx(plan, export, workdir / f"fallback-{len(rows)}",
+                                                frozenset(r["tensor"] for r in rows)))
         if precision == "int8" else None,
     )
 
@@ -74,19 +80,24 @@ def _check_request(plan: Plan) -> None:
 # --- INT8: calibration and Q/DQ ---------------------------------------------------------------------------------------
 
 
-def quantize_qdq(model: Path, inputs: dict[str, np.ndarray], calibration: Calibration, workdir: Path) -> Path:
+def quantize_qdq(model: Path, inputs: dict[str, np.ndarray], calibration: Calibration, workdir: Path,
+                 float_tensors: frozenset[str] = frozenset()) -> Path:
     """model.qdq.onnx: INT8 weight initializers per channel -> DequantizeLinear, per-tensor INT8 activations
     QuantizeLinear -> DequantizeLinear on the inputs of Conv/Gemm/MatMul, every zero point 0 (TensorRT accepts
-    nothing else), biases float; activation ranges from `calibration.method`."""
+    nothing else), biases float; activation ranges from `calibration.method`. The consumers of `float_tensors`
+    are left unquantized."""
     from onnxruntime.quantization import quantize_static
 
+    workdir.mkdir(parents=True, exist_ok=True)
     amax = calibrate_amax(model, inputs, calibration, workdir)
     overrides = {name: [{"rmin": np.float32(-value), "rmax": np.float32(value)}] for name, value in amax.items()}
     out = workdir / "model.qdq.onnx"
+    excluded = _consumers(model, float_tensors)
     with _quiet():
         # quantize_static measures ranges itself: one sample does, as each range it uses comes from `overrides`
         quantize_static(str(model), str(out), _Reader(inputs, 0, 1), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True, reduce_range=False,
+                        nodes_to_exclude=excluded,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, extra_options={
                             "ActivationSymmetric": True, "WeightSymmetric": True,
@@ -149,6 +160,14 @@ def mse_amax(hist: np.ndarray, edges: np.ndarray) -> float:
         quantized = np.clip(np.round(centers / step), -INT8_MAX, INT8_MAX) * step
         errors.append(float(np.sum(hist * (centers - quantized) ** 2)))
     return float(candidates[int(np.argmin(errors))])
+
+
+def _consumers(model: Path, tensors: frozenset[str]) -> list[str]:
+    """Names of the quantizable nodes that read any of `tensors`."""
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    return [n.name for n in graph.node if n.op_type in QUANTIZED_OPS and set(n.input) & tensors]
 
 
 def _quantized_activations(model: Path) -> set[str]:

@@ -70,7 +70,7 @@ def export_onnx(model: LoadedModel, inputs: tuple[TensorSpec, ...], path: Path) 
     else:
         proto = _torch_export(model, inputs)
         exporter = "torch.onnx.export (dynamo)" if model.kind != "torchscript" else "torch.onnx.export (torchscript)"
-    proto = _simplify(proto)
+    proto = _name_nodes(_simplify(proto))
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
     outputs = tuple(onnx_value_spec(v) for v in proto.graph.output)
@@ -182,6 +182,17 @@ def _static_onnx(proto, inputs: tuple[TensorSpec, ...]):
             for dim, size in zip(value.type.tensor_type.shape.dim, shapes[value.name]):
                 dim.Clear()
                 dim.dim_value = size
+    return proto
+
+
+def _name_nodes(proto):
+    """Give unnamed nodes unique names: quantizers and per-layer reports address nodes by name."""
+    taken = {node.name for node in proto.graph.node if node.name}
+    for index, node in enumerate(proto.graph.node):
+        if not node.name:
+            candidates = (f"{node.op_type}_{index}", f"{node.op_type}_{index}_edgekit")
+            node.name = next(n for n in candidates if n not in taken)
+            taken.add(node.name)
     return proto
 
 
