@@ -63,6 +63,7 @@ def build(model: Any, target: str = "android-arm64-int8", calibration: Any = Non
     with steps.step("plan", "checking model, data and target"):
         plan = make_plan(model, target, calibration, eval_data, out, options, recipe, input_shape, force)
         check_converter(plan)
+    _check_route(plan)
     for note in plan.warnings:
         steps.note(note)
     staging = Path(tempfile.mkdtemp(prefix=f".{plan.out.name}.tmp-", dir=_parent(plan.out)))
@@ -76,6 +77,14 @@ def build(model: Any, target: str = "android-arm64-int8", calibration: Any = Non
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return BuildResult(plan.out, result.report, result.manifest)
+
+
+def _check_route(plan: Plan) -> None:
+    """Route-specific refusals (wrong converter or I/O for the target) before the export starts."""
+    if not plan.target.is_android:
+        from edgekit.backends.tensorrt import check_request
+
+        check_request(plan)
 
 
 def _parent(out: Path) -> Path:

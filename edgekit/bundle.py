@@ -53,8 +53,10 @@ def write(staging: Path, plan: Plan, export: OnnxExport, device: DeviceModel, me
     shutil.copyfile(export.path, staging / "reference.onnx")
     for name, path in device.extra_files.items():
         shutil.copyfile(path, staging / name)
+        (staging / name).chmod(0o755)  # build_engine.sh / .py are run directly on the device
     golden = _write_golden(staging, plan, measured)
     shutil.copyfile(bundle_check.__file__, staging / "check.py")
+    (staging / "check.py").chmod(0o755)
     shutil.copyfile(monitor.__file__, staging / "monitor.py")  # input-drift monitor, scored against data_stats.json
     (staging / "data_stats.json").write_text(json.dumps(monitor.data_stats(plan.calibration.inputs)) + "\n")
     report = make_report(plan, device, measured, timings_s, _sizes(staging / device.bundle_name, device))

@@ -95,6 +95,7 @@ def run_device(path: Path, device: dict, inputs: dict[str, np.ndarray], runtime:
     if kind == "litert":
         return run_litert(path, device, inputs)
     if kind == "tensorrt":
+        sys.dont_write_bytecode = True  # importing build_engine must not leave __pycache__ in the bundle
         try:
             from build_engine import run_engine  # shipped beside check.py in Jetson bundles
         except ImportError:

@@ -41,7 +41,7 @@ class TensorRTProfile:
     """What a Jetson target needs from TensorRT on the device."""
 
     min_version: str = "10.0"
-    max_version: str = "11.99"
+    max_version: str = "10.99"  # TensorRT 11 dropped the --int8/--fp16 flags these scripts use
     compute_capability: str = "8.7"
     jetpack: str = "6"
     flags: tuple[str, ...] = ()

@@ -40,7 +40,7 @@ def build_qdq_onnx(plan: Plan, export: OnnxExport, workdir: Path,
     """INT8: quantize the export into a symmetric Q/DQ ONNX; FP16: ship the export. Both with build_engine.sh/.py.
 
     `float_tensors`: activations whose Q/DQ is left out (their consumers run in FP16): the accuracy fallback."""
-    _check_request(plan)
+    check_request(plan)
     precision, start = plan.target.precision, time.perf_counter()
     if precision == "int8":
         calibration = plan.calibration.take(slice(0, plan.options.calibration.max_samples)).inputs
@@ -66,7 +66,8 @@ def build_qdq_onnx(plan: Plan, export: OnnxExport, workdir: Path,
     )
 
 
-def _check_request(plan: Plan) -> None:
+def check_request(plan: Plan) -> None:
+    """Options that do not apply to a Jetson target: exit 2 before any work."""
     check_profile(plan.target)
     asked = plan.options.converter
     if asked not in (None, "auto", plan.target.converter):
