@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast lint bench clean
+.PHONY: venv demo test test-fast lint bench clean chromium
 
 venv: $(STAMP)
 
@@ -23,10 +23,14 @@ demo: $(STAMP)
 		--calibration examples/01_android_int8/calibration.npz --eval examples/01_android_int8/eval.npz \
 		--out dist/digits_cnn-android-arm64-int8 --force
 
-test: $(STAMP)
+# tests/test_report_html.py renders report.html in headless Chromium: installed here when missing (Debian's package).
+chromium:
+	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) chromium
 	$(BIN)/python -m pytest -q -m "not slow and not emulator"
 
 lint: $(STAMP)

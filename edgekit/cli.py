@@ -26,13 +26,15 @@ def handle_errors(func: Callable[..., int | None]) -> Callable[..., None]:
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> None:
+        from rich.markup import escape
+
         console = _console()
         try:
             code = func(*args, **kwargs) or 0
         except EdgekitError as exc:
-            console.print(f"[bold red]error:[/] {exc.message}")
+            console.print(f"[bold red]error:[/] {escape(exc.message)}")  # "edgekit[android]" is not markup
             if exc.hint:
-                console.print(f"[bold]hint:[/] {exc.hint}")
+                console.print(f"[bold]hint:[/] {escape(exc.hint)}")
             code = exc.exit_code
         except KeyboardInterrupt:
             console.print("interrupted; nothing was written")

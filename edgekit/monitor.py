@@ -98,7 +98,7 @@ def _score_input(name: str, array: np.ndarray, described: dict, threshold: float
         raise MonitorError(f"input {name}: live samples have shape {list(array.shape[1:])}, the calibration data "
                            f"had {described['shape']} (give the model's own layout, batch first)")
     rows = []
-    for index, (values, ref) in enumerate(zip(_channels(array), described["channels"], strict=True)):
+    for index, (values, ref) in enumerate(zip(_channels(array), described["channels"])):
         finite = values[np.isfinite(values)]
         value = psi(np.asarray(ref["expected"]), _bin_shares(finite, np.asarray(ref["edges"])))
         rows.append({"channel": index, "psi": round(value, 6), "drift": value > threshold,
@@ -145,8 +145,10 @@ def result_lines(result: dict) -> list[str]:
              f"(threshold {result['threshold']})"]
     for name, scored in result["inputs"].items():
         for row in scored["channels"]:
-            lines.append(f"  {name}[{row['channel']}]: PSI {row['psi']:.4f}  mean {row['mean']:.4g} "
-                         f"(calibration {row['reference_mean']:.4g})  {'DRIFT' if row['drift'] else 'ok'}")
+            mean = "n/a" if row["mean"] is None else f"{row['mean']:.4g}"
+            lines.append(f"  {name}[{row['channel']}]: PSI {row['psi']:.4f}  mean {mean} (calibration "
+                         f"{row['reference_mean']:.4g})  {'DRIFT' if row['drift'] else 'ok'}"
+                         + (f"  {row['non_finite']} NaN/inf values" if row["non_finite"] else ""))
     lines.append("DRIFT: live inputs differ from the calibration data" if result["drift"] else "no drift")
     return lines
 

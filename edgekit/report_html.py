@@ -21,10 +21,10 @@ STAGES = (("conversion", "float device model vs PyTorch (converter error)"),
           ("quantization", "device model vs float device model (quantization error)"),
           ("total drift", "device model vs PyTorch (what ships)"))
 CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:72em;padding:0 1em;color:#1f2328}
-h2{border-bottom:1px solid #d0d7de;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #d0d7de;padding:.25em .6em;text-align:left;
-font-size:.88em;vertical-align:top}th{background:#f6f8fa;white-space:nowrap}pre{background:#f6f8fa;padding:1em;overflow:auto;
-font-size:.85em}.verdict{color:#fff;padding:.2em .7em;border-radius:6px;font-size:.8em;vertical-align:middle}
+h2{border-bottom:1px solid #d0d7de;padding-bottom:.2em;margin-top:1.6em}table{border-collapse:collapse;margin:.5em 0}
+td,th{border:1px solid #d0d7de;padding:.25em .6em;text-align:left;font-size:.88em;vertical-align:top}
+th{background:#f6f8fa;white-space:nowrap}pre{background:#f6f8fa;padding:1em;overflow:auto;font-size:.85em}
+.verdict{color:#fff;padding:.2em .7em;border-radius:6px;font-size:.8em;vertical-align:middle}
 .cards{display:flex;flex-wrap:wrap;gap:.8em;margin:1em 0}.card{border:1px solid #d0d7de;border-radius:8px;
 padding:.6em 1em;flex:1 1 8em}.card b{display:block;font-size:1.5em}.card span{color:#59636e;font-size:.85em}
 .note{color:#59636e}.bad{color:#cf222e}.charts{display:flex;flex-wrap:wrap;gap:2em}
@@ -51,7 +51,7 @@ def render_html(report: dict, manifest: dict, evidence: Evidence | None = None) 
         _summary(report),
         _section("layers-chart", "Per-layer drift (SQNR, worst first)", _layers_chart(report)),
         _section("confusion", "Predictions: float (PyTorch) vs device", _confusion(evidence)),
-        _section("error-histogram", "Output error |device − reference| over the eval set", _error_histogram(evidence)),
+        _section("error-histogram", "Output error |device − reference| on the eval set", _error_histogram(evidence)),
         _section("sizes", "Size", _sizes_chart(report["size"])),
         _section("errors", "Error by stage", _error_table(report)),
         _section("details", "Emulator, compression, timings, latency", _details(report)),
@@ -101,17 +101,21 @@ def _text(x: float, y: float, text: str, anchor: str = "start", extra: str = "")
     return f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" {extra}>{_e(text)}</text>'
 
 
-def _hbars(rows: list[tuple[str, float | None, str, str, str]], scale_max: float, label: str) -> str:
-    """Horizontal bars: (name, value, colour, value text, tooltip) per row, one row per 22 px."""
+def _hbars(rows: list[tuple[str, float | None, str, str, str]], scale_max: float, label: str,
+           ticks: list[float | None] | None = None) -> str:
+    """Horizontal bars: (name, value, colour, value text, tooltip) per row, one row per 22 px; `ticks` draws a
+    black mark per row (a second value on the same scale)."""
     left, width, row_h = 190, 420, 22
     body = []
     for i, (name, value, colour, value_text, tip) in enumerate(rows):
-        y = 8 + i * row_h
+        y, tick = 8 + i * row_h, (ticks or [None] * len(rows))[i]
         bar = 0.0 if value is None else max(0.0, min(value, scale_max)) / scale_max * width
         name = name if len(name) <= 30 else "…" + name[-29:]  # the full name is in the tooltip
+        mark = "" if tick is None else (f'<rect x="{left + max(0.0, min(tick, scale_max)) / scale_max * width - 1:.1f}"'
+                                        f' y="{y}" width="3" height="{row_h - 1}" fill="#1f2328"/>')
         body.append(f'<g><title>{_e(tip)}</title>{_text(left - 8, y + 14, name, "end")}'
-                    f'<rect x="{left}" y="{y + 3}" width="{bar:.1f}" height="{row_h - 6}" fill="{colour}"/>'
-                    f'{_text(left + bar + 6, y + 14, value_text)}</g>')
+                    f'<rect x="{left}" y="{y + 3}" width="{bar:.1f}" height="{row_h - 6}" fill="{colour}"/>{mark}'
+                    f'{_text(left + max(bar, (tick or 0) / scale_max * width) + 6, y + 14, value_text)}</g>')
     body.append(f'<line x1="{left}" y1="4" x2="{left}" y2="{12 + len(rows) * row_h}" stroke="#59636e"/>')
     return _svg(left + width + 150, 16 + len(rows) * row_h, "".join(body), label)
 
@@ -125,10 +129,17 @@ def _layers_chart(report: dict) -> str:
     ordered = sorted(layers, key=lambda r: (r["sqnr_db"] is None, r["sqnr_db"] if r["sqnr_db"] is not None else 0))
     top = max([r["sqnr_db"] or 0.0 for r in ordered] + [40.0])
     rows = [(r["module"] or r["tensor"], r["sqnr_db"], _sqnr_colour(r["sqnr_db"], floor),
-             _num(r["sqnr_db"], ".1f", " dB"), f"module {r['module']}, tensor {r['tensor']}") for r in ordered]
-    legend = (f'<p class="note">SQNR of each layer\'s output, device vs PyTorch: higher is better. Red below '
-              f'{floor:g} dB, amber below {floor + 10:g} dB.</p>')
-    return legend + _hbars(rows, min(top, 200.0), "per-layer SQNR in dB, worst first")
+             _num(r["sqnr_db"], ".1f", " dB"), _layer_tip(r)) for r in ordered]
+    accumulated = [r.get("accumulated_sqnr_db") for r in ordered]
+    legend = (f'<p class="note">SQNR of each layer\'s INT8 output against its float value: higher is better; red '
+              f'below {floor:g} dB, amber below {floor + 10:g} dB.'
+              + (" Black mark: accumulated SQNR, all error up to that layer." if any(accumulated) else "") + "</p>")
+    return legend + _hbars(rows, min(top, 200.0), "per-layer SQNR in dB, worst first", accumulated)
+
+
+def _layer_tip(row: dict) -> str:
+    extra = {k: row[k] for k in ("modules", "op", "accumulated_sqnr_db") if row.get(k) is not None}
+    return f"module {row['module']}, tensor {row['tensor']}" + "".join(f", {k} {v}" for k, v in extra.items())
 
 
 def _sqnr_colour(value: float | None, floor: float) -> str:
@@ -201,7 +212,8 @@ def _error_histogram(evidence: Evidence | None) -> str:
     errors = errors[np.isfinite(errors)]
     positive = errors[errors > 0]
     if positive.size == 0:
-        return '<p class="note">every device output equals the reference exactly (error 0)</p>'
+        what = "every device output equals the reference (error 0)" if errors.size else "device outputs are NaN/inf"
+        return f'<p class="note">{what}</p>'
     # log-spaced bins: quantization errors span several decades, a linear axis shows one bar and a long tail
     low, high = np.log10(max(positive.min(), positive.max() * 1e-6)), np.log10(positive.max())
     low, high = (low, high) if high > low else (low - 0.5, high + 0.5)
