@@ -72,8 +72,8 @@ class Scope:
         if named is not None:
             return Decision(named[1], f"{self.step} rule for name {named[0]!r}", "name")
         if self.keep_edges and layer.position:
-            return Decision(None, f"{layer.position} prunable layer, left alone by default (name it in a "
-                                  f"{self.step} per_name rule or set keep_edges=False to include it)", "edge")
+            return Decision(None, f"{layer.position} layer, kept by default (a {self.step} per_name rule or "
+                                  "keep_edges=False includes it)", "edge")
         typed = [(t, v) for t, v in self.per_type if t in layer.types]
         if typed:
             return Decision(typed[0][1], f"{self.step} rule for type {typed[0][0]}", "type")
