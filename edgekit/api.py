@@ -12,6 +12,7 @@ import numpy as np
 
 from edgekit import bundle as bundle_io
 from edgekit.backends.choose import check_converter
+from edgekit.compressing import baseline_float_gzip, compress_model, device_columns
 from edgekit.config import BuildOptions, Calibration, Cluster, Prune
 from edgekit.device import DeviceModel
 from edgekit.drift import Thresholds, class_output, drift_block, failure_reasons, output_metrics
@@ -93,24 +94,31 @@ def _parent(out: Path) -> Path:
 
 
 def _refuse_unimplemented(options: BuildOptions) -> None:
-    """Options whose step this version lacks stop the build (exit 2) rather than being silently ignored."""
-    asked = [name for name, value in (("prune", options.prune), ("cluster", options.cluster),
-                                      ("recover", options.recover or None)) if value is not None]
-    if asked:
-        raise UnsupportedError(f"{', '.join(asked)} is not available in this version of edgekit",
-                               hint="build without it")
+    """Options that would otherwise be silently ignored stop the build (exit 2)."""
+    if options.recover and options.prune is None and options.cluster is None:
+        raise UnsupportedError("--recover fine-tunes after compression, but neither --prune nor --clusters is given",
+                               hint="add --prune and/or --clusters, or drop --recover")
 
 
 def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Written:
+    device_plan = plan
+    if plan.options.prune is not None or plan.options.cluster is not None:
+        with steps.step("compress", "compressing the PyTorch model"):
+            compressed, compression = compress_model(plan)
+            device_plan = replace(plan, model=compressed)
     with steps.step("export", "exporting to ONNX"):
-        export = export_onnx(plan.model, plan.inputs, workdir / "reference.onnx")
+        export = export_onnx(device_plan.model, plan.inputs, workdir / "reference.onnx")
     with steps.step("convert", f"converting for {plan.target.name}"):
-        device = _convert(plan, export, workdir)
+        device = _convert(device_plan, export, workdir)
     with steps.step("verify", f"measuring drift on {plan.evaluation.size} {plan.eval_source} samples"):
-        measured = _evaluate(plan, export, device)
+        measured = _evaluate(plan, export, device, device_plan)
+    if device_plan is not plan:
+        with steps.step("preservation", "checking sparsity and clusters in the device model"):
+            measured = _with_compression(plan, device_plan, device, measured, compression, workdir)
     if plan.options.fallback == "auto" and not measured.drift["passed"]:
         with steps.step("fallback", "keeping the most sensitive layers in float"):
-            device, measured = run_fallback(device, measured, lambda candidate: _evaluate(plan, export, candidate))
+            device, measured = run_fallback(device, measured,
+                                            lambda candidate: _evaluate(plan, export, candidate, device_plan))
     if plan.emulator == "arm64":
         count = min(plan.options.emulator_samples, plan.evaluation.size)
         with steps.step("emulator", f"running {count} samples in the ARM64 emulator ({plan.target.cpu})"):
@@ -139,19 +147,33 @@ def reference_runner(plan: Plan, export: OnnxExport) -> Runner:
     return OnnxRunner(export.path)
 
 
-def _evaluate(plan: Plan, export: OnnxExport, device: DeviceModel) -> bundle_io.Measured:
+def _with_compression(plan: Plan, device_plan: Plan, device: DeviceModel, measured: bundle_io.Measured,
+                      block: dict, workdir: Path) -> bundle_io.Measured:
+    block, notes = device_columns(block, device.path, plan.target.format, device_plan.model.module)
+    unmatched = [f"compression rule matched no layer: {rule}" for rule in block.get("unmatched_rules", [])]
+    return replace(measured, compression=block, warnings=[*measured.warnings, *notes, *unmatched],
+                   baseline_float_gzip_bytes=baseline_float_gzip(plan, workdir))
+
+
+def _evaluate(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: Plan) -> bundle_io.Measured:
     """Drift on the eval data, plus per-layer drift where the route can measure it."""
-    measured = _measure(plan, export, device)
+    measured = _measure(plan, export, device, device_plan)
     if device.per_layer is None:
         return measured
     samples = {k: v[:LAYER_SAMPLES] for k, v in plan.evaluation.inputs.items()}
     return replace(measured, layers=device.per_layer(samples))
 
 
-def _measure(plan: Plan, export: OnnxExport, device: DeviceModel) -> bundle_io.Measured:
+def _measure(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: Plan) -> bundle_io.Measured:
+    """Drift against the original model; the converter's error against the model that was converted (the
+    compressed one, when compressing), so compression, conversion and quantization errors stay apart."""
     data = plan.evaluation
     with reference_runner(plan, export) as runner:
         reference = runner.run(data.inputs)
+    converted = reference
+    if device_plan is not plan:
+        with reference_runner(device_plan, export) as runner:
+            converted = runner.run(data.inputs)
     with device.open_float_runner() as runner:
         floats = runner.run(data.inputs)
     with device.open_runner(device.path) as runner:
@@ -162,7 +184,7 @@ def _measure(plan: Plan, export: OnnxExport, device: DeviceModel) -> bundle_io.M
     drift = drift_block(reference, outputs, data.labels, scores, thresholds)
     quantized = plan.target.precision != "fp32"
     return bundle_io.Measured(
-        reference=reference, device=outputs, conversion=output_metrics(reference, floats),
+        reference=reference, device=outputs, conversion=output_metrics(converted, floats),
         quantization=output_metrics(floats, outputs) if quantized else None, drift=drift,
         latency_ms={"host": latency}, warnings=_warnings(plan, drift, reference, outputs) + device.notes)
 

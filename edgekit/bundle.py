@@ -34,6 +34,8 @@ class Measured:
     warnings: list[str]
     emulator: dict | None = None
     layers: list[dict] | None = None
+    compression: dict | None = None
+    baseline_float_gzip_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,8 @@ def write(staging: Path, plan: Plan, export: OnnxExport, device: DeviceModel, me
     (staging / "check.py").chmod(0o755)
     shutil.copyfile(monitor.__file__, staging / "monitor.py")  # input-drift monitor, scored against data_stats.json
     (staging / "data_stats.json").write_text(json.dumps(monitor.data_stats(plan.calibration.inputs)) + "\n")
-    report = make_report(plan, device, measured, timings_s, _sizes(staging / device.bundle_name, device))
+    sizes = _sizes(staging / device.bundle_name, device, measured.baseline_float_gzip_bytes)
+    report = make_report(plan, device, measured, timings_s, sizes)
     validate_report(report)
     (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     manifest = _manifest(plan, export, device, golden)
@@ -71,10 +74,11 @@ def write(staging: Path, plan: Plan, export: OnnxExport, device: DeviceModel, me
     return Written(report, manifest)
 
 
-def _sizes(device_file: Path, device: DeviceModel) -> dict:
+def _sizes(device_file: Path, device: DeviceModel, baseline_gzip: int | None) -> dict:
+    """Sizes; the baseline is the float device model of the original model (the same one unless compressing)."""
     float_bytes = device.float_path.stat().st_size if device.float_path else None
     float_gzip = gzip_size(device.float_path) if device.float_path else None
-    return {"baseline_float_gzip_bytes": float_gzip, "float_device_bytes": float_bytes,
+    return {"baseline_float_gzip_bytes": baseline_gzip or float_gzip, "float_device_bytes": float_bytes,
             "float_device_gzip_bytes": float_gzip, "device_bytes": device_file.stat().st_size,
             "device_gzip_bytes": gzip_size(device_file)}
 
@@ -123,7 +127,8 @@ def _signature(plan: Plan, export: OnnxExport, device: DeviceModel) -> dict:
     outputs = {b["model_name"]: b for b in device.bindings["outputs"]}
     return {
         "inputs": [{**spec.to_dict(), "layout": "NCHW" if len(spec.shape) == 4 else None,
-                    "device_layout": "NHWC" if inputs[spec.name]["to_device"] and len(spec.shape) == 4 else None,
+                    "device_layout": (None if len(spec.shape) != 4 else "NHWC" if inputs[spec.name]["to_device"]
+                                      else "NCHW"),  # litert-torch and TensorRT keep NCHW
                     "device_dtype": inputs[spec.name]["dtype"], "scale": inputs[spec.name]["scale"],
                     "zero_point": inputs[spec.name]["zero_point"],
                     "normalisation": _normalisation(plan.recipe)}

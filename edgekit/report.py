@@ -91,7 +91,7 @@ def make_report(plan, device, measured, timings_s: dict[str, float], size: dict)
         "conversion": {"outputs": measured.conversion},
         "drift": measured.drift,
         "emulator": measured.emulator,
-        "compression": None,
+        "compression": measured.compression,
         "quantization": quantization,
         "layers": measured.layers,
         "warnings": measured.warnings,
