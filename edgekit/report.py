@@ -52,11 +52,24 @@ def summary_lines(report: dict) -> list[str]:
     if emulator:
         lines.append(f"emulator      {emulator['where']}: {emulator['samples']} samples, bit-exact with host "
                      f"{emulator['bit_exact_with_host']}, agreement {_num(emulator['top1_agreement'], '.4f')}")
+    lines += _compression_lines(report.get("compression"), size)
     lines.append(f"size          device {size['device_bytes']:,} B (gzip {size['device_gzip_bytes']:,} B); float32 "
                  f"{_num(size['float_device_bytes'], ',')} B")
     lines.extend(f"warning       {w}" for w in report["warnings"])
     lines.append("PASSED" if passed(report) else "FAILED: drift over threshold")
     return lines
+
+
+def _compression_lines(block: dict | None, size: dict) -> list[str]:
+    if not block:
+        return []
+    ratio = size["baseline_float_gzip_bytes"] / size["device_gzip_bytes"]
+    parts = [f"params {block.get('params_before', 0):,} -> {block.get('params_after', 0):,}"]
+    for row in block["per_layer"]:
+        if row.get("device_sparsity") is not None and (row.get("requested_sparsity") or row.get("clusters")):
+            parts.append(f"{row['module']}: sparsity {row['device_sparsity']:.2f}, "
+                         f"{row['device_max_distinct']} values/channel on the device")
+    return [f"compression   gzip 1/{ratio:.1f} of the float32 original; " + "; ".join(parts)]
 
 
 def passed(report: dict) -> bool:

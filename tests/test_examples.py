@@ -71,3 +71,13 @@ def test_04_ci_gate_stops_with_exit_2_on_bad_input(tmp_path: Path):
     assert f"error: model file {tmp_path / 'no.pt2'} does not exist" in done.stderr
     assert "ci-gate: FAILED, bad input (exit 2)" in done.stderr
     assert not (tmp_path / "04" / "candidate").exists()
+
+
+@pytest.mark.slow
+def test_03_compress_prunes_and_clusters_through_the_cli(tmp_path: Path):
+    out = tmp_path / "03"
+    done = run_example("03_compress", "--emulator", "host", OUT=out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "compression   gzip 1/8." in done.stderr and "features.3: sparsity 0.50, 16 values/channel" in done.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["size"]["device_gzip_bytes"] * 8 <= report["size"]["baseline_float_gzip_bytes"]
