@@ -23,7 +23,9 @@ def run_fallback(device: DeviceModel, measured, evaluate: Callable[[DeviceModel]
     candidate, result = device, measured
     for row in measured.layers[:budget]:
         kept.append(row)
-        candidate = replace(device.with_float(list(kept)), float_modules=tuple(_names(kept)))
+        candidate = device.with_float(list(kept))
+        if not candidate.float_modules:
+            candidate = replace(candidate, float_modules=tuple(_names(kept)))
         result = evaluate(candidate)
         if result.drift["passed"]:
             break
@@ -41,7 +43,8 @@ def _summary(before, after, kept: list[dict], device: DeviceModel, candidate: De
     size_before, size_after = device.path.stat().st_size, candidate.path.stat().st_size
     latency = f"host latency {_ms(before.latency_ms.get('host'))} -> {_ms(after.latency_ms.get('host'))}"
     verdict = "passes" if after.drift["passed"] else f"still over the threshold after the budget of {budget} layers"
-    return (f"fallback auto kept {len(kept)} layer(s) in float ({', '.join(_names(kept))}): accuracy drop {drop}, "
+    return (f"fallback auto kept {len(kept)} activation(s) out of INT8 ({', '.join(_names(kept))}), computing "
+            f"{', '.join(candidate.float_modules)} in float: accuracy drop {drop}, "
             f"{agreement}, size {size_before:,} -> {size_after:,} bytes, {latency}; {verdict}")
 
 

@@ -141,7 +141,8 @@ def layer_drift(export_path: Path, modules: dict[str, str], float_path: Path, de
         seen.add(tensor)
         group = fused_modules(graph, tensor, set(to_onnx.values()) - {tensor}, modules)
         rows.append({"module": group[0] if group else modules.get(tensor), "modules": group, "tensor": tensor,
-                     "device_tensor": act["name"], "op": act["op"], "scale": act["scale"],
+                     "device_tensor": act["name"], "float_tensor": ref["name"], "op": act["op"],
+                     "scale": act["scale"],
                      "sqnr_db": round(local_sqnr_db(ref["values"], act["scale"], act["zero_point"], act["dtype"]), 3),
                      "accumulated_sqnr_db": round(sqnr_db(ref["values"], act["values"]), 3)})
     return sorted(rows, key=lambda r: r["sqnr_db"])

@@ -8,6 +8,7 @@ import onnx
 import pytest
 
 import edgekit
+import edgekit.inspect
 from tests.helpers import int8_breaking_copy
 
 
@@ -28,8 +29,9 @@ def test_jetson_fallback_keeps_the_culprit_in_float_and_passes(broken, digits, t
     assert failed.report["layers"][0]["module"] == "features.1"
     fixed = _build(broken, data, "jetson-orin-int8", tmp_path / "auto", fallback="auto")
     assert fixed.passed and fixed.report["drift"]["accuracy_drop"] <= 1.0
-    assert fixed.report["quantization"]["float_modules"] == ["features.1"]
-    assert any(w.startswith("fallback auto kept 1 layer(s) in float (features.1)") for w in fixed.report["warnings"])
+    assert fixed.report["quantization"]["float_modules"] == ["features.4"]  # it reads the culprit's activation
+    assert any(w.startswith("fallback auto kept 1 activation(s) out of INT8 (features.1), computing features.4")
+               for w in fixed.report["warnings"])
     graph = onnx.load(str(tmp_path / "auto" / "model.qdq.onnx")).graph
     quantized_inputs = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
     assert "relu" not in quantized_inputs  # the culprit's activation has no Q/DQ any more
@@ -41,3 +43,28 @@ def test_fallback_leaves_a_passing_model_alone(digits, tmp_path: Path):
     result = _build(model, data, "jetson-orin-int8", tmp_path / "b", fallback="auto")
     assert result.passed and result.report["quantization"]["float_modules"] == []
     assert "fallback" not in result.report["timings_s"]
+
+
+def test_android_fallback_keeps_at_most_two_modules_in_float_and_passes(broken, digits, tmp_path: Path):
+    _, data = digits
+    failed = _build(broken, data, "android-arm64-int8", tmp_path / "minmax")
+    assert not failed.passed and failed.report["layers"][0]["module"] == "features.1"
+    fixed = _build(broken, data, "android-arm64-int8", tmp_path / "auto", fallback="auto")
+    assert fixed.passed and fixed.report["drift"]["accuracy_drop"] <= 1.0
+    assert fixed.report["quantization"]["float_modules"] == ["features.1", "features.4"]
+    summary = next(w for w in fixed.report["warnings"] if w.startswith("fallback auto"))
+    assert "kept 1 activation(s) out of INT8 (features.1)" in summary and "passes" in summary
+    ops = edgekit.inspect.inspect_path(tmp_path / "auto" / "model.tflite")["ops"]
+    assert ops.get("DEQUANTIZE", 0) >= 1 and ops.get("CONV_2D", 0) == 2  # INT8 elsewhere, float around the culprit
+
+
+def test_calibration_methods_change_the_android_activation_scales(digits, tmp_path: Path):
+    model, data = digits
+    scales = {}
+    for method in ("minmax", "percentile", "entropy", "mse"):
+        result = _build(model, data, "android-arm64-int8", tmp_path / method, calibration_method=method)
+        assert result.report["quantization"]["method"] == method
+        assert result.report["drift"]["top1_agreement"] >= 0.99, method
+        scales[method] = {r["module"]: r["scale"] for r in result.report["layers"]}
+    assert scales["minmax"]["features.4"] != scales["percentile"]["features.4"]
+    assert len({tuple(sorted(s.items())) for s in scales.values()}) == 4

@@ -1,7 +1,14 @@
-"""The Android route: ONNX -> TFLite (onnx2tf), outputs bound by verified mapping, run in LiteRT."""
+"""The Android route: ONNX -> TFLite (onnx2tf), outputs bound by verified mapping, run in LiteRT.
+
+INT8 comes from one of two quantizers over the same float32 model: onnx2tf's own (the TFLite converter's
+min/max calibration; the default) or ai-edge-quantizer with ranges edgekit measures over the whole calibration
+set (any --calibration-method, and the accuracy fallback, which keeps chosen layers in float).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 from edgekit.backends import onnx2tf
@@ -16,10 +23,18 @@ from edgekit.steps.export_onnx import OnnxExport, tensor_modules
 MAPPING_SAMPLES = 8
 
 
+def uses_edgekit_ranges(plan: Plan) -> bool:
+    """ai-edge-quantizer with edgekit's ranges: any method but minmax, or when a fallback may be needed."""
+    return plan.target.precision == "int8" and (plan.options.calibration.method != "minmax"
+                                                or plan.options.fallback == "auto")
+
+
 def build_tflite(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
     """Convert with the user's calibration data, then bind the float32 and the device file's I/O by name/values."""
     calibration = plan.calibration.take(slice(0, plan.options.calibration.max_samples)).inputs
-    files = onnx2tf.convert(export, calibration, plan.target, plan.io, workdir)
+    own = uses_edgekit_ranges(plan)
+    target = dataclasses.replace(plan.target, precision="fp32", io="float32") if own else plan.target
+    files = onnx2tf.convert(export, calibration, target, plan.io, workdir)
     samples = plan.calibration.take(slice(0, MAPPING_SAMPLES)).inputs
     with OnnxRunner(export.path) as reference:
         ref_outputs = reference.run(samples)
@@ -27,24 +42,125 @@ def build_tflite(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
     float_out, _ = onnx2tf.bind_outputs(files.float32, float_in, samples, ref_outputs)
     with LiteRTRunner(files.float32, float_in, float_out) as float_runner:
         float_outputs = float_runner.run(samples)
-    device_in = onnx2tf.bind_inputs(files.device, export)
-    device_out, errors = onnx2tf.bind_outputs(files.device, device_in, samples, float_outputs)
+    floats = _FloatModel(files.float32, float_in, float_out, float_outputs, samples)
+    quantizer = {"quantizer": "onnx2tf (TFLite converter)"}
+    device_path = files.device
+    if own:
+        ranges = _ranges(plan, files.float32, float_in, calibration)
+        device_path = _quantize(plan, files.float32, ranges, workdir / "model_int8.tflite", ())
+        quantizer = {"quantizer": "ai-edge-quantizer (edgekit ranges)", "ranges": ranges}
+    runtime = {"converter": "onnx2tf", "converter_version": files.converter_version}
+    return _device_model(plan, export, floats, device_path, runtime, quantizer, workdir)
+
+
+@dataclasses.dataclass(frozen=True)
+class _FloatModel:
+    path: Path
+    inputs: list[Binding]
+    outputs: list[Binding]
+    sample_outputs: dict
+    samples: dict
+
+
+def _ranges(plan: Plan, float_path: Path, float_in: list[Binding], calibration: dict) -> dict:
+    """Activation ranges of the float32 model over the whole calibration set, with the chosen method."""
+    from edgekit.steps.quantize_tflite import collect_ranges
+
+    names = _signature_inputs(float_path, float_in)
+    count = len(next(iter(calibration.values())))
+    samples = [{names[b.model_name]: b.encode(calibration[b.model_name][i:i + 1]) for b in float_in}
+               for i in range(count)]
+    method = plan.options.calibration
+    return collect_ranges(float_path, samples, method.method, method.percentile)
+
+
+def _signature_inputs(float_path: Path, float_in: list[Binding]) -> dict[str, str]:
+    """Model input name -> signature input name (onnx2tf keeps the ONNX names in the signature)."""
+    from edgekit.runners.litert import open_interpreter
+
+    signature = next(iter(open_interpreter(float_path).get_signature_list().values()))["inputs"]
+    if len(signature) == 1 and len(float_in) == 1:
+        return {float_in[0].model_name: signature[0]}
+    missing = [b.model_name for b in float_in if b.model_name not in signature]
+    if missing:
+        raise ConversionError(f"float32 model signature lacks input(s) {missing}", hint="report this model")
+    return {b.model_name: b.model_name for b in float_in}
+
+
+def _quantize(plan: Plan, float_path: Path, ranges: dict, out: Path, float_tensors: tuple[str, ...]) -> Path:
+    from edgekit.steps.quantize_tflite import quantize_tflite
+
+    patterns = tuple(f"^{re.escape(name)};" for name in float_tensors)  # an op's scope: "out1;out2;...;"
+    return quantize_tflite(float_path, ranges, out, io=plan.io, float_ops=patterns)
+
+
+def _device_model(plan: Plan, export: OnnxExport, floats: _FloatModel, device_path: Path, runtime: dict,
+                  quantizer: dict, workdir: Path) -> DeviceModel:
+    device_in = onnx2tf.bind_inputs(device_path, export)
+    device_out, errors = onnx2tf.bind_outputs(device_path, device_in, floats.samples, floats.sample_outputs)
     _check_order(export, device_out)
     _, runtime_name, runtime_version = interpreter_class()
+    int8 = plan.target.precision == "int8"
     return DeviceModel(
-        path=files.device, bundle_name="model.tflite", float_path=files.float32,
-        runtime={"name": "litert", "version": runtime_version, "package": runtime_name, "converter": "onnx2tf",
-                 "converter_version": files.converter_version},
+        path=device_path, bundle_name="model.tflite", float_path=floats.path,
+        runtime={"name": "litert", "version": runtime_version, "package": runtime_name, **runtime,
+                 "quantizer": quantizer["quantizer"] if int8 else None},
         bindings={"inputs": [b.to_dict() for b in device_in], "outputs": [b.to_dict() for b in device_out],
                   "mapping": "by name for inputs; outputs by shape and values against the float32 model",
                   "mapping_relative_error": errors},
         open_runner=lambda path: LiteRTRunner(path, device_in, device_out),
-        open_float_runner=lambda: LiteRTRunner(files.float32, float_in, float_out),
-        output_steps={b.model_name: output_step(files.device, b.device_index) for b in device_out},
-        per_layer=(lambda samples: layer_drift(export.path, tensor_modules(export.path), files.float32, files.device,
-                                               float_in, device_in, samples)) if plan.target.precision == "int8"
-        else None,
+        open_float_runner=lambda: LiteRTRunner(floats.path, floats.inputs, floats.outputs),
+        output_steps={b.model_name: output_step(device_path, b.device_index) for b in device_out},
+        per_layer=(lambda samples: layer_drift(export.path, tensor_modules(export.path), floats.path, device_path,
+                                               floats.inputs, device_in, samples)) if int8 else None,
+        with_float=_fallback(plan, export, floats, runtime, quantizer, workdir) if "ranges" in quantizer else None,
     )
+
+
+def _fallback(plan: Plan, export: OnnxExport, floats: _FloatModel, runtime: dict, quantizer: dict, workdir: Path):
+    """Re-quantize the same float32 model with the same ranges, the given activations never INT8: the ops that
+    write them and the ops that read them stay in float (a float producer alone would be re-quantized for its
+    readers with the same bad range)."""
+    def with_float(rows: list[dict]) -> DeviceModel:
+        tensors = [r.get("float_tensor") or r["device_tensor"] for r in rows]
+        ops = _producer_and_consumer_outputs(floats.path, tensors)
+        path = _quantize(plan, floats.path, quantizer["ranges"], workdir / f"model_int8_fallback{len(rows)}.tflite",
+                         tuple(ops))
+        device = _device_model(plan, export, floats, path, runtime, quantizer, workdir)
+        return dataclasses.replace(device, float_modules=_modules_of(export, floats, ops))
+
+    return with_float
+
+
+def _producer_and_consumer_outputs(float_path: Path, tensors: list[str]) -> list[str]:
+    """Output tensor names (op scopes) of the ops that write or read `tensors` in the float32 model."""
+    from edgekit.runners.litert import open_interpreter
+
+    interpreter = open_interpreter(float_path)
+    names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+    wanted = {i for i, n in names.items() if n in tensors}
+    found = []
+    for op in interpreter._get_ops_details():  # no public API lists the graph's ops
+        if op["op_name"] != "DELEGATE" and wanted & {int(i) for i in (*op["inputs"], *op["outputs"])}:
+            found.append(names[int(op["outputs"][0])])
+    return list(dict.fromkeys(found))
+
+
+def _modules_of(export: OnnxExport, floats: _FloatModel, tensors: list[str]) -> tuple[str, ...]:
+    """PyTorch modules of float32 TFLite tensors (the first module of each fused group, as in `layers`)."""
+    import onnx
+
+    from edgekit.layers import fused_modules, match_to_onnx, onnx_activations, tflite_activations
+
+    to_onnx = match_to_onnx(tflite_activations(floats.path, floats.inputs, floats.samples),
+                            onnx_activations(export.path, floats.samples))
+    graph, modules, stops = onnx.load(str(export.path)).graph, tensor_modules(export.path), set(to_onnx.values())
+    names = []
+    for tensor in tensors:
+        onnx_name = to_onnx.get(tensor)
+        group = fused_modules(graph, onnx_name, stops - {onnx_name}, modules) if onnx_name else []
+        names.append(group[0] if group else modules.get(onnx_name or "", tensor))
+    return tuple(dict.fromkeys(names))
 
 
 def _check_order(export: OnnxExport, outputs: list[Binding]) -> None:
@@ -52,4 +168,3 @@ def _check_order(export: OnnxExport, outputs: list[Binding]) -> None:
     missing = [o.name for o in export.outputs if o.name not in names]
     if missing:
         raise ConversionError(f"device model lacks output(s) {', '.join(missing)}", hint="report this model")
-

@@ -60,10 +60,19 @@ def build_qdq_onnx(plan: Plan, export: OnnxExport, workdir: Path,
         notes=_notes(plan, engine, seconds),
         per_layer=(lambda samples: qdq_layer_drift(export.path, path, tensor_modules(export.path), samples))
         if precision == "int8" else None,
-        with_float=(lambda rows: build_qdq_onnx(plan, export, workdir / f"fallback-{len(rows)}",
-                                                frozenset(r["tensor"] for r in rows)))
+        with_float=(lambda rows: _without_qdq(plan, export, workdir, frozenset(r["tensor"] for r in rows)))
         if precision == "int8" else None,
     )
+
+
+def _without_qdq(plan: Plan, export: OnnxExport, workdir: Path, tensors: frozenset[str]) -> DeviceModel:
+    """The fallback: no Q/DQ on `tensors`, so the ops reading them run in FP16; those ops' modules are named."""
+    import dataclasses
+
+    device = build_qdq_onnx(plan, export, workdir / f"fallback-{len(tensors)}", tensors)
+    modules = tensor_modules(export.path)
+    names = tuple(dict.fromkeys(modules.get(n.output[0]) or n.name for n in _consumer_nodes(export.path, tensors)))
+    return dataclasses.replace(device, float_modules=names)
 
 
 def check_request(plan: Plan) -> None:
@@ -165,10 +174,14 @@ def mse_amax(hist: np.ndarray, edges: np.ndarray) -> float:
 
 def _consumers(model: Path, tensors: frozenset[str]) -> list[str]:
     """Names of the quantizable nodes that read any of `tensors`."""
+    return [n.name for n in _consumer_nodes(model, tensors)]
+
+
+def _consumer_nodes(model: Path, tensors: frozenset[str]) -> list:
     import onnx
 
     graph = onnx.load(str(model), load_external_data=False).graph
-    return [n.name for n in graph.node if n.op_type in QUANTIZED_OPS and set(n.input) & tensors]
+    return [n for n in graph.node if n.op_type in QUANTIZED_OPS and set(n.input) & tensors]
 
 
 def _quantized_activations(model: Path) -> set[str]:
