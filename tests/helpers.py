@@ -45,3 +45,28 @@ def broken_digits_cnn():
     from examples.digits import train_digits_cnn
 
     return int8_breaking_copy(train_digits_cnn(seed=0)[0])
+
+
+def mixed_head_model(seed: int = 0):
+    """A digits classifier whose single output concatenates box-like values (0..~600) with class scores (0..1):
+    one INT8 scale for both would wipe out the scores."""
+    import torch
+    from torch import nn
+
+    from examples.digits import train_digits_cnn
+
+    base, _ = train_digits_cnn(seed=seed)
+
+    class MixedHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = base
+            self.boxes = nn.Linear(10, 4)
+
+        def forward(self, x):
+            logits = self.net(x)
+            boxes = torch.relu(self.boxes(logits)) * 50.0 + 100.0
+            return torch.cat([boxes, torch.softmax(logits, dim=1)], dim=1)
+
+    torch.manual_seed(seed)
+    return MixedHead().eval()

@@ -15,6 +15,7 @@ from edgekit.backends import onnx2tf
 from edgekit.device import DeviceModel
 from edgekit.errors import ConversionError
 from edgekit.layers import layer_drift
+from edgekit.mixed import mixed_range_concats
 from edgekit.plan import Plan
 from edgekit.runners.litert import Binding, LiteRTRunner, interpreter_class, output_step
 from edgekit.runners.onnxrt import OnnxRunner
@@ -32,7 +33,8 @@ def uses_edgekit_ranges(plan: Plan) -> bool:
 def build_tflite(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
     """Convert with the user's calibration data, then bind the float32 and the device file's I/O by name/values."""
     calibration = plan.calibration.take(slice(0, plan.options.calibration.max_samples)).inputs
-    own = uses_edgekit_ranges(plan)
+    mixed = mixed_range_concats(export.path, calibration) if plan.target.precision == "int8" else {}
+    own = uses_edgekit_ranges(plan) or bool(mixed)
     target = dataclasses.replace(plan.target, precision="fp32", io="float32") if own else plan.target
     files = onnx2tf.convert(export, calibration, target, plan.io, workdir)
     samples = plan.calibration.take(slice(0, MAPPING_SAMPLES)).inputs
@@ -47,10 +49,25 @@ def build_tflite(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
     device_path = files.device
     if own:
         ranges = _ranges(plan, files.float32, float_in, calibration)
-        device_path = _quantize(plan, files.float32, ranges, workdir / "model_int8.tflite", ())
-        quantizer = {"quantizer": "ai-edge-quantizer (edgekit ranges)", "ranges": ranges}
+        keep = _tflite_names(export, floats, list(mixed))
+        device_path = _quantize(plan, files.float32, ranges, workdir / "model_int8.tflite", keep)
+        quantizer = {"quantizer": "ai-edge-quantizer (edgekit ranges)", "ranges": ranges, "keep": keep}
     runtime = {"converter": "onnx2tf", "converter_version": files.converter_version}
-    return _device_model(plan, export, floats, device_path, runtime, quantizer, workdir)
+    device = _device_model(plan, export, floats, device_path, runtime, quantizer, workdir)
+    notes = [f"{name} joins tensors of very different ranges (max |x| {', '.join(f'{p:.3g}' for p in peaks)}): "
+             "kept in float so each input keeps its own INT8 scale" for name, peaks in mixed.items()]
+    return dataclasses.replace(device, notes=[*device.notes, *notes])
+
+
+def _tflite_names(export: OnnxExport, floats: _FloatModel, onnx_names: list[str]) -> tuple[str, ...]:
+    """The float32 TFLite tensors that carry the given ONNX tensors (matched by value)."""
+    if not onnx_names:
+        return ()
+    from edgekit.layers import match_to_onnx, onnx_activations, tflite_activations
+
+    to_onnx = match_to_onnx(tflite_activations(floats.path, floats.inputs, floats.samples),
+                            onnx_activations(export.path, floats.samples))
+    return tuple(t for t, o in to_onnx.items() if o in onnx_names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +142,7 @@ def _fallback(plan: Plan, export: OnnxExport, floats: _FloatModel, runtime: dict
         tensors = [r.get("float_tensor") or r["device_tensor"] for r in rows]
         ops = _producer_and_consumer_outputs(floats.path, tensors)
         path = _quantize(plan, floats.path, quantizer["ranges"], workdir / f"model_int8_fallback{len(rows)}.tflite",
-                         tuple(ops))
+                         (*quantizer["keep"], *ops))
         device = _device_model(plan, export, floats, path, runtime, quantizer, workdir)
         return dataclasses.replace(device, float_modules=_modules_of(export, floats, ops))
 

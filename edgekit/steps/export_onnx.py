@@ -117,8 +117,9 @@ def _node_module(node) -> str | None:
     meta = {p.key: p.value for p in node.metadata_props}
     scopes = meta.get("pkg.torch.onnx.name_scopes")
     if scopes:
-        names = [s for s in ast.literal_eval(scopes)[:-1] if s]
-        return names[-1] if names else None
+        scopes = [s for s in ast.literal_eval(scopes) if s]
+        # the module's path; for an op in the top-level forward (no module) the op itself, e.g. "cat"
+        return scopes[-2] if len(scopes) >= 2 else (scopes[-1] if scopes else None)
     parts = [p for p in node.name.split("/") if p]
     return parts[-2] if len(parts) >= 2 else None
 

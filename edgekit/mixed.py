@@ -1,0 +1,31 @@
+"""Mixed-range outputs: a Concat that joins tensors of very different ranges (boxes in pixels with scores in
+0..1) would share one INT8 scale and wipe out the small ones. Such concats are found on the calibration data and
+kept in float, so each input keeps its own quantization parameters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+RANGE_RATIO = 16.0  # inputs whose max |x| differ this much cannot share one INT8 scale
+
+
+def mixed_range_concats(onnx_path: Path, samples: dict[str, np.ndarray]) -> dict[str, list[float]]:
+    """ONNX Concat outputs whose inputs' ranges differ by more than RANGE_RATIO, with those ranges."""
+    import onnx
+
+    from edgekit.layers import onnx_activations
+
+    graph = onnx.load(str(onnx_path)).graph
+    concats = [n for n in graph.node if n.op_type == "Concat"]
+    if not concats:
+        return {}
+    values = onnx_activations(onnx_path, samples)
+    found = {}
+    for node in concats:
+        peaks = [float(np.max(np.abs(values[i]))) for i in node.input if i in values]
+        positive = [p for p in peaks if p > 0]
+        if len(positive) >= 2 and max(positive) / min(positive) > RANGE_RATIO:
+            found[node.output[0]] = peaks
+    return found
