@@ -1,0 +1,209 @@
+"""Which converter builds an Android bundle: the one asked for, the target's default, or `auto`'s measured choice.
+
+`auto` builds the model with every installed converter, compares each float32 model with PyTorch on the eval
+data (conversion SQNR) and keeps the more faithful one; when both are exact within rounding, the faster one.
+The choice, its reason and every converter that could not be tried are recorded (manifest and report warnings).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgekit.device import DeviceModel
+from edgekit.errors import EdgekitError, ToolError, UnsupportedError
+from edgekit.plan import Plan
+from edgekit.steps.export_onnx import OnnxExport
+
+ROUTES = ("onnx2tf", "litert-torch")
+FAITHFUL_DB = 80.0  # float32 vs PyTorch at or above this: the converter is exact within float rounding
+TIE_DB = 1.0  # closer than this, two conversions are equally faithful
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One converter's attempt: the device model it built (or the error), how faithful and how fast it was."""
+
+    name: str
+    device: DeviceModel | None = None
+    version: str | None = None
+    seconds: float | None = None
+    float_sqnr_db: float | None = None  # the worst output's SQNR, float32 device model vs PyTorch
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "version": self.version, "float_sqnr_db": self.float_sqnr_db,
+                "seconds": None if self.seconds is None else round(self.seconds, 2), "error": self.error}
+
+
+def requested(plan: Plan) -> str:
+    """The converter asked for (--converter), else the target's own."""
+    return plan.options.converter or plan.target.converter
+
+
+def check_converter(plan: Plan) -> None:
+    """Before any expensive step: the asked-for converter is installed and can take this model (exit 2 if not)."""
+    name = requested(plan)
+    if not plan.target.is_android:
+        return
+    if name not in (*ROUTES, "auto"):
+        raise UnsupportedError(f"converter {name} does not build Android models",
+                               hint="use --converter onnx2tf, litert-torch or auto")
+    if name != "auto":
+        try:
+            _check(name, plan)
+        except ToolError as exc:
+            raise _with_alternative(exc, name, plan) from exc
+        return
+    problems = _unavailable(plan)
+    if len(problems) == len(ROUTES):
+        raise ToolError(f"no Android converter can build this model: {'; '.join(problems.values())}",
+                        hint="pip install 'edgekit[android]' or 'edgekit[litert-torch]'")
+
+
+def _check(name: str, plan: Plan) -> None:
+    if name == "onnx2tf":
+        from edgekit.backends.onnx2tf import onnx2tf_version
+
+        onnx2tf_version()
+    elif name == "litert-torch":
+        from edgekit.backends import litert_torch
+
+        litert_torch.check_model(plan)
+        litert_torch.litert_torch_version()
+
+
+def _with_alternative(exc: ToolError, name: str, plan: Plan) -> ToolError:
+    """The asked-for converter is missing: name the extra, and the other converter when that one is installed."""
+    other = next(route for route in ROUTES if route != name)
+    if other in _unavailable(plan):
+        return exc
+    return ToolError(exc.message, hint=f"{exc.hint}, or build with --converter {other} (installed)")
+
+
+def _unavailable(plan: Plan) -> dict[str, str]:
+    problems = {}
+    for name in ROUTES:
+        try:
+            _check(name, plan)
+        except EdgekitError as exc:
+            problems[name] = f"{name}: {exc}"
+    return problems
+
+
+def _route(name: str) -> Callable[[Plan, OnnxExport, Path], DeviceModel]:
+    if name == "onnx2tf":
+        from edgekit.backends.android import build_tflite
+
+        return build_tflite
+    from edgekit.backends.litert_torch import build_litert
+
+    return build_litert
+
+
+def build_android(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
+    """Build with the requested converter, or with `auto`'s choice; the manifest records which and why."""
+    name = requested(plan)
+    if name == "auto":
+        return _auto(plan, export, workdir)
+    device = _route(name)(plan, export, workdir)
+    why = "asked for with --converter" if plan.options.converter else f"the default of target {plan.target.name}"
+    return _recorded(device, {"requested": name, "name": name, "version": device.runtime["converter_version"],
+                              "reason": why, "candidates": []}, [])
+
+
+def _recorded(device: DeviceModel, record: dict, warnings: list[str]) -> DeviceModel:
+    return dataclasses.replace(device, bindings={**device.bindings, "converter": record},
+                               notes=[*device.notes, *warnings])
+
+
+def _auto(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
+    from edgekit.api import reference_runner
+
+    candidates = [_attempt(name, plan, export, workdir / name) for name in ROUTES]
+    if not any(c.device for c in candidates):
+        raise _all_failed(candidates)
+    with reference_runner(plan, export) as runner:
+        reference = runner.run(plan.evaluation.inputs)
+    candidates = [_scored(c, plan, reference) for c in candidates]
+    chosen, reason, warnings = choose(candidates)
+    record = {"requested": "auto", "name": chosen.name, "version": chosen.version, "reason": reason,
+              "candidates": [c.to_dict() for c in candidates]}
+    return _recorded(chosen.device, record, warnings)
+
+
+def _attempt(name: str, plan: Plan, export: OnnxExport, workdir: Path) -> Candidate:
+    """Build with one converter; any failure is kept as that candidate's error (auto then uses the other)."""
+    start = time.perf_counter()
+    try:
+        _check(name, plan)
+        device = _route(name)(plan, export, workdir)
+    except Exception as exc:  # auto falls back to the other converter, and says why
+        return Candidate(name, error=_describe(exc))
+    return Candidate(name, device, device.runtime["converter_version"], time.perf_counter() - start)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, EdgekitError):
+        return f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _all_failed(candidates: list[Candidate]) -> EdgekitError:
+    text = "; ".join(f"{c.name}: {c.error}" for c in candidates)
+    if all("not installed" in (c.error or "") for c in candidates):
+        return ToolError(f"no Android converter is installed: {text}",
+                         hint="pip install 'edgekit[android]' or 'edgekit[litert-torch]'")
+    return UnsupportedError(f"no converter could build this model: {text}", hint="see each converter's error above")
+
+
+def _scored(candidate: Candidate, plan: Plan, reference: dict) -> Candidate:
+    from edgekit.drift import output_metrics
+
+    if candidate.device is None:
+        return candidate
+    with candidate.device.open_float_runner() as runner:
+        rows = output_metrics(reference, runner.run(plan.evaluation.inputs))
+    values = [r["sqnr_db"] for r in rows]
+    worst = None if any(v is None for v in values) else round(min(values), 2)
+    return dataclasses.replace(candidate, float_sqnr_db=worst)
+
+
+def choose(candidates: list[Candidate]) -> tuple[Candidate, str, list[str]]:
+    """The more faithful float32 conversion; within rounding of each other, the faster. Returns (chosen, reason,
+    report warnings)."""
+    built = [c for c in candidates if c.device is not None]
+    failed = [f"{c.name} could not be used: {c.error}" for c in candidates if c.device is None]
+    if len(built) == 1:
+        return built[0], f"only {built[0].name} could build the model: {'; '.join(failed)}", \
+            [f"converter auto: {text}; built with {built[0].name}" for text in failed]
+    best, other = sorted(built, key=lambda c: -_db(c))
+    scores = f"float32 SQNR vs PyTorch: {best.name} {_show(best)}, {other.name} {_show(other)}"
+    if _tied(best, other):
+        fastest, slowest = sorted(built, key=lambda c: c.seconds)
+        reason = (f"both convert faithfully within rounding ({scores}); {fastest.name} built faster "
+                  f"({fastest.seconds:.1f} s vs {slowest.seconds:.1f} s)")
+        warnings = [] if _db(other) >= FAITHFUL_DB else [f"converter auto: both converters drift from PyTorch "
+                                                         f"alike ({scores}); built with {fastest.name}"]
+        return fastest, reason, warnings
+    return best, f"{best.name} is more faithful ({scores})", [
+        f"converters disagree beyond rounding: {other.name}'s float32 model drifts from PyTorch ({scores}); "
+        f"built with {best.name}"]
+
+
+def _db(candidate: Candidate) -> float:
+    return float("-inf") if candidate.float_sqnr_db is None else candidate.float_sqnr_db
+
+
+def _show(candidate: Candidate) -> str:
+    return "non-finite" if candidate.float_sqnr_db is None else f"{candidate.float_sqnr_db:.1f} dB"
+
+
+def _tied(best: Candidate, other: Candidate) -> bool:
+    return _db(other) >= FAITHFUL_DB or _db(best) - _db(other) <= TIE_DB
+
+
+__all__ = ["Candidate", "build_android", "check_converter", "choose", "requested"]

@@ -1,0 +1,204 @@
+"""The direct Android route: PyTorch -> TFLite with litert-torch (no ONNX, no TensorFlow), quantized with
+ai-edge-quantizer from ranges edgekit measures itself, I/O bound by verified mapping, run in LiteRT.
+
+litert-torch keeps the PyTorch layout (NCHW stays NCHW: no transpose), fixes the batch at 1 and names the I/O
+generically (args_0.., output_0..): inputs are bound by position, shape and a value cross-check; outputs by
+shape and values against the reference ONNX outputs, never by position.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.backends.onnx2tf import bind_outputs
+from edgekit.device import DeviceModel
+from edgekit.errors import ConversionError, ToolError, UnsupportedError
+from edgekit.layers import layer_drift
+from edgekit.plan import Plan
+from edgekit.runners.litert import Binding, LiteRTRunner, interpreter_class, open_interpreter, output_step
+from edgekit.runners.onnxrt import OnnxRunner
+from edgekit.steps.export_onnx import OnnxExport, tensor_modules
+
+EXTRA_HINT = "pip install 'edgekit[litert-torch]'"
+MAPPING_SAMPLES = 8
+INPUT_CROSS_CHECK = 1e-3  # relative error under which positional inputs count as verified
+
+
+def litert_torch_version() -> str:
+    """The installed litert-torch version; ToolError naming the extra when it (or its quantizer) is missing."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        import ai_edge_quantizer  # noqa: F401
+        import litert_torch  # noqa: F401
+    except ImportError as exc:
+        raise ToolError(f"converter litert-torch is not installed ({exc})", hint=EXTRA_HINT) from exc
+    try:
+        return version("litert-torch")
+    except PackageNotFoundError as exc:
+        raise ToolError("converter litert-torch is not installed", hint=EXTRA_HINT) from exc
+
+
+def check_model(plan: Plan) -> None:
+    """litert-torch converts PyTorch modules only: a model given as ONNX must take the onnx2tf route."""
+    if not plan.model.is_torch:
+        raise UnsupportedError(f"converter litert-torch needs a PyTorch model; {plan.model.source} is ONNX",
+                               hint="use --converter onnx2tf (converter='onnx2tf') for .onnx models")
+
+
+def build_litert(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
+    """Convert the PyTorch module to float32 .tflite, derive the target's precision, bind I/O by verified mapping."""
+    check_model(plan)
+    version = litert_torch_version()
+    folder = workdir / "litert"
+    folder.mkdir(parents=True, exist_ok=True)
+    float_path, _ = convert_float(plan.model.module, _example(plan), folder / "model_float32.tflite")
+    samples = plan.calibration.take(slice(0, MAPPING_SAMPLES)).inputs
+    with OnnxRunner(export.path) as reference:
+        ref_outputs = reference.run(samples)
+    float_in = bind_inputs(float_path, plan)
+    float_out, float_errors = bind_outputs(float_path, float_in, samples, ref_outputs)
+    _cross_check_inputs(plan, float_errors)
+    with LiteRTRunner(float_path, float_in, float_out) as runner:
+        float_outputs = runner.run(samples)
+    device_path = _device_file(plan, float_path, float_in, folder)
+    device_in = bind_inputs(device_path, plan)
+    device_out, errors = bind_outputs(device_path, device_in, samples, float_outputs)
+    return _device_model(plan, export, (float_path, float_in, float_out), (device_path, device_in, device_out),
+                         errors, version)
+
+
+def _example(plan: Plan) -> tuple:
+    import torch
+
+    first = plan.calibration.take(slice(0, 1)).inputs
+    return tuple(torch.from_numpy(np.ascontiguousarray(first[spec.name])) for spec in plan.inputs)
+
+
+def convert_float(module: Any, example: tuple, path: Path) -> tuple[Path, float]:
+    """litert_torch.convert at batch 1 (its only batch) to a float32 .tflite; returns the file and the seconds."""
+    import litert_torch
+
+    litert_torch.config.show_progress = False
+    start = time.perf_counter()
+    module = _exportable(module, example)
+    try:
+        with _quiet():
+            model = litert_torch.convert(module, example)
+            model.export(str(path))
+    except Exception as exc:  # litert-torch raises torch.export, lowering and MLIR errors of many types
+        raise UnsupportedError(f"litert-torch cannot convert this model: {type(exc).__name__}: {_first_line(exc)}",
+                               hint="try --converter onnx2tf, or rewrite the operator named above") from exc
+    return path, time.perf_counter() - start
+
+
+def _exportable(module: Any, example: tuple) -> Any:
+    """torch.export cannot trace a ScriptModule: convert TorchScript to an ExportedProgram first."""
+    import torch
+
+    if not isinstance(module, torch.jit.ScriptModule):
+        return module
+    from torch._export.converter import TS2EPConverter
+
+    try:
+        with _quiet():
+            return TS2EPConverter(module, example).convert().module()
+    except Exception as exc:
+        raise UnsupportedError(f"litert-torch cannot take this TorchScript model: {_first_line(exc)}",
+                               hint="save the model as .pt2 (torch.export.save) or use --converter onnx2tf") from exc
+
+
+@contextlib.contextmanager
+def _quiet():
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+def bind_inputs(path: Path, plan: Plan) -> list[Binding]:
+    """Device input i is the module's i-th positional argument (args_i); shapes must agree as they are (NCHW)."""
+    details = open_interpreter(path).get_input_details()
+    if len(details) != len(plan.inputs):
+        raise ConversionError(f"{path.name} has {len(details)} inputs, the model {len(plan.inputs)}",
+                              hint="report this model to edgekit")
+    bindings = []
+    for position, spec in enumerate(plan.inputs):
+        index = _input_index(details, position)
+        detail = details[index]
+        if tuple(int(d) for d in detail["shape"]) != tuple(spec.shape):
+            raise ConversionError(f"device input {detail['name']} has shape {list(detail['shape'])}, the model's "
+                                  f"input {spec.name} {list(spec.shape)}", hint="report this model to edgekit")
+        scale, zero_point = detail["quantization"]
+        bindings.append(Binding(spec.name, detail["name"], index, None, np.dtype(detail["dtype"]).name, float(scale),
+                                int(zero_point)))
+    return bindings
+
+
+def _input_index(details: list[dict], position: int) -> int:
+    for index, detail in enumerate(details):
+        if detail["name"].split(":")[0].endswith(f"args_{position}"):
+            return index
+    raise ConversionError(f"no device input args_{position} among {[d['name'] for d in details]}",
+                          hint="report this model to edgekit")
+
+
+def _cross_check_inputs(plan: Plan, errors: dict[str, float]) -> None:
+    """Inputs of one shape could be swapped without a shape error: then the outputs' values must confirm the order."""
+    shapes = [spec.shape for spec in plan.inputs]
+    worst = max(errors.values(), default=0.0)
+    if len(set(shapes)) < len(shapes) and worst > INPUT_CROSS_CHECK:
+        raise ConversionError(f"cannot verify the order of the device inputs: float32 outputs differ from the "
+                              f"reference by {worst:.3g} (relative)", hint="use --converter onnx2tf for this model")
+
+
+def _device_file(plan: Plan, float_path: Path, inputs: list[Binding], folder: Path) -> Path:
+    from edgekit.steps.quantize_tflite import collect_ranges, float16_weights, quantize_tflite
+
+    precision = plan.target.precision
+    if precision == "fp32":
+        return float_path
+    if precision == "fp16":
+        return float16_weights(float_path, folder / "model_float16.tflite")
+    method = plan.options.calibration
+    data = plan.calibration.take(slice(0, method.max_samples)).inputs
+    samples = [{f"args_{i}": data[b.model_name][k:k + 1] for i, b in enumerate(inputs)}
+               for k in range(len(data[inputs[0].model_name]))]
+    ranges = collect_ranges(float_path, samples, method.method, method.percentile)
+    return quantize_tflite(float_path, ranges, folder / f"model_int8_{plan.io}_io.tflite", io=plan.io)
+
+
+def _device_model(plan: Plan, export: OnnxExport, floats: tuple, device: tuple, errors: dict[str, float],
+                  version: str) -> DeviceModel:
+    (float_path, float_in, float_out), (device_path, device_in, device_out) = floats, device
+    _, runtime_name, runtime_version = interpreter_class()
+    return DeviceModel(
+        path=device_path, bundle_name="model.tflite", float_path=float_path,
+        runtime={"name": "litert", "version": runtime_version, "package": runtime_name, "converter": "litert-torch",
+                 "converter_version": version},
+        bindings={"inputs": [b.to_dict() for b in device_in], "outputs": [b.to_dict() for b in device_out],
+                  "layout": "NCHW: litert-torch keeps the PyTorch layout, inputs and outputs are not transposed",
+                  "mapping": "inputs by position (args_i = i-th forward argument), equal shapes and an output value "
+                             "cross-check; outputs by shape and values against the float32 model",
+                  "mapping_relative_error": errors},
+        open_runner=lambda path: LiteRTRunner(path, device_in, device_out),
+        open_float_runner=lambda: LiteRTRunner(float_path, float_in, float_out),
+        output_steps={b.model_name: output_step(device_path, b.device_index) for b in device_out},
+        per_layer=(lambda samples: layer_drift(export.path, tensor_modules(export.path), float_path, device_path,
+                                               float_in, device_in, samples)) if plan.target.precision == "int8"
+        else None,
+    )
+
+
+__all__ = ["bind_inputs", "build_litert", "check_model", "convert_float", "litert_torch_version"]

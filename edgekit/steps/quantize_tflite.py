@@ -1,0 +1,210 @@
+"""Post-training quantization of a float32 .tflite with ai-edge-quantizer, from ranges edgekit measures itself.
+
+ai-edge-quantizer's own `Quantizer.calibrate()` averages per-sample min/max (smoothing 0.95): with batch-1 samples
+the ranges land well inside the real ones. Here the ranges are computed over the WHOLE calibration set (global
+min/max, or a percentile / entropy / MSE threshold on a histogram of all samples) and handed to
+`Quantizer.quantize()` as its QSVs ({tensor name: {"min": array, "max": array}}).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from edgekit.errors import ConfigError, ToolError, UnsupportedError
+
+METHODS = ("minmax", "percentile", "entropy", "mse")
+HISTOGRAM_BINS = {"percentile": 2048, "entropy": 512, "mse": 2048}
+ENTROPY_QUANTIZED_BINS = 128
+CHUNK = 16  # samples per histogram update
+_VALID = 3e38  # beyond this a value is a padding sentinel (-inf in PADV2), not data: as ai-edge-quantizer does
+_FP16_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_2D_TRANSPOSE", "EMBEDDING_LOOKUP")
+
+
+def _aeq() -> SimpleNamespace:
+    """ai-edge-quantizer's modules, imported on first use (the onnx2tf-only install does not have them)."""
+    try:
+        from ai_edge_quantizer import algorithm_manager, calibrator, qtyping, quantizer, recipe
+        from ai_edge_quantizer.utils import qsv_utils, tfl_interpreter_utils
+    except ImportError as exc:
+        raise ToolError(f"ai-edge-quantizer is not importable: {exc}",
+                        hint="pip install 'edgekit[litert-torch]'") from exc
+    return SimpleNamespace(algorithm_manager=algorithm_manager, calibrator=calibrator, qtyping=qtyping,
+                           quantizer=quantizer, recipe=recipe, qsv_utils=qsv_utils, interpreter=tfl_interpreter_utils)
+
+
+def collect_ranges(float_tflite: Path, samples: list[dict[str, np.ndarray]], method: str = "minmax",
+                   percentile: float = 99.99) -> dict[str, dict]:
+    """Activation ranges of `float_tflite` over every sample, as QSVs that `Quantizer.quantize()` accepts.
+
+    `samples`: one dict per sample, {signature input name: batch-1 array in the device layout}.
+    minmax: global min/max; percentile: the (100-p)/2 and (100+p)/2 percentiles (onnxruntime's histogram);
+    entropy: the KL-divergence threshold (onnxruntime's); mse: the clipping range that minimises the INT8
+    quantization MSE on the histogram. Tensors outside the main subgraph keep their global min/max.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"calibration method {method!r} is not one of {', '.join(METHODS)}",
+                          hint=f"use one of: {', '.join(METHODS)}")
+    if not samples:
+        raise ConfigError("no calibration samples", hint="give at least one calibration sample")
+    ranges = _global_min_max(float_tflite, samples)
+    if method == "minmax":
+        return ranges
+    thresholds = _histogram_thresholds(float_tflite, samples, set(ranges), method, percentile)
+    for name, (low, high) in thresholds.items():
+        shape = ranges[name]["min"].shape
+        ranges[name] = {"min": np.full(shape, low, np.float32), "max": np.full(shape, high, np.float32)}
+    return ranges
+
+
+def _global_min_max(float_tflite: Path, samples: list[dict[str, np.ndarray]]) -> dict[str, dict]:
+    """ai-edge-quantizer's own calibrator, with a global min/max update instead of its moving average."""
+    aeq = _aeq()
+    manager = aeq.quantizer.Quantizer(str(float_tflite), aeq.recipe.static_wi8_ai8())._recipe_manager
+    with _quiet():
+        calib = aeq.calibrator.Calibrator(str(float_tflite), num_threads=1,
+                                          qsv_update_func=aeq.qsv_utils.min_max_update)
+        calib.calibrate({_signature_key(float_tflite): samples}, manager)
+    return {name: {"min": np.asarray(qsv["min"], np.float32), "max": np.asarray(qsv["max"], np.float32)}
+            for name, qsv in calib.get_model_qsvs().items() if "min" in qsv}
+
+
+def _signature_key(float_tflite: Path) -> str:
+    with _quiet():
+        keys = list(_aeq().interpreter.create_tfl_interpreter(str(float_tflite), num_threads=1,
+                                                              preserve_all_tensors=False).get_signature_list())
+    if len(keys) != 1:
+        raise UnsupportedError(f"{Path(float_tflite).name} has {len(keys)} signatures {keys}; INT8 calibration "
+                               "needs exactly one", hint="convert the model with a single (default) signature")
+    return keys[0]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The libraries print progress bars, per-call notes and a debug-mode warning; a build keeps its own progress."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _histogram_thresholds(float_tflite: Path, samples: list[dict[str, np.ndarray]], names: set[str], method: str,
+                          percentile: float) -> dict[str, tuple[float, float]]:
+    collector = _histograms(float_tflite, samples, names, method, percentile)
+    if method == "mse":
+        return {name: mse_range(hist, edges, low, high)
+                for name, (hist, edges, low, high, _) in collector.get_histogram_dict().items()}
+    with _quiet():
+        result = collector.compute_collection_result()
+    return {name: (float(found[0]), float(found[1])) for name, found in result.items()}
+
+
+def _histograms(float_tflite: Path, samples: list[dict[str, np.ndarray]], names: set[str], method: str,
+                percentile: float):
+    """onnxruntime's HistogramCollector fed with every sample's activations (real values, merged histograms)."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    collector = HistogramCollector(method="entropy" if method == "mse" else method, symmetric=False,
+                                   num_bins=HISTOGRAM_BINS[method], num_quantized_bins=ENTROPY_QUANTIZED_BINS,
+                                   percentile=percentile, scenario="same")
+    key = _signature_key(float_tflite)
+    with _quiet():
+        interpreter = _aeq().interpreter.create_tfl_interpreter(str(float_tflite), num_threads=1)
+    for start in range(0, len(samples), CHUNK):
+        values = _tensor_values(interpreter, key, samples[start:start + CHUNK], names)
+        with _quiet():
+            collector.collect(values)
+    return collector
+
+
+def _tensor_values(interpreter, key: str, samples: list[dict[str, np.ndarray]],
+                   names: set[str]) -> dict[str, np.ndarray]:
+    """Float activations among `names`, flattened and concatenated over the samples (sentinel values dropped)."""
+    utils = _aeq().interpreter
+    subgraph = utils.get_signature_main_subgraph_index(interpreter, key)
+    rows: dict[str, list[np.ndarray]] = {}
+    for sample in samples:
+        utils.invoke_interpreter_signature(interpreter, sample, key)
+        for name, value in utils.get_tensor_name_to_content_map(interpreter, subgraph).items():
+            if name in names and np.issubdtype(np.asarray(value).dtype, np.floating):
+                flat = np.asarray(value, np.float32).ravel()
+                rows.setdefault(name, []).append(flat[np.isfinite(flat) & (np.abs(flat) < _VALID)])
+    return {name: np.concatenate(parts) for name, parts in rows.items()}
+
+
+def mse_range(hist: np.ndarray, edges: np.ndarray, low: float, high: float, steps: int = 100) -> tuple[float, float]:
+    """The range [a*low, a*high], a in (0, 1], whose asymmetric INT8 grid quantizes the histogram with least MSE."""
+    centres = (edges[:-1] + edges[1:]).astype(np.float64) / 2
+    weights = hist.astype(np.float64) / max(float(hist.sum()), 1.0)
+    low, high = min(float(low), 0.0), max(float(high), 0.0)
+    if high - low <= 0:
+        return low, high
+    factors = np.linspace(1.0 / steps, 1.0, steps)[:, None]
+    lows, highs = factors * low, factors * high
+    scales = (highs - lows) / 255.0
+    zero = np.rint(-128 - lows / scales)
+    grid = (np.clip(np.rint(centres / scales) + zero, -128, 127) - zero) * scales
+    errors = ((grid - centres) ** 2 * weights).sum(axis=1)
+    best = int(np.argmin(errors))
+    return float(lows[best, 0]), float(highs[best, 0])
+
+
+def quantize_tflite(float_tflite: Path, ranges: dict[str, dict], out_path: Path, *, io: str = "float32",
+                    float_ops: tuple[str, ...] = ()) -> Path:
+    """Static W8A8: per-channel INT8 weights, INT8 activations from `ranges`; float32 I/O unless io="int8".
+
+    `float_ops`: regular expressions left in float; a pattern that is a TFLite op type (e.g. "SOFTMAX") keeps
+    every op of that type, any other pattern keeps the ops whose output tensor names it matches.
+    """
+    if io not in ("float32", "int8"):
+        raise ConfigError(f"io = {io!r} is not one of float32, int8", hint="use float32 or int8")
+    aeq = _aeq()
+    ops = aeq.qtyping.TFLOperationName
+    q = aeq.quantizer.Quantizer(str(float_tflite), aeq.recipe.static_wi8_ai8())
+    keep = aeq.algorithm_manager.AlgorithmName.NO_QUANTIZE
+    if io == "float32":  # a QUANTIZE after each input and a DEQUANTIZE before each output, inside the model
+        for edge in (ops.INPUT, ops.OUTPUT):
+            q.update_quantization_recipe(".*", edge, algorithm_key=keep)
+    for pattern in float_ops:
+        op_type = next((op for op in ops if op.value == pattern and op.value.isupper()), None)
+        q.update_quantization_recipe(".*" if op_type else _checked_regex(pattern), op_type or ops.ALL_SUPPORTED,
+                                     algorithm_key=keep)
+    return _write(q, ranges, out_path)
+
+
+def _checked_regex(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"float_ops pattern {pattern!r} is not a valid regular expression: {exc}",
+                          hint="give a TFLite op type (SOFTMAX) or a regex over tensor names") from exc
+    return pattern
+
+
+def _write(q, qsvs: dict[str, dict] | None, out_path: Path) -> Path:
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with _quiet():
+        result = q.quantize(qsvs, enable_progress_report=False)
+    out_path.write_bytes(bytes(result.quantized_model))
+    return out_path
+
+
+def float16_weights(float_tflite: Path, out_path: Path) -> Path:
+    """FP16 weights (dequantized to float32 at load time), float32 compute and I/O: as onnx2tf's float16 file."""
+    aeq = _aeq()
+    types = aeq.qtyping
+    q = aeq.quantizer.Quantizer(str(float_tflite))
+    config = types.OpQuantizationConfig(
+        weight_tensor_config=types.TensorQuantizationConfig(num_bits=16, dtype=types.TensorDataType.FLOAT),
+        compute_precision=types.ComputePrecision.FLOAT, explicit_dequantize=True)
+    for op in _FP16_OPS:
+        q.update_quantization_recipe(".*", types.TFLOperationName(op), config,
+                                     algorithm_key=aeq.algorithm_manager.AlgorithmName.FLOAT_CASTING)
+    return _write(q, None, out_path)
