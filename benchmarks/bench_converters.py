@@ -36,20 +36,9 @@ def mobilenet_like():
 
 
 def train(model, data: dict, epochs: int = 10, seed: int = 0):
-    import torch
-    from torch import nn
+    from examples.digits import train_classifier
 
-    torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    x, y = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"])
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        model.train()
-        for idx in torch.randperm(len(x), generator=gen).split(64):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return model.eval()
+    return train_classifier(model, data, epochs, seed)
 
 
 def models() -> dict[str, tuple[object, dict]]:

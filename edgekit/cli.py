@@ -162,11 +162,15 @@ def check_command(bundle: Path, eval_data: str | None, recipe: Path | None, emul
     """Re-run the drift check of an existing bundle (exit 3 on drift)."""
     from edgekit.checking import check_bundle_dir, result_lines
 
-    result = check_bundle_dir(bundle, eval_data, recipe, emulator=emulator)
+    return _verdict(check_bundle_dir(bundle, eval_data, recipe, emulator=emulator), result_lines, as_json)
+
+
+def _verdict(result: dict, lines: Callable[[dict], list[str]], as_json: bool) -> int:
+    """Print a check or diff result (JSON, or its lines) and return its exit code: 0 passed, 3 not."""
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
-        for line in result_lines(result):
+        for line in lines(result):
             _console(stderr=False).print(line, markup=False)
     return 0 if result["passed"] else 3
 
@@ -214,12 +218,7 @@ def diff_command(old: Path, new: Path, max_drop_increase: float, max_agreement_d
     from edgekit.diff import DiffThresholds, diff_bundles, diff_lines
 
     result = diff_bundles(old, new, DiffThresholds(max_drop_increase, max_agreement_decrease, max_size_increase))
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-    else:
-        for line in diff_lines(result):
-            _console(stderr=False).print(line, markup=False)
-    return 0 if result["passed"] else 3
+    return _verdict(result, diff_lines, as_json)
 
 
 @main.group("emulator")
