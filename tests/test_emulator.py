@@ -12,6 +12,7 @@ import json
 import threading
 import time
 import warnings
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -170,7 +171,8 @@ def test_status_is_ready_small_and_names_the_versions(emulator_root):
     assert 50e6 < status["size_bytes"] < 400e6
     assert status["qemu"].startswith("10.")
     assert status["python"].startswith("3.11.")
-    assert status["litert"] == "2.1.0"
+    # the guest's LiteRT is the host's own version: INT8 is bit-exact only between equal builds
+    assert status["litert"] == version("ai-edge-litert")
     assert not list(emulator_root.glob(".build-*")), "a staging folder was left behind"
 
 
