@@ -10,6 +10,7 @@ the others), and `accumulated_sqnr_db`, the device activation against the float 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,9 @@ def tflite_activations(path: Path, bindings: list[Binding], inputs: dict[str, np
     from edgekit.runners.litert import interpreter_class
 
     cls, _, _ = interpreter_class()
-    interpreter = cls(model_path=str(path), experimental_preserve_all_tensors=True)
+    with warnings.catch_warnings():  # LiteRT warns that keeping every tensor is for debugging: that is the point
+        warnings.simplefilter("ignore")
+        interpreter = cls(model_path=str(path), experimental_preserve_all_tensors=True)
     interpreter.allocate_tensors()
     details = {t["index"]: t for t in interpreter.get_tensor_details()}
     ops = [op for op in interpreter._get_ops_details() if op["op_name"] not in ("DELEGATE", "QUANTIZE", "DEQUANTIZE")]
