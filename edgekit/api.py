@@ -53,12 +53,15 @@ def build(model: Any, target: str = "android-arm64-int8", calibration: Any = Non
           cluster: Cluster | None = None, recover: int = 0, calibration_method: str | Calibration = "minmax",
           max_drop: float = 1.0, min_agreement: float = 0.99, fallback: str = "none", converter: str | None = None,
           emulator: str | None = None, emulator_samples: int = 64, input_shape: tuple[int, ...] | None = None,
-          io: str | None = None, seed: int = 0, force: bool = False, progress: Listener | None = None) -> BuildResult:
-    """Build a device bundle for `target` and measure its drift; see DESIGN.md for every argument."""
+          io: str | None = None, seed: int = 0, force: bool = False, progress: Listener | None = None,
+          accept_conversion_error: bool = False) -> BuildResult:
+    """Build a device bundle for `target` and measure its drift; see DESIGN.md for every argument.
+    `accept_conversion_error`: ship a float32 conversion wrong beyond rounding (else exit 2), with a warning."""
     method = calibration_method if isinstance(calibration_method, Calibration) else Calibration(calibration_method)
     options = BuildOptions(max_drop=max_drop, min_agreement=min_agreement, calibration=method, prune=prune,
                            cluster=cluster, recover=recover, fallback=fallback, converter=converter, emulator=emulator,
-                           emulator_samples=emulator_samples, io=io, seed=seed)
+                           emulator_samples=emulator_samples, io=io, seed=seed,
+                           accept_conversion_error=accept_conversion_error)
     _refuse_unimplemented(options)
     steps = Steps(progress)
     with steps.step("plan", "checking model, data and target"):

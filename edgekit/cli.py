@@ -110,6 +110,8 @@ def _shape(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 @click.option("--input-shape", callback=_shape, help="input shape when the data cannot tell, e.g. 1,3,224,224")
 @click.option("--io", type=click.Choice(["float32", "int8"]), help="device I/O type (default: the target's)")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--accept-conversion-error", is_flag=True,
+              help="build even when the float32 conversion is wrong beyond rounding (else exit 2); warned")
 @click.option("--json", "as_json", is_flag=True, help="print report.json on stdout (progress stays on stderr)")
 @handle_errors
 def build_command(model: str, target: str, out: Path | None, force: bool, calibration: str | None,
@@ -117,7 +119,7 @@ def build_command(model: str, target: str, out: Path | None, force: bool, calibr
                   prune: float | None, prune_mode: str, clusters: int | None, recover: int, max_drop: float,
                   min_agreement: float, fallback: str, converter: str | None, emulator: str | None,
                   emulator_samples: int, input_shape: tuple[int, ...] | None, io: str | None, seed: int,
-                  as_json: bool) -> int:
+                  accept_conversion_error: bool, as_json: bool) -> int:
     """Build a device bundle for MODEL and measure its drift (exit 3 when over a threshold)."""
     import edgekit
     from edgekit.report import summary_lines
@@ -130,7 +132,7 @@ def build_command(model: str, target: str, out: Path | None, force: bool, calibr
         calibration_method=edgekit.Calibration(calibration_method, percentile), max_drop=max_drop,
         min_agreement=min_agreement, fallback=fallback, converter=converter, emulator=emulator,
         emulator_samples=emulator_samples, input_shape=input_shape, io=io, seed=seed, force=force,
-        recover=recover, progress=_progress(console))
+        recover=recover, progress=_progress(console), accept_conversion_error=accept_conversion_error)
     if as_json:
         click.echo(json.dumps(result.report, indent=2))
     for line in summary_lines(result.report):

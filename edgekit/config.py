@@ -281,6 +281,7 @@ class BuildOptions:
     seed: int = 0
     golden_samples: int = 16
     holdout: float = 0.2
+    accept_conversion_error: bool = False  # ship a float32 conversion that is wrong beyond rounding (warned)
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.max_drop) <= 100.0:

@@ -28,6 +28,7 @@ class DeviceModel:
     per_layer: Callable[[dict[str, np.ndarray]], list[dict]] | None = None  # samples -> report `layers` rows
     with_float: Callable[[list[dict]], DeviceModel] | None = None  # rebuild keeping these `layers` rows in float
     float_modules: tuple[str, ...] = ()  # what a fallback kept in float
+    conversion: dict = field(default_factory=dict)  # extra keys of report.json's conversion block (repairs, ...)
 
 
 def tolerances(device: DeviceModel, precision: str, golden: dict[str, np.ndarray]) -> dict[str, float]:

@@ -101,7 +101,7 @@ def make_report(plan, device, measured, timings_s: dict[str, float], size: dict)
                     "where": device.runtime.get("where", f"host-{platform.machine()}"),
                     "converter": device.runtime["converter"], "converter_version": device.runtime["converter_version"]},
         "size": size,
-        "conversion": {"outputs": measured.conversion},
+        "conversion": {"outputs": measured.conversion, "repairs": [], "first_divergence": None, **device.conversion},
         "drift": measured.drift,
         "emulator": measured.emulator,
         "compression": measured.compression,

@@ -14,11 +14,11 @@ from pathlib import Path
 from edgekit.backends import onnx2tf
 from edgekit.device import DeviceModel
 from edgekit.errors import ConversionError
+from edgekit.fidelity import convert_checked
 from edgekit.layers import layer_drift
 from edgekit.mixed import mixed_range_concats
 from edgekit.plan import Plan
 from edgekit.runners.litert import Binding, LiteRTRunner, interpreter_class, output_step
-from edgekit.runners.onnxrt import OnnxRunner
 from edgekit.steps.export_onnx import OnnxExport, tensor_modules
 
 MAPPING_SAMPLES = 8
@@ -36,15 +36,11 @@ def build_tflite(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
     mixed = mixed_range_concats(export.path, calibration) if plan.target.precision == "int8" else {}
     own = uses_edgekit_ranges(plan) or bool(mixed)
     target = dataclasses.replace(plan.target, precision="fp32", io="float32") if own else plan.target
-    files = onnx2tf.convert(export, calibration, target, plan.io, workdir)
     samples = plan.calibration.take(slice(0, MAPPING_SAMPLES)).inputs
-    with OnnxRunner(export.path) as reference:
-        ref_outputs = reference.run(samples)
-    float_in = onnx2tf.bind_inputs(files.float32, export)
-    float_out, _ = onnx2tf.bind_outputs(files.float32, float_in, samples, ref_outputs)
-    with LiteRTRunner(files.float32, float_in, float_out) as float_runner:
-        float_outputs = float_runner.run(samples)
-    floats = _FloatModel(files.float32, float_in, float_out, float_outputs, samples)
+    checked = convert_checked(export, calibration, target, plan.io, workdir, samples,
+                              plan.options.accept_conversion_error)  # repairs, then the float32 check
+    files, export, float_in = checked.files, checked.export, checked.float_in  # export: what onnx2tf converted
+    floats = _FloatModel(files.float32, float_in, checked.float_out, checked.float_outputs, samples)
     quantizer = {"quantizer": "onnx2tf (TFLite converter)"}
     device_path = files.device
     if own:
@@ -56,7 +52,8 @@ def build_tflite(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
     device = _device_model(plan, export, floats, device_path, runtime, quantizer, workdir)
     notes = [f"{name} joins tensors of very different ranges (max |x| {', '.join(f'{p:.3g}' for p in peaks)}): "
              "kept in float so each input keeps its own INT8 scale" for name, peaks in mixed.items()]
-    return dataclasses.replace(device, notes=[*device.notes, *notes])
+    return dataclasses.replace(device, notes=[*device.notes, *checked.notes, *notes], conversion=checked.conversion,
+                               bindings={**device.bindings, "repairs": checked.conversion["repairs"]})
 
 
 def _tflite_names(export: OnnxExport, floats: _FloatModel, onnx_names: list[str]) -> tuple[str, ...]:

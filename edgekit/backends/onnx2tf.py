@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from edgekit.steps.export_onnx import OnnxExport
 
 # onnx2tf fetches sample images for 3-channel 4-D inputs unless this file is in its working directory.
 _SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+WorkerRun = Callable[[Path, Path, float], int]  # (workdir, log, timeout_s) -> exit code
 _SUFFIX = {"fp32": "float32", "fp16": "float16", ("int8", "float32"): "integer_quant",
            ("int8", "int8"): "full_integer_quant"}
 
@@ -44,8 +47,11 @@ def onnx2tf_version() -> str:
 
 
 def convert(export: OnnxExport, calibration: dict[str, np.ndarray], target: Target, io: str, workdir: Path,
-            timeout_s: float = 1800.0) -> TfliteFiles:
-    """Run onnx2tf in a subprocess; calibration arrays are in the model's layout and already normalised."""
+            timeout_s: float = 1800.0, run_worker: WorkerRun | None = None) -> TfliteFiles:
+    """Run onnx2tf in a subprocess; calibration arrays are in the model's layout and already normalised.
+
+    `run_worker(workdir, log, timeout_s) -> exit code` runs workdir/spec.json instead of a fresh subprocess
+    (the op conformance suite keeps one warm worker for many conversions)."""
     version = onnx2tf_version()
     workdir.mkdir(parents=True, exist_ok=True)
     np.save(workdir / _SAMPLE_FILE, np.zeros((20, 128, 128, 3), np.float32))
@@ -54,7 +60,9 @@ def convert(export: OnnxExport, calibration: dict[str, np.ndarray], target: Targ
     (workdir / "spec.json").write_text(json.dumps(spec))
     start = time.perf_counter()
     log = workdir / "onnx2tf.log"
-    _run_worker(workdir, log, timeout_s)
+    code = (run_worker or _run_worker)(workdir, log, timeout_s)
+    if code != 0:
+        raise _conversion_failure(log, code, export.path)
     seconds = time.perf_counter() - start
     stem = export.path.stem
     key = target.precision if target.precision != "int8" else ("int8", io)
@@ -80,30 +88,62 @@ def _calibration_files(export: OnnxExport, calibration: dict[str, np.ndarray], w
     return entries
 
 
-def _run_worker(workdir: Path, log: Path, timeout_s: float) -> None:
+def worker_env() -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)  # onnx2tf shells out to onnxsim from the same environment
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "TF_CPP_MIN_LOG_LEVEL": "2",
-           "CUDA_VISIBLE_DEVICES": "-1", "PYTHONHASHSEED": "0"}
+    return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "TF_CPP_MIN_LOG_LEVEL": "2",
+            "CUDA_VISIBLE_DEVICES": "-1", "PYTHONHASHSEED": "0"}
+
+
+WORKER_SCRIPT = Path(__file__).with_name("_onnx2tf_worker.py")
+
+
+def _run_worker(workdir: Path, log: Path, timeout_s: float) -> int:
     # -P: the worker sits beside this module, whose name would shadow the real onnx2tf package
-    command = [sys.executable, "-P", str(Path(__file__).with_name("_onnx2tf_worker.py")), "spec.json"]
+    command = [sys.executable, "-P", str(WORKER_SCRIPT), "spec.json"]
     with open(log, "w") as handle:
         try:
-            done = subprocess.run(command, cwd=workdir, stdout=handle, stderr=subprocess.STDOUT, env=env,
+            done = subprocess.run(command, cwd=workdir, stdout=handle, stderr=subprocess.STDOUT, env=worker_env(),
                                   timeout=timeout_s, check=False)
         except subprocess.TimeoutExpired as exc:
             raise ConversionError(f"onnx2tf did not finish within {timeout_s:.0f} s",
                                   hint=f"see {log}; a smaller calibration set shortens INT8 conversion") from exc
-    if done.returncode != 0:
-        raise _conversion_failure(log)
+    return done.returncode
 
 
-def _conversion_failure(log: Path) -> Exception:
+def _conversion_failure(log: Path, code: int = 1, onnx_path: Path | None = None) -> Exception:
     tail = _log_tail(log)
     lowered = tail.lower()
-    if "not supported" in lowered or "notimplemented" in lowered or "unsupported" in lowered:
-        return UnsupportedError(f"onnx2tf cannot convert this model: {tail}",
+    node = re.search(r"onnx_op_name: (\S+)", log.read_text(errors="replace"))
+    where = f" at ONNX node {node.group(1)}" if node else ""
+    if code < 0 or code > 128:  # killed by a signal (a crash in TensorFlow's converter), not a Python error
+        return _crash(log, abs(code) % 128, onnx_path)
+    if where or "not supported" in lowered or "notimplemented" in lowered or "unsupported" in lowered:
+        return UnsupportedError(f"onnx2tf cannot convert this model{where}: {tail}",
                                 hint=f"replace the operator named above; full log in {log}")
     return ConversionError(f"onnx2tf failed: {tail}", hint=f"see the full log in {log}")
+
+
+def _crash(log: Path, number: int, onnx_path: Path | None) -> Exception:
+    import signal
+
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = f"signal {number}"
+    stage = ("while quantizing to INT8 (the float32 model was written)"
+             if any(log.parent.glob("tflite/*_float32.tflite")) else "while converting")
+    recurrent = _recurrent_ops(onnx_path) if onnx_path else []
+    held = f"; the model holds {', '.join(recurrent)}, which onnx2tf lowers to a TFLite WHILE loop" if recurrent else ""
+    return UnsupportedError(f"onnx2tf crashed ({name}) {stage}{held}",
+                            hint=f"build a float target (android-arm64-fp32/-fp16) or try --converter litert-torch; "
+                                 f"full log in {log}")
+
+
+def _recurrent_ops(onnx_path: Path) -> list[str]:
+    import onnx
+
+    types = {node.op_type for node in onnx.load(str(onnx_path), load_external_data=False).graph.node}
+    return sorted(types & {"LSTM", "GRU", "RNN", "Loop", "Scan"})
 
 
 def _log_tail(log: Path, lines: int = 3) -> str:
