@@ -49,10 +49,11 @@ class FloatCheck:
         return not self.wrong
 
     def message(self) -> str:
-        worst = ", ".join(f"{name} {self.errors[name]:.3g}" if np.isfinite(self.errors[name])
-                          else f"{name} (no device output of its shape)" for name in self.wrong)
+        finite = [name for name in self.wrong if np.isfinite(self.errors[name])]
+        worst = ", ".join(f"{name} {self.errors[name]:.3g}" for name in finite)
         text = (f"float32 conversion is wrong beyond rounding: max relative error {worst} > {self.tolerance:g} "
-                f"(float32 TFLite vs ONNX in onnxruntime)")
+                f"(float32 TFLite vs ONNX in onnxruntime)" if finite else
+                f"float32 conversion is wrong: no device output has the shape of {', '.join(self.wrong)}")
         if self.divergence is None:
             return f"{text}; no single ONNX node diverges (the error builds up over the whole graph)"
         d = self.divergence

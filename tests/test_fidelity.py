@@ -131,3 +131,37 @@ def test_every_target_reports_conversion_and_quantization_error_apart(target, di
     assert (report["quantization"] is not None) == quantized
     assert any(line.startswith("quantization") for line in lines) == quantized
 
+
+
+def _pad_model(path: Path) -> Path:
+    import onnx
+
+    node = helper.make_node("Pad", ["x", "p"], ["y"], name="node_pad", mode="wrap")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6])],
+                              [helper.make_tensor("p", TensorProto.INT64, [4], [0, 1, 0, 1])])
+    onnx.save(helper.make_model(graph), str(path))
+    return path
+
+
+def test_an_onnx2tf_failure_names_the_node_its_op_and_the_exception(tmp_path: Path):
+    from edgekit.backends.onnx2tf import _conversion_failure
+
+    log = tmp_path / "onnx2tf.log"
+    log.write_text('  File "x.py", line 1\nValueError: Exception encountered when calling layer "tf.pad".\n'
+                   "\x1b[31mERROR:\x1b[0m onnx_op_name: node_pad\n")
+    error = _conversion_failure(log, 1, _pad_model(tmp_path / "m.onnx"))
+    assert isinstance(error, edgekit.errors.UnsupportedError) and error.exit_code == 2
+    assert error.message == ('onnx2tf cannot convert ONNX node node_pad (Pad): ValueError: Exception encountered '
+                             'when calling layer "tf.pad".')
+
+
+def test_an_onnx2tf_crash_says_where_and_names_recurrent_ops(tmp_path: Path):
+    from edgekit.backends.onnx2tf import _conversion_failure
+
+    (tmp_path / "tflite").mkdir()
+    (tmp_path / "tflite" / "m_float32.tflite").write_bytes(b"")
+    (tmp_path / "onnx2tf.log").write_text("Ignored output_format.\n")
+    error = _conversion_failure(tmp_path / "onnx2tf.log", -11, _pad_model(tmp_path / "m.onnx"))
+    assert error.message == "onnx2tf crashed (SIGSEGV) while quantizing to INT8 (the float32 model was written)"
+    assert "android-arm64-fp32" in error.hint

@@ -111,16 +111,32 @@ def _run_worker(workdir: Path, log: Path, timeout_s: float) -> int:
 
 
 def _conversion_failure(log: Path, code: int = 1, onnx_path: Path | None = None) -> Exception:
-    tail = _log_tail(log)
-    lowered = tail.lower()
-    node = re.search(r"onnx_op_name: (\S+)", log.read_text(errors="replace"))
-    where = f" at ONNX node {node.group(1)}" if node else ""
     if code < 0 or code > 128:  # killed by a signal (a crash in TensorFlow's converter), not a Python error
         return _crash(log, abs(code) % 128, onnx_path)
-    if where or "not supported" in lowered or "notimplemented" in lowered or "unsupported" in lowered:
-        return UnsupportedError(f"onnx2tf cannot convert this model{where}: {tail}",
+    text = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text(errors="replace"))  # onnx2tf colours its messages
+    node = re.search(r"onnx_op_name: (\S+)", text)
+    if node:  # onnx2tf says which node it failed on: name it, its op type, and the exception
+        exception = re.findall(r"^\w*(?:Error|Exception): .*$", text, flags=re.MULTILINE)
+        what = f": {exception[-1][:200]}" if exception else ""
+        return UnsupportedError(f"onnx2tf cannot convert ONNX node {node.group(1)}"
+                                f"{_op_type(onnx_path, node.group(1))}{what}",
+                                hint=f"replace that operator in the model, or try --converter litert-torch; "
+                                     f"full log in {log}")
+    tail = _log_tail(log)
+    lowered = tail.lower()
+    if "not supported" in lowered or "notimplemented" in lowered or "unsupported" in lowered:
+        return UnsupportedError(f"onnx2tf cannot convert this model: {tail}",
                                 hint=f"replace the operator named above; full log in {log}")
     return ConversionError(f"onnx2tf failed: {tail}", hint=f"see the full log in {log}")
+
+
+def _op_type(onnx_path: Path | None, node_name: str) -> str:
+    import onnx
+
+    if onnx_path is None:
+        return ""
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return next((f" ({node.op_type})" for node in graph.node if node.name == node_name), "")
 
 
 def _crash(log: Path, number: int, onnx_path: Path | None) -> Exception:

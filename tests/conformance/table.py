@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -33,6 +34,7 @@ def run_all(only: str | None = None) -> list[CaseResult]:
         return results
     finally:
         worker.close()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def run_without_repairs() -> dict[str, CaseResult]:
@@ -43,6 +45,7 @@ def run_without_repairs() -> dict[str, CaseResult]:
                 for name, case in SHOWCASES.items()}
     finally:
         worker.close()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _number(value: float | None, spec: str) -> str:
