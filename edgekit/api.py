@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from edgekit import bundle as bundle_io
+from edgekit import outdir
 from edgekit.backends.choose import check_converter
 from edgekit.compressing import baseline_float_gzip, compress_model, device_columns
 from edgekit.config import BuildOptions, Calibration, Cluster, Prune
@@ -36,6 +36,7 @@ class BuildResult:
     out: Path
     report: dict
     manifest: dict
+    manifest_sha256: str  # pin it: `edgekit check OUT --expect-digest SHA256` refuses any other manifest.json
 
     @property
     def passed(self) -> bool:
@@ -70,17 +71,32 @@ def build(model: Any, target: str = "android-arm64-int8", calibration: Any = Non
     _check_route(plan)
     for note in plan.warnings:
         steps.note(note)
-    staging = Path(tempfile.mkdtemp(prefix=f".{plan.out.name}.tmp-", dir=_parent(plan.out)))
-    workdir = Path(tempfile.mkdtemp(prefix="edgekit-work-"))
     try:
-        result = _run(plan, staging, workdir, steps)
-        bundle_io.commit(staging, plan.out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return BuildResult(plan.out, result.report, result.manifest)
+        result = _build_in_place(plan, steps)
+    except OSError as exc:
+        if exc.errno not in outdir.USER_ERRNOS:
+            raise
+        raise outdir.user_os_error(exc, f"cannot write the bundle for {plan.out}") from None
+    return BuildResult(plan.out, result.report, result.manifest, result.manifest_sha256)
+
+
+def _build_in_place(plan: Plan, steps: Steps) -> bundle_io.Written:
+    """Under OUT's lock: clear what killed builds left, build into staging, publish; nothing half written remains
+    on any failure or signal (staging and work folder removed, OUT untouched)."""
+    plan.out.parent.mkdir(parents=True, exist_ok=True)
+    with outdir.out_lock(plan.out):
+        outdir.sweep_for(plan.out)
+        staging = outdir.make_staging(plan.out)
+        workdir = outdir.make_workdir()
+        try:
+            result = _run(plan, staging, workdir, steps)
+            outdir.publish(staging, plan.out, replace=plan.force)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return result
 
 
 def _check_route(plan: Plan) -> None:
@@ -89,11 +105,6 @@ def _check_route(plan: Plan) -> None:
         from edgekit.backends.tensorrt import check_request
 
         check_request(plan)
-
-
-def _parent(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return out.parent
 
 
 def _refuse_unimplemented(options: BuildOptions) -> None:
@@ -220,12 +231,13 @@ def _warnings(plan: Plan, drift: dict, reference: dict, outputs: dict) -> list[s
     return notes
 
 
-def check(bundle: str | Path, eval_data: Any = None, recipe: str | Path | None = None) -> dict:
+def check(bundle: str | Path, eval_data: Any = None, recipe: str | Path | None = None,
+          expect_digest: str | None = None) -> dict:
     """Re-run the drift check of a bundle: golden I/O, or with `eval_data`, references recomputed from
-    reference.onnx."""
+    reference.onnx. `expect_digest`: the sha256 of manifest.json the bundle must have (IntegrityError otherwise)."""
     from edgekit.checking import check_bundle_dir
 
-    return check_bundle_dir(Path(bundle), eval_data, recipe)
+    return check_bundle_dir(Path(bundle), eval_data, recipe, expect_digest=expect_digest)
 
 
 __all__ = ["BuildResult", "EdgekitError", "build", "check"]

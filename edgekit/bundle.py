@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
-import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +41,7 @@ class Measured:
 class Written:
     report: dict
     manifest: dict
+    manifest_sha256: str
 
 
 def gzip_size(path: Path) -> int:
@@ -70,8 +70,11 @@ def write(staging: Path, plan: Plan, export: OnnxExport, device: DeviceModel, me
     evidence = Evidence(measured.reference, measured.device, plan.evaluation.labels, scores)
     (staging / "report.html").write_text(render_html(report, manifest, evidence))
     manifest["files"] = lineage.file_hashes(staging)
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return Written(report, manifest)
+    text = json.dumps(manifest, indent=2) + "\n"
+    (staging / "manifest.json").write_text(text)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    (staging / "manifest.sha256").write_text(f"{digest}  manifest.json\n")  # `sha256sum -c manifest.sha256`
+    return Written(report, manifest, digest)
 
 
 def _sizes(device_file: Path, device: DeviceModel, baseline_gzip: int | None) -> dict:
@@ -147,15 +150,3 @@ def _normalisation(recipe: str | None) -> dict | str:
     loaded = Recipe.from_toml(recipe)
     return {"recipe": Path(recipe).name, "size": list(loaded.size), "scale": loaded.scale, "mean": list(loaded.mean),
             "std": list(loaded.std), "colour": loaded.colour, "formula": "(pixel / scale - mean) / std"}
-
-
-def commit(staging: Path, out: Path) -> None:
-    """Replace OUT by the finished staging folder; an old OUT is moved aside first and removed only after."""
-    aside = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp made it private; a bundle is an ordinary folder
-    if out.exists():
-        out.rename(aside)
-    staging.rename(out)
-    shutil.rmtree(aside, ignore_errors=True)

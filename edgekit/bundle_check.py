@@ -4,10 +4,14 @@
 Copied into every bundle as check.py (edgekit imports the same file, so both compare alike). It runs the device
 model on golden/inputs.npz and compares with golden/outputs.npz within the tolerances in manifest.json.
 
-    python check.py [--model PATH] [--runtime auto|litert|onnxruntime|tensorrt] [--json]
+    python check.py [--model PATH] [--runtime auto|litert|onnxruntime|tensorrt] [--expect-digest SHA256] [--json]
 
-Exit codes: 0 pass, 3 drift beyond the manifest's tolerances (or a model file that is not the measured one),
-2 error (missing file, no runtime).
+Everything in the bundle is data: manifest paths that are absolute, contain `..` or resolve outside the bundle are
+refused, npz files are read without unpickling, and every file's sha256 is compared with manifest.json before the
+device model is run. `--expect-digest` pins manifest.json itself (its sha256, printed by `edgekit build`).
+
+Exit codes: 0 pass, 3 drift beyond the manifest's tolerances or a file that is not the one measured (sha256),
+2 error (missing or malformed file, no runtime).
 """
 
 from __future__ import annotations
@@ -15,16 +19,228 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
+import re
 import sys
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 INTEGER_TYPES = ("int8", "uint8", "int16")
+DEVICE_TYPES = ("float32", "float16", *INTEGER_TYPES, "int32", "int64")
+RUNTIMES = ("litert", "onnxruntime", "tensorrt")
+GOLDEN_INPUTS, GOLDEN_OUTPUTS = "golden/inputs.npz", "golden/outputs.npz"
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class CheckError(Exception):
     """A problem that stops the check before any comparison (exit code 2)."""
+
+
+class TamperedError(Exception):
+    """A bundle file (or manifest.json itself) is not the one the build wrote and measured (exit code 3)."""
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A bundle whose manifest is well formed, whose files are all present and unmodified, golden data loaded."""
+
+    manifest: dict
+    model: Path
+    inputs: dict
+    golden: dict
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(bundle: Path, expect_digest: str | None = None) -> dict:
+    """manifest.json parsed and checked key by key; with `expect_digest`, first compared byte for byte."""
+    path = Path(bundle) / "manifest.json"
+    if not path.is_file():
+        raise CheckError(f"{path} not found: not an edgekit bundle (run check.py inside one)")
+    data = path.read_bytes()
+    if expect_digest is not None:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != expect_digest.strip().lower():
+            raise TamperedError(f"manifest.json sha256 is {digest}, not the expected {expect_digest.strip()}")
+    try:
+        manifest = json.loads(data)
+    except ValueError as exc:
+        raise CheckError(f"manifest.json is not valid JSON: {exc}") from None
+    validate_manifest(manifest)
+    return manifest
+
+
+def _field(data: object, dotted: str, kinds: tuple, what: str, prefix: str = "") -> object:
+    """The value at `dotted` (keys joined by dots) with one of `kinds`; CheckError naming the key otherwise."""
+    value, name = data, f"{prefix}.{dotted}" if prefix else dotted
+    for key in dotted.split("."):
+        if not isinstance(value, dict) or key not in value:
+            raise CheckError(f"manifest.json: missing key {name}")
+        value = value[key]
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise CheckError(f"manifest.json: {name} must be {what}, got {type(value).__name__} {str(value)[:40]!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise CheckError(f"manifest.json: {name} must be a finite number, got {value}")
+    return value
+
+
+def validate_manifest(manifest: object) -> None:
+    """Every key check.py reads, with its type; a path must stay inside the bundle (checked again on use)."""
+    files = _field(manifest, "files", (dict,), "an object of file name -> sha256")
+    for name, digest in files.items():
+        relative_path(name, f"files.{name}")
+        if not isinstance(digest, str) or not SHA256.fullmatch(digest):
+            raise CheckError(f"manifest.json: files.{name} must be a sha256 (64 hex digits)")
+    relative_path(_field(manifest, "device.model", (str,), "a file name"), "device.model")
+    runtime = _field(manifest, "device.runtime", (str,), "a runtime name")
+    if runtime not in RUNTIMES:
+        raise CheckError(f"manifest.json: device.runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    for side in ("inputs", "outputs"):
+        bindings = _field(manifest, f"device.{side}", (list,), "a list of bindings")
+        if not bindings:
+            raise CheckError(f"manifest.json: device.{side} is empty")
+        for k, binding in enumerate(bindings):
+            _binding(binding, f"device.{side}.{k}")
+    atol = _field(manifest, "device.tolerances.atol", (dict,), "an object of output name -> tolerance")
+    outputs = {b["model_name"] for b in manifest["device"]["outputs"]}
+    for name, value in atol.items():
+        if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
+            raise CheckError(f"manifest.json: device.tolerances.atol[{name!r}] must be a number >= 0")
+        if name not in outputs:
+            raise CheckError(f"manifest.json: device.tolerances.atol names {name!r}, which is not a device output")
+    _field(manifest, "device.tolerances.class_output", (str, type(None)), "an output name or null")
+
+
+def _binding(binding: object, where: str) -> None:
+    if not isinstance(binding, dict):
+        raise CheckError(f"manifest.json: {where} must be an object")
+    for key in ("model_name", "device_name"):
+        _field(binding, key, (str,), "a name", where)
+    if _field(binding, "device_index", (int,), "an index", where) < 0:
+        raise CheckError(f"manifest.json: {where}.device_index must be 0 or more")
+    dtype = _field(binding, "dtype", (str,), "a dtype name", where)
+    if dtype not in DEVICE_TYPES:
+        raise CheckError(f"manifest.json: {where}.dtype {dtype!r} is not one of {', '.join(DEVICE_TYPES)}")
+    perm = binding.get("to_device")
+    if perm is not None and (not isinstance(perm, list) or any(type(p) is not int for p in perm)
+                             or sorted(perm) != list(range(len(perm)))):
+        raise CheckError(f"manifest.json: {where}.to_device must be null or a permutation such as [0, 2, 3, 1]")
+    if dtype in INTEGER_TYPES:
+        _field(binding, "zero_point", (int,), "an integer", where)
+        if _field(binding, "scale", (int, float), "a number", where) <= 0:
+            raise CheckError(f"manifest.json: {where}.scale must be positive")
+
+
+def relative_path(name: object, key: str) -> str:
+    """A manifest path as data: relative, forward slashes, no `..`, no drive; else CheckError (exit 2)."""
+    if not isinstance(name, str) or not name:
+        raise CheckError(f"manifest.json: {key} must be a non-empty file name")
+    parts = PurePosixPath(name).parts
+    if name.startswith(("/", "\\")) or "\\" in name or ":" in name or ".." in parts or "\x00" in name:
+        raise CheckError(f"manifest.json: {key} = {name[:80]!r} is not a plain path inside the bundle "
+                         "(absolute, drive, backslash or '..' refused)")
+    return name
+
+
+def bundle_file(bundle: Path, name: str, key: str) -> Path:
+    """The file `name` inside `bundle`, refused when it resolves outside it (symlinks too) or is not a file."""
+    root = Path(bundle).resolve()
+    path = (root / relative_path(name, key)).resolve()
+    if root not in path.parents:
+        raise CheckError(f"manifest.json: {key} = {name!r} resolves outside the bundle")
+    if not path.exists():
+        raise CheckError(f"{name} ({key}) is missing from the bundle")
+    if not path.is_file():
+        raise CheckError(f"{name} ({key}) is not a file")
+    return path
+
+
+def load_npz(path: Path, name: str) -> dict[str, np.ndarray]:
+    """Every array of an npz file, numbers only: never unpickled (object arrays are refused)."""
+    arrays = {}
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            for key in npz.files:
+                try:
+                    arrays[key] = npz[key]
+                except ValueError as exc:
+                    raise CheckError(f"{name}: key {key!r}: {_reason(exc)}") from None
+    except CheckError:
+        raise
+    except Exception as exc:  # zipfile, zlib and numpy raise many types for a damaged file
+        raise CheckError(f"{name}: not a readable npz file: {_reason(exc)}") from None
+    for key, array in arrays.items():
+        if array.dtype.kind not in "fiub" or array.ndim == 0:
+            raise CheckError(f"{name}: key {key!r} holds {array.dtype} with shape {array.shape}, not numeric samples")
+    return arrays
+
+
+def _reason(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:200]
+
+
+def _golden(bundle: Path, manifest: dict) -> tuple[dict, dict]:
+    """Golden inputs (one per model input) and outputs (reference/ and device/ per checked output), same length."""
+    inputs = load_npz(bundle_file(bundle, GOLDEN_INPUTS, "golden inputs"), GOLDEN_INPUTS)
+    golden = load_npz(bundle_file(bundle, GOLDEN_OUTPUTS, "golden outputs"), GOLDEN_OUTPUTS)
+    device = manifest["device"]
+    needed = [(GOLDEN_INPUTS, inputs, b["model_name"]) for b in device["inputs"]]
+    needed += [(GOLDEN_OUTPUTS, golden, f"{kind}/{name}") for name in device["tolerances"]["atol"]
+               for kind in ("reference", "device")]
+    for name, arrays, key in needed:
+        if key not in arrays:
+            raise CheckError(f"{name}: missing key {key!r}")
+    counts = {len(a) for _, arrays, key in needed for a in [arrays[key]]}
+    if len(counts) != 1 or 0 in counts:
+        raise CheckError(f"{GOLDEN_INPUTS} and {GOLDEN_OUTPUTS} must hold the same number (>= 1) of samples, "
+                         f"found {sorted(counts)}")
+    return inputs, golden
+
+
+def _model_header(path: Path, runtime: str) -> None:
+    """A TFLite file starts with its flatbuffer identifier: a damaged header is an error, not a model to run."""
+    if runtime == "litert":
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+        if head[4:8] != b"TFL3":
+            raise CheckError(f"{path.name}: not a TFLite model (bad header {head[4:8]!r}, expected b'TFL3')")
+
+
+def verify_bundle(bundle: Path, model: Path | None = None, expect_digest: str | None = None,
+                  also: Callable[[dict], None] | None = None) -> Verified:
+    """Everything a check needs, read as data and verified before any model runs: manifest keys and paths, every
+    listed file present, golden data numeric, `also(manifest)` (the caller's own checks, e.g. of report.json), and
+    last every file's sha256 equal to manifest.json's (TamperedError)."""
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle, expect_digest)
+    files, device = manifest["files"], manifest["device"]
+    for name in (device["model"], GOLDEN_INPUTS, GOLDEN_OUTPUTS):
+        if name not in files:
+            raise CheckError(f"manifest.json: files has no sha256 for {name}")
+    paths = {name: bundle_file(bundle, name, f"files.{name}") for name in files}
+    model_path = Path(model) if model is not None else paths[device["model"]]
+    if not model_path.is_file():
+        raise CheckError(f"device model {model_path} not found (pass --model PATH)")
+    inputs, golden = _golden(bundle, manifest)
+    _model_header(model_path, device["runtime"])
+    if also is not None:
+        also(manifest)
+    paths[device["model"]] = model_path
+    changed = [name for name, path in paths.items() if sha256(path) != files[name]]
+    if changed:
+        raise TamperedError(f"{', '.join(changed)} differ{'s' if len(changed) == 1 else ''} from the sha256 in "
+                            "manifest.json: not the files this bundle was built and measured with")
+    return Verified(manifest, model_path, inputs, golden)
 
 
 def encode(binding: dict, array: np.ndarray) -> np.ndarray:
@@ -89,19 +305,33 @@ def run_onnxruntime(path: Path, device: dict, inputs: dict[str, np.ndarray]) -> 
     return {n: np.concatenate(v) for n, v in rows.items()}, "onnxruntime"
 
 
-def run_device(path: Path, device: dict, inputs: dict[str, np.ndarray], runtime: str):
-    """Outputs of the device model keyed by model output name, model layout, float32."""
+def engine_runner(script: Path):
+    """run_engine of the bundle's build_engine.py, loaded from its path (never found through sys.path), or None
+    where TensorRT is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None or not script.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location("edgekit_bundle_build_engine", script)
+    module = importlib.util.module_from_spec(spec)
+    sys.dont_write_bytecode = True  # loading build_engine.py must not leave __pycache__ in the bundle
+    spec.loader.exec_module(module)
+    return module.run_engine
+
+
+def run_device(path: Path, device: dict, inputs: dict[str, np.ndarray], runtime: str,
+               engine_script: Path | None = None):
+    """Outputs of the device model keyed by model output name, model layout, float32. TensorRT runs only through
+    `engine_script` (check.py passes the bundle's own build_engine.py); edgekit itself never runs bundle code and
+    measures a Jetson model in onnxruntime."""
     kind = device["runtime"] if runtime == "auto" else runtime
     if kind == "litert":
         return run_litert(path, device, inputs)
     if kind == "tensorrt":
-        sys.dont_write_bytecode = True  # importing build_engine must not leave __pycache__ in the bundle
-        try:
-            from build_engine import run_engine  # shipped beside check.py in Jetson bundles
-        except ImportError:
-            kind = "onnxruntime"
-        else:
+        run_engine = engine_runner(engine_script) if engine_script is not None else None
+        if run_engine is not None:
             return run_engine(path, device, inputs), "tensorrt"
+        kind = "onnxruntime"
     if kind == "onnxruntime":
         return run_onnxruntime(path, device, inputs)
     raise CheckError(f"unknown runtime {kind!r}: use litert, onnxruntime or tensorrt")
@@ -121,8 +351,8 @@ def compare(golden: dict[str, np.ndarray], outputs: dict[str, np.ndarray], toler
         error = float(np.max(np.abs(expected.astype(np.float64) - got))) if got.shape == expected.shape else None
         ok = error is not None and bool(np.all(np.isfinite(got))) and error <= atol
         row = {"name": name, "max_abs_err_vs_golden": error, "atol": atol, "passed": ok,
-               "sqnr_db_vs_reference": sqnr_db(reference, got) if ok else None}
-        if name == tolerances.get("class_output") and ok:
+               "sqnr_db_vs_reference": sqnr_db(reference, got) if ok and reference.shape == got.shape else None}
+        if name == tolerances.get("class_output") and ok and got.ndim == 2 and reference.shape == got.shape:
             row["top1_agreement_vs_reference"] = float(np.mean(reference.argmax(1) == got.argmax(1)))
             row["top1_agreement_vs_golden"] = float(np.mean(expected.argmax(1) == got.argmax(1)))
         rows.append(row)
@@ -130,40 +360,26 @@ def compare(golden: dict[str, np.ndarray], outputs: dict[str, np.ndarray], toler
     return {"outputs": rows, "passed": passed}
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def check_bundle(bundle: Path, model: Path | None = None, runtime: str = "auto") -> dict:
-    """Run the golden inputs through the device model and compare; the result says passed or not, and why."""
-    manifest_path = bundle / "manifest.json"
-    if not manifest_path.is_file():
-        raise CheckError(f"{manifest_path} not found: run check.py inside an edgekit bundle")
-    manifest = json.loads(manifest_path.read_text())
-    device = manifest["device"]
-    model = model or bundle / device["model"]
-    if not model.is_file():
-        raise CheckError(f"device model {model} not found (pass --model PATH)")
-    with np.load(bundle / "golden" / "inputs.npz") as inputs_npz, np.load(bundle / "golden" / "outputs.npz") as out_npz:
-        inputs = {k: inputs_npz[k] for k in inputs_npz.files}
-        golden = {k: out_npz[k] for k in out_npz.files}
-    outputs, runtime_used = run_device(model, device, inputs, runtime)
-    result = compare(golden, outputs, device["tolerances"])
-    expected_sha = manifest["files"].get(device["model"])
-    result.update({"model": str(model), "runtime": runtime_used, "samples": len(next(iter(inputs.values()))),
-                   "model_sha256_matches": sha256(model) == expected_sha})
-    result["passed"] = result["passed"] and result["model_sha256_matches"]
+def check_bundle(bundle: Path, model: Path | None = None, runtime: str = "auto", expect_digest: str | None = None,
+                 engine_script: Path | None = None) -> dict:
+    """Verify the bundle, then run the golden inputs through the device model and compare; the result says passed
+    or not, and why. CheckError (exit 2) for a broken bundle, TamperedError (exit 3) for a modified one."""
+    verified = verify_bundle(bundle, model, expect_digest)
+    device = verified.manifest["device"]
+    try:
+        outputs, runtime_used = run_device(verified.model, device, verified.inputs, runtime, engine_script)
+        result = compare(verified.golden, outputs, device["tolerances"])
+    except CheckError:
+        raise
+    except Exception as exc:  # a runtime that cannot load or run the model says so in its own words
+        raise CheckError(f"{verified.model.name} failed on {runtime}: {type(exc).__name__}: {_reason(exc)}") from None
+    result.update({"model": str(verified.model), "runtime": runtime_used, "model_sha256_matches": True,
+                   "samples": len(next(iter(verified.inputs.values())))})
     return result
 
 
 def print_result(result: dict) -> None:
     print(f"edgekit check: {result['samples']} golden samples on {result['runtime']} ({result['model']})")
-    if not result["model_sha256_matches"]:
-        print("  model file differs from the one this bundle was built and measured with (sha256 mismatch)")
     for row in result["outputs"]:
         extra = "".join(f"  {k} {row[k]:.4f}" for k in ("top1_agreement_vs_reference", "top1_agreement_vs_golden")
                         if k in row)
@@ -176,14 +392,19 @@ def print_result(result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Check a device model against an edgekit bundle's golden outputs.")
-    parser.add_argument("--bundle", type=Path, default=Path(__file__).resolve().parent)
+    here = Path(__file__).resolve().parent
+    parser.add_argument("--bundle", type=Path, default=here)
     parser.add_argument("--model", type=Path, default=None, help="device model file (default: the bundle's)")
-    parser.add_argument("--runtime", default="auto", choices=["auto", "litert", "onnxruntime", "tensorrt"])
+    parser.add_argument("--runtime", default="auto", choices=["auto", *RUNTIMES])
+    parser.add_argument("--expect-digest", default=None, help="refuse (exit 3) unless manifest.json has this sha256")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     try:
-        result = check_bundle(args.bundle, args.model, args.runtime)
-    except (CheckError, OSError, KeyError, ValueError) as exc:
+        result = check_bundle(args.bundle, args.model, args.runtime, args.expect_digest, here / "build_engine.py")
+    except TamperedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except (CheckError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2)) if args.json else print_result(result)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from functools import wraps
@@ -21,28 +23,60 @@ def _console(stderr: bool = True):
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
+class Terminated(BaseException):  # a signal, like KeyboardInterrupt, not an error
+    """SIGTERM (what CI time-outs send), raised in the main thread so every cleanup runs as for Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _print_error(console, exc: EdgekitError) -> int:
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(exc.message)}")  # "edgekit[android]" is not markup
+    if exc.hint:
+        console.print(f"[bold]hint:[/] {escape(exc.hint)}")
+    return exc.exit_code
+
+
+def _print_bug(console, exc: BaseException) -> int:
+    """A bug: say so, keep the traceback for the report."""
+    console.print(f"[bold red]unexpected error:[/] {type(exc).__name__}: {exc}", markup=False)
+    console.print(traceback.format_exc(), markup=False)
+    return 1
+
+
 def handle_errors(func: Callable[..., int | None]) -> Callable[..., None]:
-    """Every EdgekitError becomes one message with a hint and its exit code; anything else is exit 1."""
+    """Every EdgekitError becomes one message with a hint and its exit code; SIGINT exits 130 and SIGTERM 143
+    after the build removed its staging and work folders and stopped its child processes; anything else is exit 1."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> None:
-        from rich.markup import escape
+        from edgekit.outdir import USER_ERRNOS, user_os_error
 
         console = _console()
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
         try:
             code = func(*args, **kwargs) or 0
         except EdgekitError as exc:
-            console.print(f"[bold red]error:[/] {escape(exc.message)}")  # "edgekit[android]" is not markup
-            if exc.hint:
-                console.print(f"[bold]hint:[/] {escape(exc.hint)}")
-            code = exc.exit_code
+            code = _print_error(console, exc)
+        except OSError as exc:  # a full disk or a permission is the machine's state, not an edgekit bug
+            user = exc.errno in USER_ERRNOS
+            code = _print_error(console, user_os_error(exc, "cannot read or write a file")) if user else \
+                _print_bug(console, exc)
         except KeyboardInterrupt:
-            console.print("interrupted; nothing was written")
+            console.print("interrupted (SIGINT): stopped; staging and work folders removed, OUT unchanged")
             code = 130
-        except Exception as exc:  # a bug: say so, keep the traceback for the report
-            console.print(f"[bold red]unexpected error:[/] {type(exc).__name__}: {exc}")
-            console.print(traceback.format_exc(), markup=False)
-            code = 1
+        except Terminated:
+            console.print("terminated (SIGTERM): stopped; staging and work folders removed, OUT unchanged")
+            code = 143
+        except Exception as exc:
+            code = _print_bug(console, exc)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         sys.exit(code)
 
     return wrapper
@@ -138,6 +172,8 @@ def build_command(model: str, target: str, out: Path | None, force: bool, calibr
     for line in summary_lines(result.report):
         console.print(line, markup=False)
     console.print(f"bundle: {result.out}")
+    console.print(f"manifest sha256: {result.manifest_sha256} (pin it: edgekit check BUNDLE --expect-digest SHA256)",
+                  markup=False)
     return 0 if result.passed else 3
 
 
@@ -158,13 +194,16 @@ def _progress(console) -> Callable[[str, str, float | None], None]:
 @click.option("--eval", "eval_data", help="re-measure drift on this data (references from reference.onnx)")
 @click.option("--recipe", type=click.Path(path_type=Path), help="calibration/NAME.toml for image folders")
 @click.option("--emulator", type=click.Choice(["host", "arm64"]), default="host", show_default=True)
+@click.option("--expect-digest", help="refuse (exit 3) unless manifest.json has this sha256 (printed by build)")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 @handle_errors
-def check_command(bundle: Path, eval_data: str | None, recipe: Path | None, emulator: str, as_json: bool) -> int:
-    """Re-run the drift check of an existing bundle (exit 3 on drift)."""
+def check_command(bundle: Path, eval_data: str | None, recipe: Path | None, emulator: str, expect_digest: str | None,
+                  as_json: bool) -> int:
+    """Re-run the drift check of an existing bundle (exit 3 on drift or on files that differ from its manifest)."""
     from edgekit.checking import check_bundle_dir, result_lines
 
-    return _verdict(check_bundle_dir(bundle, eval_data, recipe, emulator=emulator), result_lines, as_json)
+    result = check_bundle_dir(bundle, eval_data, recipe, emulator=emulator, expect_digest=expect_digest)
+    return _verdict(result, result_lines, as_json)
 
 
 def _verdict(result: dict, lines: Callable[[dict], list[str]], as_json: bool) -> int:

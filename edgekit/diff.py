@@ -6,12 +6,11 @@ or when it fails its own drift thresholds while OLD passed them.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.errors import ConfigError
-from edgekit.report import SCHEMA_ID, passed
+from edgekit.report import passed
 
 SIZE_KEYS = ("device_bytes", "device_gzip_bytes", "float_device_bytes")
 DRIFT_KEYS = ("samples", "reference_accuracy", "device_accuracy", "accuracy_drop", "top1_agreement")
@@ -37,18 +36,21 @@ class DiffThresholds:
 
 
 def read_bundle(folder: Path) -> tuple[dict, dict]:
-    """(report, manifest) of a bundle folder; ConfigError (exit 2) for anything that is not an edgekit bundle."""
-    try:
-        report = json.loads((Path(folder) / "report.json").read_text())
-        manifest = json.loads((Path(folder) / "manifest.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{folder} is not an edgekit bundle: {exc}",
-                          hint="give two folders that `edgekit build` wrote (each holds report.json and "
-                               "manifest.json)") from exc
-    if not isinstance(report, dict) or report.get("schema") != SCHEMA_ID:
-        raise ConfigError(f"{folder}/report.json is not an {SCHEMA_ID} report",
-                          hint="rebuild the bundle with this version of edgekit")
-    return report, manifest
+    """(report, manifest) of a verified bundle: exit 2 for anything that is not a well-formed edgekit bundle, exit 3
+    for one whose files differ from its manifest (a diff of edited numbers would be a lie)."""
+    from edgekit.checking import open_bundle
+
+    opened = open_bundle(folder)
+    return opened.report, opened.manifest
+
+
+def _get(data: object, *keys: str) -> object:
+    """data[k1][k2]...; None where a level is missing or not an object (manifests are someone else's data)."""
+    for key in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
 
 
 def change(old: object, new: object) -> dict:
@@ -75,13 +77,13 @@ def _config_changes(old: dict | None, new: dict | None) -> list[dict]:
 
 
 def _lineage(old: dict, new: dict) -> dict:
-    data_old, data_new = old.get("data") or {}, new.get("data") or {}
-    versions_old, versions_new = old.get("versions") or {}, new.get("versions") or {}
-    return {"model_sha256": change((old.get("model") or {}).get("sha256"), (new.get("model") or {}).get("sha256")),
-            "calibration_sha256": change((data_old.get("calibration") or {}).get("sha256"),
-                                         (data_new.get("calibration") or {}).get("sha256")),
-            "eval_sha256": change((data_old.get("eval") or {}).get("sha256"),
-                                  (data_new.get("eval") or {}).get("sha256")),
+    versions_old, versions_new = _get(old, "versions"), _get(new, "versions")
+    versions_old = versions_old if isinstance(versions_old, dict) else {}
+    versions_new = versions_new if isinstance(versions_new, dict) else {}
+    return {"model_sha256": change(_get(old, "model", "sha256"), _get(new, "model", "sha256")),
+            "calibration_sha256": change(_get(old, "data", "calibration", "sha256"),
+                                         _get(new, "data", "calibration", "sha256")),
+            "eval_sha256": change(_get(old, "data", "eval", "sha256"), _get(new, "data", "eval", "sha256")),
             "git_sha": change(old.get("git_sha"), new.get("git_sha")),
             "versions": {k: change(versions_old.get(k), versions_new.get(k))
                          for k in sorted(set(versions_old) | set(versions_new))
@@ -103,7 +105,7 @@ def diff_bundles(old: Path, new: Path, thresholds: DiffThresholds | None = None)
     result = {
         "old": str(old), "new": str(new), "target": change(old_report["target"], new_report["target"]),
         "lineage": _lineage(old_manifest, new_manifest),
-        "config": _config_changes(old_manifest.get("config"), new_manifest.get("config")),
+        "config": _config_changes(_get(old_manifest, "config"), _get(new_manifest, "config")),
         "drift": _drift(old_report["drift"], new_report["drift"]),
         "size": {k: change(old_report["size"].get(k), new_report["size"].get(k)) for k in SIZE_KEYS},
         "latency_ms": {k: change(old_report["latency_ms"].get(k), new_report["latency_ms"].get(k))
@@ -129,7 +131,7 @@ def regressions(result: dict, thresholds: DiffThresholds) -> list[str]:
         found.append(f"top-1 agreement fell by {-agreement['delta']:.4f} ({agreement['old']:.4f} -> "
                      f"{agreement['new']:.4f}) > max decrease {limit}")
     limit = thresholds.max_size_increase
-    if limit is not None and size.get("delta") is not None and size["delta"] / size["old"] > limit:
+    if limit is not None and size.get("delta") is not None and size["old"] and size["delta"] / size["old"] > limit:
         found.append(f"device model grew by {size['delta'] / size['old']:.1%} ({size['old']:,} -> {size['new']:,} "
                      f"bytes) > max increase {limit:.1%}")
     if result["verdict"]["old"] and not result["verdict"]["new"]:

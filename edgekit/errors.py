@@ -57,3 +57,9 @@ class DriftError(EdgekitError):
     def __init__(self, message: str, report: dict | None = None, hint: str = "") -> None:
         super().__init__(message, hint)
         self.report = report
+
+
+class IntegrityError(EdgekitError):
+    """A bundle file, or manifest.json itself, is not the one the build wrote and measured (sha256 differs)."""
+
+    exit_code = 3

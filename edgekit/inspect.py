@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -30,7 +29,15 @@ def inspect_path(path: Path) -> dict:
     reader = readers.get(path.suffix.lower())
     if reader is None:
         raise ModelError(f"cannot inspect {path.suffix!r} files", hint="use .tflite, .onnx, .pt2, .pt or a bundle")
-    return {"path": str(path), "bytes": path.stat().st_size, **reader(path)}
+    try:
+        contents = reader(path)
+    except ModelError:
+        raise
+    except Exception as exc:  # each reader's library has its own errors for a damaged file
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelError(f"{path} is not a readable {path.suffix} model: {reason}",
+                         hint="check the file (a damaged download or another format under this name?)") from None
+    return {"path": str(path), "bytes": path.stat().st_size, **contents}
 
 
 def _inspect_tflite(path: Path) -> dict:
@@ -88,14 +95,15 @@ def _inspect_torch(path: Path) -> dict:
 
 
 def _inspect_bundle(folder: Path) -> dict:
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.is_file():
-        raise ModelError(f"{folder} is not an edgekit bundle (no manifest.json)", hint="give a bundle folder")
-    manifest = json.loads(manifest_path.read_text())
-    info = inspect_path(folder / manifest["device"]["model"])
-    report = json.loads((folder / "report.json").read_text())
-    info["bundle"] = {"target": report["target"], "passed": report["drift"]["passed"],
-                      "accuracy_drop": report["drift"]["accuracy_drop"],
-                      "top1_agreement": report["drift"]["top1_agreement"], "model_sha256": manifest["model"]["sha256"],
-                      "created": manifest["created"], "git_sha": manifest["git_sha"]}
+    """The device model of a verified bundle (paths inside it, files as built), with the bundle's verdict."""
+    from edgekit.checking import open_bundle
+
+    opened = open_bundle(folder)
+    manifest, drift = opened.manifest, opened.report["drift"]
+    info = inspect_path(opened.verified.model)
+    model = manifest.get("model") if isinstance(manifest.get("model"), dict) else {}
+    info["bundle"] = {"target": opened.report["target"], "passed": drift["passed"],
+                      "accuracy_drop": drift["accuracy_drop"], "top1_agreement": drift["top1_agreement"],
+                      "model_sha256": model.get("sha256"), "created": manifest.get("created"),
+                      "git_sha": manifest.get("git_sha")}
     return info

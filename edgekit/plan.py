@@ -12,6 +12,7 @@ from edgekit.datachecks import calibration_warnings
 from edgekit.emulated import choose as choose_emulator
 from edgekit.errors import ConfigError, DataError
 from edgekit.model import LoadedModel, TensorSpec, load_model
+from edgekit.outdir import check_writable
 from edgekit.steps.export_onnx import resolve_inputs
 
 
@@ -47,6 +48,7 @@ def check_out(out: Path, force: bool) -> Path:
                           "or choose another --out")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output {out} exists and is not a folder", hint="choose another --out")
+    check_writable(out)
     return out
 
 
