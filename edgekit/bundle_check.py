@@ -65,7 +65,7 @@ def read_manifest(bundle: Path, expect_digest: str | None = None) -> dict:
     """manifest.json parsed and checked key by key; with `expect_digest`, first compared byte for byte."""
     path = Path(bundle) / "manifest.json"
     if not path.is_file():
-        raise CheckError(f"{path} not found: not an edgekit bundle (run check.py inside one)")
+        raise CheckError("no manifest.json: the folder is not an edgekit bundle (run check.py inside one)")
     data = path.read_bytes()
     if expect_digest is not None:
         digest = hashlib.sha256(data).hexdigest()

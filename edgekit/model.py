@@ -82,9 +82,18 @@ def _looks_like_factory(text: str) -> bool:
 
 
 def _load_file(path: Path, name: str | None) -> LoadedModel:
+    if path.is_dir():
+        raise ModelError(f"model {path} is a folder, not a model file",
+                         hint="give a .pt2, .pt/.ts (TorchScript), .onnx file or package.module:factory")
     if not path.is_file():
         raise ModelError(f"model file {path} does not exist",
                          hint="give a .pt2, .pt/.ts (TorchScript), .onnx file or package.module:factory")
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise ModelError(f"cannot read model file {path}: {exc.strerror}",
+                         hint="check the file's permissions") from None
     loaders = {".pt2": _load_pt2, ".onnx": _load_onnx, **dict.fromkeys(TORCH_SUFFIXES, _load_torchscript)}
     loader = loaders.get(path.suffix.lower())
     if loader is None:
@@ -94,13 +103,9 @@ def _load_file(path: Path, name: str | None) -> LoadedModel:
 
 
 def _load_pt2(path: Path, name: str) -> LoadedModel:
-    import torch
+    from edgekit.safe_pt2 import load_exported_program
 
-    try:
-        program = torch.export.load(str(path))
-    except Exception as exc:  # torch raises many types for a corrupt archive
-        raise ModelError(f"{path} is not a readable ExportedProgram: {_first_line(exc)}",
-                         hint="save it with torch.export.save(torch.export.export(model, example), path)") from exc
+    program = load_exported_program(path)
     inputs = tuple(_placeholder_specs(program))
     return LoadedModel(name=name, kind="exported_program", sha256=sha256_file(path), source=str(path),
                        module=program.module(), program=program, inputs=inputs)
@@ -125,7 +130,7 @@ def _load_torchscript(path: Path, name: str) -> LoadedModel:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
         raise ModelError(f"{path} is not a readable TorchScript file: {_first_line(exc)}",
-                         hint="save it with torch.jit.save(torch.jit.script(model), path), or use .pt2") from exc
+                         hint="save it with torch.jit.save(torch.jit.script(model), path), or use .pt2") from None
     module.eval()
     return LoadedModel(name=name, kind="torchscript", sha256=sha256_file(path), source=str(path), module=module,
                        inputs=None)
@@ -139,7 +144,7 @@ def _load_onnx(path: Path, name: str) -> LoadedModel:
         onnx.checker.check_model(model)
     except Exception as exc:
         raise ModelError(f"{path} is not a valid ONNX model: {_first_line(exc)}",
-                         hint="re-export it with torch.onnx.export and check it with onnx.checker") from exc
+                         hint="re-export it with torch.onnx.export and check it with onnx.checker") from None
     initializers = {init.name for init in model.graph.initializer}
     inputs = tuple(onnx_value_spec(v) for v in model.graph.input if v.name not in initializers)
     return LoadedModel(name=name, kind="onnx", sha256=sha256_file(path), source=str(path), onnx_path=path,

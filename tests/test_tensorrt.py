@@ -226,9 +226,14 @@ def test_check_py_exits_3_for_another_models_qdq_onnx(int8_result, other_qdq, tm
     shutil.copyfile(other_qdq, bundle / "model.qdq.onnx")
     result = run([sys.executable, "check.py", "--json"], bundle)
     assert result.returncode == 3, result.stderr
+    assert "model.qdq.onnx differs from the sha256 in manifest.json" in result.stderr and result.stdout == ""
+    manifest = json.loads((bundle / "manifest.json").read_text())  # a manifest forged to vouch for the new file:
+    manifest["files"]["model.qdq.onnx"] = hashlib.sha256(Path(other_qdq).read_bytes()).hexdigest()
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    result = run([sys.executable, "check.py", "--json"], bundle)
+    assert result.returncode == 3, result.stderr
     verdict = json.loads(result.stdout)
-    assert not verdict["passed"] and not verdict["model_sha256_matches"]
-    assert not verdict["outputs"][0]["passed"]  # the outputs themselves moved, not only the hash
+    assert not verdict["passed"] and not verdict["outputs"][0]["passed"]  # the outputs themselves moved
 
 
 # --- FP16 ------------------------------------------------------------------------------------------------------------
