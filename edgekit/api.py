@@ -55,14 +55,16 @@ def build(model: Any, target: str = "android-arm64-int8", calibration: Any = Non
           max_drop: float = 1.0, min_agreement: float = 0.99, fallback: str = "none", converter: str | None = None,
           emulator: str | None = None, emulator_samples: int = 64, input_shape: tuple[int, ...] | None = None,
           io: str | None = None, seed: int = 0, force: bool = False, progress: Listener | None = None,
-          accept_conversion_error: bool = False) -> BuildResult:
+          accept_conversion_error: bool = False, ignore_index: int | None = None,
+          allow_small_calibration: bool = False) -> BuildResult:
     """Build a device bundle for `target` and measure its drift; see DESIGN.md for every argument.
     `accept_conversion_error`: ship a float32 conversion wrong beyond rounding (else exit 2), with a warning."""
     method = calibration_method if isinstance(calibration_method, Calibration) else Calibration(calibration_method)
     options = BuildOptions(max_drop=max_drop, min_agreement=min_agreement, calibration=method, prune=prune,
                            cluster=cluster, recover=recover, fallback=fallback, converter=converter, emulator=emulator,
                            emulator_samples=emulator_samples, io=io, seed=seed,
-                           accept_conversion_error=accept_conversion_error)
+                           accept_conversion_error=accept_conversion_error, ignore_index=ignore_index,
+                           allow_small_calibration=allow_small_calibration)
     _refuse_unimplemented(options)
     steps = Steps(progress)
     with steps.step("plan", "checking model, data and target"):
@@ -195,7 +197,7 @@ def _measure(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: P
         latency = runner.median_latency_ms()
     thresholds = Thresholds(plan.options.max_drop, plan.options.min_agreement, plan.target.min_sqnr_db)
     scores = class_output({o.name: o.shape for o in export.outputs})
-    drift = drift_block(reference, outputs, data.labels, scores, thresholds)
+    drift = drift_block(reference, outputs, data.labels, scores, thresholds, plan.options.ignore_index)
     quantized = plan.target.precision != "fp32"
     return bundle_io.Measured(
         reference=reference, device=outputs, conversion=output_metrics(converted, floats),

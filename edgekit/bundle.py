@@ -67,7 +67,7 @@ def write(staging: Path, plan: Plan, export: OnnxExport, device: DeviceModel, me
     (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     manifest = _manifest(plan, export, device, golden)
     scores = class_output({o.name: o.shape for o in export.outputs})
-    evidence = Evidence(measured.reference, measured.device, plan.evaluation.labels, scores)
+    evidence = _evidence(measured, plan.evaluation.labels, scores, plan.options.ignore_index)
     (staging / "report.html").write_text(render_html(report, manifest, evidence))
     manifest["files"] = lineage.file_hashes(staging)
     text = json.dumps(manifest, indent=2) + "\n"
@@ -75,6 +75,15 @@ def write(staging: Path, plan: Plan, export: OnnxExport, device: DeviceModel, me
     digest = hashlib.sha256(text.encode()).hexdigest()
     (staging / "manifest.sha256").write_text(f"{digest}  manifest.json\n")  # `sha256sum -c manifest.sha256`
     return Written(report, manifest, digest)
+
+
+def _evidence(measured: Measured, labels: np.ndarray | None, scores: str | None, ignore: int | None) -> Evidence:
+    """What report.html plots; samples with the ignore label are left out of its confusion matrices."""
+    if labels is None or ignore is None:
+        return Evidence(measured.reference, measured.device, labels, scores)
+    keep = labels != ignore
+    return Evidence({k: v[keep] for k, v in measured.reference.items()},
+                    {k: v[keep] for k, v in measured.device.items()}, labels[keep], scores)
 
 
 def _sizes(device_file: Path, device: DeviceModel, baseline_gzip: int | None) -> dict:

@@ -132,7 +132,10 @@ def _drift_on(opened: OpenedBundle, eval_data: Any, recipe: Path | str | None) -
     outputs, _ = _run(opened.verified.model, device, data.inputs)
     t = opened.report["drift"]["thresholds"]
     thresholds = Thresholds(t["max_drop"], t["min_agreement"], t.get("min_sqnr_db", 20.0))
-    return drift_block(reference, outputs, data.labels, device["tolerances"].get("class_output"), thresholds)
+    config = opened.manifest.get("config")
+    ignore = ((config or {}).get("options") or {}).get("ignore_index") if isinstance(config, dict) else None
+    ignore = ignore if type(ignore) is int else None  # the manifest is data: an int or nothing
+    return drift_block(reference, outputs, data.labels, device["tolerances"].get("class_output"), thresholds, ignore)
 
 
 def result_lines(result: dict) -> list[str]:

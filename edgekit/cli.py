@@ -42,7 +42,9 @@ def _print_error(console, exc: EdgekitError) -> int:
 
 def _print_bug(console, exc: BaseException) -> int:
     """A bug: say so, keep the traceback for the report."""
-    console.print(f"[bold red]unexpected error:[/] {type(exc).__name__}: {exc}", markup=False)
+    from rich.markup import escape
+
+    console.print(f"[bold red]unexpected error:[/] {escape(f'{type(exc).__name__}: {exc}')}")
     console.print(traceback.format_exc(), markup=False)
     return 1
 
@@ -146,6 +148,9 @@ def _shape(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--accept-conversion-error", is_flag=True,
               help="build even when the float32 conversion is wrong beyond rounding (else exit 2); warned")
+@click.option("--ignore-index", type=int, help="an eval label left out of accuracy, e.g. -100 (segmentation)")
+@click.option("--allow-small-calibration", is_flag=True,
+              help="calibrate on fewer than 8 samples (else exit 2); warned in the report")
 @click.option("--json", "as_json", is_flag=True, help="print report.json on stdout (progress stays on stderr)")
 @handle_errors
 def build_command(model: str, target: str, out: Path | None, force: bool, calibration: str | None,
@@ -153,7 +158,8 @@ def build_command(model: str, target: str, out: Path | None, force: bool, calibr
                   prune: float | None, prune_mode: str, clusters: int | None, recover: int, max_drop: float,
                   min_agreement: float, fallback: str, converter: str | None, emulator: str | None,
                   emulator_samples: int, input_shape: tuple[int, ...] | None, io: str | None, seed: int,
-                  accept_conversion_error: bool, as_json: bool) -> int:
+                  accept_conversion_error: bool, ignore_index: int | None, allow_small_calibration: bool,
+                  as_json: bool) -> int:
     """Build a device bundle for MODEL and measure its drift (exit 3 when over a threshold)."""
     import edgekit
     from edgekit.report import summary_lines
@@ -166,7 +172,8 @@ def build_command(model: str, target: str, out: Path | None, force: bool, calibr
         calibration_method=edgekit.Calibration(calibration_method, percentile), max_drop=max_drop,
         min_agreement=min_agreement, fallback=fallback, converter=converter, emulator=emulator,
         emulator_samples=emulator_samples, input_shape=input_shape, io=io, seed=seed, force=force,
-        recover=recover, progress=_progress(console), accept_conversion_error=accept_conversion_error)
+        recover=recover, progress=_progress(console), accept_conversion_error=accept_conversion_error,
+        ignore_index=ignore_index, allow_small_calibration=allow_small_calibration)
     if as_json:
         click.echo(json.dumps(result.report, indent=2))
     for line in summary_lines(result.report):

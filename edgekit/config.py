@@ -282,6 +282,8 @@ class BuildOptions:
     golden_samples: int = 16
     holdout: float = 0.2
     accept_conversion_error: bool = False  # ship a float32 conversion that is wrong beyond rounding (warned)
+    ignore_index: int | None = None  # an eval label left out of accuracy (segmentation's -100)
+    allow_small_calibration: bool = False  # calibrate on fewer than MIN_CALIBRATION_FLOOR samples (warned)
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.max_drop) <= 100.0:

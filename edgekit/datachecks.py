@@ -8,16 +8,45 @@ from __future__ import annotations
 import numpy as np
 
 from edgekit.data import Dataset
+from edgekit.errors import DataError
 
 MIN_CALIBRATION_SAMPLES = 100
+# Below this, ranges come from a handful of inputs: on the digits CNN 5 samples gave a quantization SQNR of 24.5 dB
+# (1,440 gave 38.5 dB), and the percentile/entropy histograms have nothing to estimate a tail from.
+MIN_CALIBRATION_FLOOR = 8
 SCALE_RATIO = 4.0  # per-channel std (or mean offset in stds) this far apart means another normalisation
 
 
-def calibration_warnings(calibration: Dataset, evaluation: Dataset, eval_is_separate: bool) -> list[str]:
+def calibration_warnings(calibration: Dataset, evaluation: Dataset, eval_is_separate: bool,
+                         ignore_index: int | None = None) -> list[str]:
     found = too_few(calibration) + duplicates(calibration)
     if eval_is_separate:
         found += normalisation_mismatch(calibration, evaluation)
-    return found + label_coverage(calibration, evaluation)
+    return found + label_coverage(calibration, evaluation, ignore_index)
+
+
+def refuse_small_calibration(data: Dataset, allowed: bool) -> None:
+    if data.size < MIN_CALIBRATION_FLOOR and not allowed:
+        raise DataError(f"only {data.size} calibration samples (after holding out eval samples): INT8 ranges from "
+                        f"fewer than {MIN_CALIBRATION_FLOOR} samples are guesses",
+                        hint=f"give at least {MIN_CALIBRATION_SAMPLES} representative samples with --calibration "
+                             "(and --eval), or pass --allow-small-calibration to build anyway")
+
+
+def check_labels(data: Dataset, classes: int | None, ignore_index: int | None, name: str) -> None:
+    """Integer labels must name one of the model's classes, or be the ignore label the user named."""
+    if data.labels is None or classes is None:
+        return
+    labels = np.asarray(data.labels)
+    bad = (labels < 0) | (labels >= classes)
+    if ignore_index is not None:
+        bad &= labels != ignore_index
+    if bad.any():
+        values, counts = np.unique(labels[bad], return_counts=True)
+        shown = ", ".join(f"{v} ({c} sample{'s' if c > 1 else ''})" for v, c in zip(values[:5], counts[:5]))
+        raise DataError(f"{name}: labels outside the model's {classes} classes (0..{classes - 1}): {shown}",
+                        hint="fix the labels y, or name an ignore label left out of accuracy: --ignore-index "
+                             f"{int(values[0])}")
 
 
 def too_few(data: Dataset) -> list[str]:
@@ -60,10 +89,10 @@ def _fmt(values: np.ndarray) -> str:
     return "[" + ", ".join(f"{v:.3g}" for v in values[:4]) + (", …]" if len(values) > 4 else "]")
 
 
-def label_coverage(calibration: Dataset, evaluation: Dataset) -> list[str]:
+def label_coverage(calibration: Dataset, evaluation: Dataset, ignore_index: int | None = None) -> list[str]:
     if calibration.labels is None or evaluation.labels is None:
         return []
-    missing = sorted(set(evaluation.labels.tolist()) - set(calibration.labels.tolist()))
+    missing = sorted(set(evaluation.labels.tolist()) - set(calibration.labels.tolist()) - {ignore_index})
     if not missing:
         return []
     shown = ", ".join(str(m) for m in missing[:10]) + (" …" if len(missing) > 10 else "")

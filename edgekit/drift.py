@@ -66,16 +66,19 @@ def class_output(shapes: dict[str, tuple[int | None, ...]]) -> str | None:
 
 
 def drift_block(reference: dict[str, np.ndarray], device: dict[str, np.ndarray], labels: np.ndarray | None,
-                scores: str | None, thresholds: Thresholds) -> dict:
-    """The report's `drift` block; zero samples never pass."""
+                scores: str | None, thresholds: Thresholds, ignore_index: int | None = None) -> dict:
+    """The report's `drift` block; zero samples never pass. Samples labelled `ignore_index` count for agreement
+    and output errors, not for accuracy."""
     samples = len(next(iter(reference.values()))) if reference else 0
     outputs = output_metrics(reference, device) if samples else []
     ref_acc = dev_acc = drop = agreement = None
     if samples and scores is not None:
         ref_top, dev_top = reference[scores].argmax(1), device[scores].argmax(1)
         agreement = float(np.mean(ref_top == dev_top))
-        if labels is not None:
-            ref_acc, dev_acc = float(np.mean(ref_top == labels)), float(np.mean(dev_top == labels))
+        keep = labels != ignore_index if labels is not None and ignore_index is not None else slice(None)
+        if labels is not None and np.size(labels[keep]):
+            ref_acc = float(np.mean(ref_top[keep] == labels[keep]))
+            dev_acc = float(np.mean(dev_top[keep] == labels[keep]))
             drop = round((ref_acc - dev_acc) * 100.0, 6)
     passed = _passed(samples, outputs, drop, agreement, scores, thresholds)
     return {"samples": samples, "reference_accuracy": ref_acc, "device_accuracy": dev_acc, "accuracy_drop": drop,

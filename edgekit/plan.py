@@ -8,7 +8,12 @@ from typing import Any
 
 from edgekit.config import BuildOptions, Target, load_target
 from edgekit.data import Dataset, load_data, split_holdout, validate_against
-from edgekit.datachecks import calibration_warnings
+from edgekit.datachecks import (
+    MIN_CALIBRATION_FLOOR,
+    calibration_warnings,
+    check_labels,
+    refuse_small_calibration,
+)
 from edgekit.emulated import choose as choose_emulator
 from edgekit.errors import ConfigError, DataError
 from edgekit.model import LoadedModel, TensorSpec, load_model
@@ -72,6 +77,39 @@ def make_plan(model: Any, target: str | Path | Target, calibration: Any, eval_da
     else:
         evaluation = validate_against(evaluation, inputs, "eval data")
         eval_source = "eval"
-    notes = ([note] if note else []) + calibration_warnings(calib, evaluation, eval_source == "eval")
+    refuse_small_calibration(calib, options.allow_small_calibration)
+    if evaluation.labels is not None:
+        check_labels(evaluation, class_count(loaded, inputs, calib), options.ignore_index, "eval data")
+    notes = ([note] if note else []) + calibration_warnings(calib, evaluation, eval_source == "eval",
+                                                                    options.ignore_index)
+    if calib.size < MIN_CALIBRATION_FLOOR:
+        notes.append(f"--allow-small-calibration: INT8 ranges from only {calib.size} calibration samples")
     return Plan(target, options, loaded, inputs, calib, evaluation, eval_source, out, force, emulator_mode,
                 None if recipe is None else str(recipe), notes)
+
+
+def class_count(model: LoadedModel, inputs: tuple[TensorSpec, ...], data: Dataset) -> int | None:
+    """Classes of the model's class-score output, from one forward pass on one sample (None when it has none or
+    the pass fails here: the export step reports such failures with their own message)."""
+    import numpy as np
+
+    from edgekit.drift import class_output
+
+    sample = [np.ascontiguousarray(data.inputs[s.name][:1]) for s in inputs]
+    try:
+        if model.is_torch:
+            import torch
+
+            from edgekit.runners.torch import _flatten
+
+            with torch.no_grad():
+                shapes = [tuple(o.shape) for o in _flatten(model.module(*map(torch.from_numpy, sample)))]
+        else:
+            from edgekit.runners.onnxrt import OnnxRunner
+
+            with OnnxRunner(model.onnx_path) as runner:
+                shapes = [v.shape for v in runner.run(dict(zip([s.name for s in inputs], sample))).values()]
+    except Exception:  # the export step reports a model that does not run, with its own message
+        return None
+    scores = class_output({str(k): shape for k, shape in enumerate(shapes)})
+    return None if scores is None else int(shapes[int(scores)][1])
