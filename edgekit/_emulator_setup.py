@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,14 +47,42 @@ SYSROOT_PACKAGES = (
     *("python3.11-minimal:arm64", "libpython3.11-minimal:arm64", "libpython3.11-stdlib:arm64"),
 )
 # The same versions as the host's lock (requirements.lock): INT8 is bit-exact only between equal LiteRT builds.
-WHEELS = ("numpy==2.1.3", "ai-edge-litert==2.3.0")
+# Each is pinned to the sha256 of the one file pip picks for it with PIP_TARGET's tags (cp311, aarch64,
+# manylinux_2_27 or manylinux2014), as PyPI publishes it; pip refuses any other file (--require-hashes),
+# whichever index, mirror or --find-links folder serves it. A new version needs its new hash:
+#   pip download --no-deps -d DIR --only-binary=:all: --platform manylinux_2_27_aarch64
+#     --platform manylinux2014_aarch64 --python-version 3.11 --implementation cp --abi cp311 numpy==X ...
+# then `sha256sum DIR/*` (tests/test_emulator_hashes.py checks the pins that way).
+WHEEL_SHA256 = {
+    # numpy-2.1.3-cp311-cp311-manylinux_2_17_aarch64.manylinux2014_aarch64.whl
+    "numpy==2.1.3": "762479be47a4863e261a840e8e01608d124ee1361e48b96916f38b119cfda04a",
+    # ai_edge_litert-2.3.0-cp311-cp311-manylinux_2_27_aarch64.whl
+    "ai-edge-litert==2.3.0": "853fc608f96da87bd5f3458465dfb9abbf18d5ae6b94eceacead407146f175ae",
+}
+WHEELS = tuple(WHEEL_SHA256)
 # Only the index files that the downloads need: arm64 for the sysroot, amd64 backports for QEMU 10 (Debian
 # 12's own QEMU 7.2 crashed on one machine).
+# The .debs are verified by apt itself: every source is `signed-by` Debian's archive keyring, so `apt-get update`
+# accepts only InRelease files signed by that keyring (and fails on any error: Error-Mode=any), and `apt-get
+# download` checks each .deb against the sha256 in those signed Packages indexes and refuses a package it cannot
+# authenticate. Nothing here turns that off (no --allow-unauthenticated, [trusted=yes] or
+# Acquire::AllowInsecureRepositories), and APT_STRICT below overrides the host's /etc/apt/apt.conf.d, which
+# apt reads after APT_CONFIG, in case it does.
 SOURCES = (
     ("arm64", "http://deb.debian.org/debian", "bookworm"),
     ("arm64", "http://deb.debian.org/debian", "bookworm-updates"),
     ("arm64", "http://deb.debian.org/debian-security", "bookworm-security"),
     ("amd64", "http://deb.debian.org/debian", "bookworm-backports"),
+)
+# Command-line options win over every apt configuration file.
+APT_STRICT = tuple(
+    part
+    for option in (
+        "Acquire::AllowInsecureRepositories=false",
+        "Acquire::AllowDowngradeToInsecureRepositories=false",
+        "APT::Get::AllowUnauthenticated=false",
+    )
+    for part in ("-o", option)
 )
 
 # The verification model shipped as assets/tiny.tflite: y = relu(x @ TINY_WEIGHTS + TINY_BIAS), input "x"
@@ -98,11 +127,13 @@ def build(staging: Path, progress: Callable[[str], None]) -> dict[str, float]:
     apt_dir, debs_dir = staging / "apt", staging / "debs"
     config = write_apt_config(apt_dir)
     with stage("apt lists", progress, timings):
-        run_tool(["apt-get", "update", "-q", "-o", "APT::Update::Error-Mode=any"], "apt-get update", config)
+        run_tool(
+            ["apt-get", "update", "-q", "-o", "APT::Update::Error-Mode=any", *APT_STRICT], "apt-get update", config
+        )
     with stage("debs download", progress, timings):
         debs_dir.mkdir()
         run_tool(
-            ["apt-get", "download", "-q", QEMU_PACKAGE, *SYSROOT_PACKAGES],
+            ["apt-get", "download", "-q", *APT_STRICT, QEMU_PACKAGE, *SYSROOT_PACKAGES],
             "apt-get download",
             config,
             debs_dir,
@@ -155,8 +186,10 @@ def write_apt_config(apt_dir: Path) -> Path:
     return config
 
 
-def run_tool(command: list[str], what: str, apt_config: Path | None = None, cwd: Path | None = None) -> None:
-    """Run a setup tool; on failure raise EmulatorError with the tail of what it said."""
+def run_tool(
+    command: list[str], what: str, apt_config: Path | None = None, cwd: Path | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    """Run a setup tool; on failure (unless not `check`) raise EmulatorError with the tail of what it said."""
     env = dict(os.environ, APT_CONFIG=str(apt_config)) if apt_config else None
     try:
         done = subprocess.run(
@@ -164,9 +197,10 @@ def run_tool(command: list[str], what: str, apt_config: Path | None = None, cwd:
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise EmulatorError(f"{what} could not run: {exc}", hint=NETWORK_HINT) from exc
-    if done.returncode != 0:
+    if check and done.returncode != 0:
         said = "\n".join((done.stderr or done.stdout).strip().splitlines()[-8:])
         raise EmulatorError(f"{what} failed (exit code {done.returncode}):\n{said}", hint=NETWORK_HINT)
+    return done
 
 
 def extract_qemu(deb: Path, target: Path) -> None:
@@ -214,12 +248,53 @@ def relink_absolute_symlinks(sysroot: Path) -> None:
             link.symlink_to(os.path.relpath(inside, link.parent))
 
 
+# The guest's wheels: CPython 3.11, aarch64, binary only, tagged manylinux_2_27 (ai-edge-litert) or manylinux2014
+# (numpy; pip 23 matches exactly these two platform tags, so numpy's file is the one tagged both
+# manylinux_2_17_aarch64 and manylinux2014_aarch64).
+PIP_TARGET = ("--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
+              "--platform", "manylinux_2_27_aarch64", "--platform", "manylinux2014_aarch64",
+              "--only-binary=:all:")  # fmt: skip
+# pip's heading above the files whose sha256 differs from their pin, each then named on an indented line:
+# "    numpy==2.1.3 from https://.../numpy-2.1.3-...whl (from -r requirements.txt (line 1)):".
+HASH_MISMATCH = "DO NOT MATCH THE HASHES"
+
+
+def pinned_requirements() -> str:
+    """The requirements file pip installs from: one `name==version --hash=sha256:...` line per wheel."""
+    return "".join(f"{requirement} --hash=sha256:{digest}\n" for requirement, digest in WHEEL_SHA256.items())
+
+
 def install_wheels(site: Path) -> None:
-    """pip-install the aarch64 CPython 3.11 wheels into `site`, without dependencies (LiteRT needs none)."""
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-cache-dir", "--no-deps",
-               "--target", str(site), "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
-               # numpy's aarch64 wheel is tagged manylinux2014, ai-edge-litert's manylinux_2_27.
-               "--platform", "manylinux_2_27_aarch64", "--platform", "manylinux2014_aarch64",
-               "--only-binary=:all:", *WHEELS]  # fmt: skip
-    run_tool(command, "pip install of the aarch64 wheels")
+    """pip-install the pinned aarch64 CPython 3.11 wheels into `site`, each checked against its sha256.
+
+    --no-deps: LiteRT declares dependencies (protobuf, tqdm, flatbuffers, ...) that its interpreter does not
+    import; leaving them out also means that every wheel installed is one of the hash-pinned WHEELS
+    (--require-hashes would refuse an unpinned one anyway). pip checks every file before it installs any.
+    """
+    what = "pip install of the aarch64 wheels"
+    with tempfile.TemporaryDirectory(prefix="edgekit-wheels-") as scratch:
+        requirements = Path(scratch) / "requirements.txt"
+        requirements.write_text(pinned_requirements())
+        command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-cache-dir", "--no-deps",
+                   "--require-hashes", "-r", str(requirements), "--target", str(site), *PIP_TARGET]  # fmt: skip
+        done = run_tool(command, what, check=False)
+    said = (done.stderr or done.stdout).strip().splitlines()
+    report = next((said[i:] for i, line in enumerate(said) if HASH_MISMATCH in line), None)
+    if done.returncode != 0 and report:
+        names = " and ".join(mismatched_wheels(report)) or "one of " + ", ".join(WHEELS)
+        raise EmulatorError(
+            f"the downloaded wheel of {names} does not match its pinned sha256, so no wheel was installed:\n"
+            + "\n".join(report[:12]),
+            hint="pip was served another file than the one pinned: check the index, mirror or proxy pip uses "
+            "(pip config list); if the pin in edgekit/_emulator_setup.py is wrong, report it as a bug",
+        )
+    if done.returncode != 0:
+        tail = "\n".join(said[-8:])
+        raise EmulatorError(f"{what} failed (exit code {done.returncode}):\n{tail}", hint=NETWORK_HINT)
     shutil.rmtree(site / "bin", ignore_errors=True)  # console scripts with the host's shebang, never used
+
+
+def mismatched_wheels(pip_said: list[str]) -> list[str]:
+    """The pinned requirements that pip's hash-mismatch report names, in WHEELS order."""
+    named = {line.split()[0].lower() for line in pip_said if line.startswith("    ") and line.strip()}
+    return [requirement for requirement in WHEELS if requirement.lower() in named]

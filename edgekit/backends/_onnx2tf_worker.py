@@ -6,10 +6,27 @@ Usage: python _onnx2tf_worker.py spec.json (needs only onnx2tf, not edgekit, on 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import threading
+import time
+
+
+def watch_parent() -> None:
+    """onnx2tf starts programs of its own (onnxsim): when edgekit is gone, take the whole process group with us."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.killpg(0, signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def main(spec_path: str) -> int:
+    watch_parent()
     with open(spec_path) as handle:
         spec = json.load(handle)
     import onnx2tf

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.children import run_child
 from edgekit.config import Target
 from edgekit.errors import ConversionError, ToolError, UnsupportedError
 from edgekit.mapping import channels_last, layout_candidates, match_outputs
@@ -102,8 +103,8 @@ def _run_worker(workdir: Path, log: Path, timeout_s: float) -> int:
     command = [sys.executable, "-P", str(WORKER_SCRIPT), "spec.json"]
     with open(log, "w") as handle:
         try:
-            done = subprocess.run(command, cwd=workdir, stdout=handle, stderr=subprocess.STDOUT, env=worker_env(),
-                                  timeout=timeout_s, check=False)
+            done = run_child(command, timeout_s, cwd=workdir, stdout=handle, stderr=subprocess.STDOUT,
+                             env=worker_env())
         except subprocess.TimeoutExpired as exc:
             raise ConversionError(f"onnx2tf did not finish within {timeout_s:.0f} s",
                                   hint=f"see {log}; a smaller calibration set shortens INT8 conversion") from exc

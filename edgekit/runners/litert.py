@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,11 +79,49 @@ def _version(dist: str) -> str:
     return version(dist)
 
 
+# LiteRT's C++ logger prints the first line on stderr, once a process, when it first applies the default
+# XNNPACK delegate (older TFLite builds print the second when the first interpreter is made). Its minimum
+# severity cannot be set from Python: only C++ has tflite::LoggerOptions::SetMinimumLogSeverity, the logger does
+# not read TF_CPP_MIN_LOG_LEVEL, and the wheel exports no logging symbol. So quiet_litert() filters stderr.
+LITERT_NOISE = (
+    b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
+    b"INFO: Initialized TensorFlow Lite runtime.",
+)
+_STDERR_LOCK = threading.RLock()
+
+
+@contextmanager
+def quiet_litert() -> Iterator[None]:
+    """Drop LiteRT's known INFO lines: fd 2 goes to a temporary file while the body runs, then every other line
+    (errors, warnings, anything else written on stderr meanwhile) is written back to stderr, even on an error."""
+    # One redirection at a time, or a thread could restore another one's temporary file as fd 2.
+    with _STDERR_LOCK, tempfile.TemporaryFile() as captured:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr at all: nothing to keep quiet
+            yield
+            return
+        flush = getattr(sys.stderr, "flush", lambda: None)
+        flush()
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = b"".join(line for line in captured if line.rstrip(b"\r\n") not in LITERT_NOISE)
+            while kept:
+                kept = kept[os.write(2, kept) :]
+
+
 def open_interpreter(path: Path, num_threads: int | None = None) -> Any:
     cls, _, _ = interpreter_class()
     try:
-        interpreter = cls(model_path=str(path), num_threads=num_threads)
-        interpreter.allocate_tensors()
+        with quiet_litert():  # the INFO line comes with allocate_tensors (the default delegate is applied lazily)
+            interpreter = cls(model_path=str(path), num_threads=num_threads)
+            interpreter.allocate_tensors()
     except (RuntimeError, ValueError) as exc:
         text = str(exc)
         if "Select TensorFlow op" in text or "Flex" in text or "custom op" in text.lower():
