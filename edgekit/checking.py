@@ -106,8 +106,11 @@ def _golden_on_host(verified: bundle_check.Verified) -> dict:
 
 def _run(model: Path, device: dict, inputs: dict) -> tuple[dict, str]:
     """The device model on the host (a Jetson model in onnxruntime: edgekit never runs the bundle's scripts)."""
+    from edgekit.runners.litert import quiet_litert
+
     try:
-        return bundle_check.run_device(model, device, inputs, "auto")
+        with quiet_litert():
+            return bundle_check.run_device(model, device, inputs, "auto")
     except bundle_check.CheckError as exc:
         raise ConfigError(str(exc), hint=BUNDLE_HINT) from None
     except Exception as exc:  # the runtime's own words for a model it cannot load or run
