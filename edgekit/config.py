@@ -21,6 +21,9 @@ FALLBACKS = ("none", "auto")
 PRUNE_MODES = ("unstructured", "structured")
 
 
+TARGET_NAME = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
+
+
 def _choice(field_name: str, value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ConfigError(f"{field_name} = {value!r} is not one of {', '.join(allowed)}",
@@ -69,6 +72,7 @@ class Target:
     tensorrt: TensorRTProfile | None = None
 
     def __post_init__(self) -> None:
+        _target_name(self.name)
         _choice("precision", self.precision, PRECISIONS)
         _choice("io", self.io, ("float32", "int8"))
         _choice("platform", self.platform, ("android", "jetson"))
@@ -132,6 +136,14 @@ def list_targets() -> list[Target]:
     return sorted(found.values(), key=lambda t: t.name)
 
 
+def _target_name(name: object) -> str:
+    """Target names end up in file names and generated scripts: lowercase letters, digits and dashes only."""
+    if not isinstance(name, str) or not TARGET_NAME.fullmatch(name):
+        raise ConfigError(f"target name {str(name)[:60]!r} is not valid",
+                          hint="use lowercase letters, digits and dashes, e.g. android-arm64-int8")
+    return name
+
+
 def load_target(name_or_path: str | Path) -> Target:
     """A target by name (targets/<name>.toml) or by the path of a TOML file."""
     path = Path(name_or_path)
@@ -139,6 +151,7 @@ def load_target(name_or_path: str | Path) -> Target:
         if not path.is_file():
             raise ConfigError(f"target file {path} does not exist", hint="give a path to a targets/*.toml file")
         return Target.from_toml(path)
+    _target_name(str(name_or_path))
     for folder in target_dirs():
         candidate = folder / f"{name_or_path}.toml"
         if candidate.is_file():

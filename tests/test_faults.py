@@ -451,3 +451,18 @@ def test_a_stale_lock_is_cleared_and_a_live_one_named(tmp_path: Path):
     with outdir.out_lock(out):
         assert (tmp_path / ".out.lock").read_text() == f"{os.getpid()}\n"
     assert not (tmp_path / ".out.lock").exists()
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "x'; rm -rf ~; '", "Android-INT8", "a--b"])
+def test_a_target_name_is_validated_wherever_it_comes_from(name: str, tmp_path: Path):
+    from edgekit.config import Target, load_target
+
+    assert_one_message(cli("build", MODEL, "--target", name, "--calibration", CALIB), 2, "is not valid")
+    raw = {"name": name, "description": "d", "platform": "jetson", "arch": "arm64", "format": "onnx",
+           "precision": "int8", "runtime": "tensorrt"}
+    with pytest.raises(ConfigError, match="is not valid"):
+        Target.from_dict(raw)
+    (tmp_path / "t.toml").write_text(f"name = {json.dumps(name)}\ndescription = 'd'\nplatform = 'jetson'\n"
+                                     "arch = 'arm64'\nformat = 'onnx'\nprecision = 'int8'\nruntime = 'tensorrt'\n")
+    with pytest.raises(ConfigError, match="is not valid"):
+        load_target(tmp_path / "t.toml")

@@ -70,14 +70,14 @@ def _major(version: str) -> int:
 def _shell_values(target: Target, profile: TensorRTProfile, model_name: str) -> dict[str, str]:
     common = _common(target, profile, model_name)
     values = {key: shlex.quote(value) for key, value in common.items()}
-    values["trtexec_flags"] = " \\\n    ".join(trtexec_flags(profile))
+    values["trtexec_flags"] = " \\\n    ".join(shlex.quote(flag) for flag in trtexec_flags(profile))
     return values
 
 
 def _python_values(target: Target, profile: TensorRTProfile, model_name: str) -> dict[str, str]:
     values = {key: repr(value) for key, value in _common(target, profile, model_name).items()}
     dla_core = None if profile.dla_core is None else int(profile.dla_core)
-    values.update(target_name=target.name, flags=repr(tuple(profile.flags)),
+    values.update(target_name=target.name, flags=repr(tuple(profile.flags)),  # name: [a-z0-9-]+ (config.py)
                   workspace_mib=str(int(profile.workspace_mib)), dla_core=repr(dla_core))
     return values
 
