@@ -23,9 +23,19 @@ demo: $(STAMP)
 		--calibration examples/01_android_int8/calibration.npz --eval examples/01_android_int8/eval.npz \
 		--out dist/digits_cnn-android-arm64-int8 --force
 
-# tests/test_report_html.py renders report.html in headless Chromium: installed here when missing (Debian's package).
+# tests/test_report_html.py renders report.html in headless Chromium. When it is missing, Debian's package is installed
+# here, but only as root with apt-get at hand; otherwise (or when the install fails) this says so and `make` goes on:
+# the rendering tests then skip with the reason (in CI, CI=true, they fail instead).
 chromium:
-	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium (Debian's package) for tests/test_report_html.py"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+			|| echo "chromium could not be installed: the report rendering tests will skip (in CI they fail)" >&2; \
+	else \
+		echo "chromium is not installed and cannot be installed here (needs root and apt-get): the report rendering" \
+			"tests will skip (in CI they fail); install it with \`apt-get install chromium\` as root to run them" >&2; \
+	fi
 
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q

@@ -85,19 +85,23 @@ def build(model: Any, target: str = "android-arm64-int8", calibration: Any = Non
 def _build_in_place(plan: Plan, steps: Steps) -> bundle_io.Written:
     """Under OUT's lock: clear what killed builds left, build into staging, publish; nothing half written remains
     on any failure or signal (staging and work folder removed, OUT untouched)."""
-    plan.out.parent.mkdir(parents=True, exist_ok=True)
-    with outdir.out_lock(plan.out):
-        outdir.sweep_for(plan.out)
-        staging = outdir.make_staging(plan.out)
-        workdir = outdir.make_workdir()
-        try:
-            result = _run(plan, staging, workdir, steps)
-            outdir.publish(staging, plan.out, replace=plan.force)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+    created = outdir.make_parents(plan.out)
+    try:
+        with outdir.out_lock(plan.out):
+            outdir.sweep_for(plan.out)
+            staging = outdir.make_staging(plan.out)
+            workdir = outdir.make_workdir()
+            try:
+                result = _run(plan, staging, workdir, steps)
+                outdir.publish(staging, plan.out, replace=plan.force)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+    except BaseException:
+        outdir.remove_empty(created)  # the folders this build made for OUT, when nothing else is in them
+        raise
     return result
 
 

@@ -51,6 +51,7 @@ class Verified:
     model: Path
     inputs: dict
     golden: dict
+    model_is_measured: bool = True  # False for a --model file other than the one the bundle measured
 
 
 def sha256(path: Path) -> str:
@@ -220,14 +221,16 @@ def verify_bundle(bundle: Path, model: Path | None = None, expect_digest: str | 
                   also: Callable[[dict], None] | None = None) -> Verified:
     """Everything a check needs, read as data and verified before any model runs: manifest keys and paths, every
     listed file present, golden data numeric, `also(manifest)` (the caller's own checks, e.g. of report.json), and
-    last every file's sha256 equal to manifest.json's (TamperedError)."""
+    last every file's sha256 equal to manifest.json's (TamperedError). A `model` the user points to instead of the
+    bundle's is the user's choice: it runs, and the result says whether it is the measured one."""
     bundle = Path(bundle)
     manifest = read_manifest(bundle, expect_digest)
     files, device = manifest["files"], manifest["device"]
     for name in (device["model"], GOLDEN_INPUTS, GOLDEN_OUTPUTS):
         if name not in files:
             raise CheckError(f"manifest.json: files has no sha256 for {name}")
-    paths = {name: bundle_file(bundle, name, f"files.{name}") for name in files}
+    paths = {name: bundle_file(bundle, name, f"files.{name}") for name in files
+             if model is None or name != device["model"]}
     model_path = Path(model) if model is not None else paths[device["model"]]
     if not model_path.is_file():
         raise CheckError(f"device model {model_path} not found (pass --model PATH)")
@@ -235,12 +238,12 @@ def verify_bundle(bundle: Path, model: Path | None = None, expect_digest: str | 
     _model_header(model_path, device["runtime"])
     if also is not None:
         also(manifest)
-    paths[device["model"]] = model_path
     changed = [name for name, path in paths.items() if sha256(path) != files[name]]
     if changed:
         raise TamperedError(f"{', '.join(changed)} differ{'s' if len(changed) == 1 else ''} from the sha256 in "
                             "manifest.json: not the files this bundle was built and measured with")
-    return Verified(manifest, model_path, inputs, golden)
+    measured = model is None or sha256(model_path) == files[device["model"]]
+    return Verified(manifest, model_path, inputs, golden, measured)
 
 
 def encode(binding: dict, array: np.ndarray) -> np.ndarray:
@@ -373,13 +376,17 @@ def check_bundle(bundle: Path, model: Path | None = None, runtime: str = "auto",
         raise
     except Exception as exc:  # a runtime that cannot load or run the model says so in its own words
         raise CheckError(f"{verified.model.name} failed on {runtime}: {type(exc).__name__}: {_reason(exc)}") from None
-    result.update({"model": str(verified.model), "runtime": runtime_used, "model_sha256_matches": True,
+    result.update({"model": str(verified.model), "runtime": runtime_used,
+                   "model_sha256_matches": verified.model_is_measured,
                    "samples": len(next(iter(verified.inputs.values())))})
+    result["passed"] = result["passed"] and verified.model_is_measured
     return result
 
 
 def print_result(result: dict) -> None:
     print(f"edgekit check: {result['samples']} golden samples on {result['runtime']} ({result['model']})")
+    if not result["model_sha256_matches"]:
+        print("  --model is not the file this bundle was built and measured with (sha256 mismatch)")
     for row in result["outputs"]:
         extra = "".join(f"  {k} {row[k]:.4f}" for k in ("top1_agreement_vs_reference", "top1_agreement_vs_golden")
                         if k in row)

@@ -25,6 +25,7 @@ import numpy as np
 
 from edgekit import _emulator_setup as build
 from edgekit._emulator_worker import INPUT_ERROR_EXIT, INPUT_ERROR_PREFIX
+from edgekit.children import run_child
 from edgekit.errors import ConfigError, DataError, EmulatorError, ModelError
 
 MARKER = "ready.json"
@@ -209,8 +210,8 @@ def _run_guest(
     command: list[str], env: dict[str, str], timeout_s: float, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(
-            command, check=False, env=env, capture_output=True, text=True, timeout=timeout_s, cwd=cwd
+        return run_child(  # its own process group, killed with the build, dead with its parent
+            command, timeout_s, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd
         )
     except subprocess.TimeoutExpired as exc:
         raise EmulatorError(

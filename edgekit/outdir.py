@@ -49,6 +49,22 @@ def check_writable(out: Path) -> None:
                           hint="choose another --out, or fix the folder's permissions")
 
 
+def make_parents(out: Path) -> list[Path]:
+    """Create OUT's missing parent folders; the list (innermost first) lets a failed build remove them again."""
+    missing, folder = [], out.parent
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

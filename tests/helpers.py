@@ -1,6 +1,41 @@
-"""Small importable sources for tests of `module:callable` loading."""
+"""Small importable sources for tests of `module:callable` loading, and the shipped digits CNNs.
+
+The digits CNNs are never trained on the spot: float rounding in training differs between CPUs, so a model trained
+here gives other weights (and other accuracy drops) on another machine. Their trained weights ship with the
+repository (examples/01_android_int8/digits_cnn.pt2, examples/03_compress/digits_cnn_wide.pt): the same model on
+every machine. `python examples/01_android_int8/make_model.py` and `python examples/03_compress/model.py`
+re-create them.
+"""
+
+from pathlib import Path
 
 import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS_PT2 = ROOT / "examples" / "01_android_int8" / "digits_cnn.pt2"  # DigitsCNN(16, 64), ExportedProgram
+WIDE_WEIGHTS = ROOT / "examples" / "03_compress" / "digits_cnn_wide.pt"  # DigitsCNN(48, 256), state_dict
+
+
+def shipped_digits_cnn():
+    """The DigitsCNN (width 16, hidden 64; ~99 % eval accuracy) with the weights of the shipped digits_cnn.pt2."""
+    import torch
+
+    from examples.digits import DigitsCNN
+
+    model = DigitsCNN()
+    model.load_state_dict(torch.export.load(DIGITS_PT2).state_dict)
+    return model.eval()
+
+
+def shipped_wide_digits_cnn():
+    """The DigitsCNN at width 48 / hidden 256 (438,378 parameters) with the shipped weights of example 03."""
+    import torch
+
+    from examples.digits import DigitsCNN
+
+    model = DigitsCNN(width=48, hidden=256)
+    model.load_state_dict(torch.load(WIDE_WEIGHTS, map_location="cpu", weights_only=True))
+    return model.eval()
 
 
 def digits_samples():
@@ -37,25 +72,21 @@ def inverse_model():
 
 def square_matrices():
     rng = np.random.default_rng(0)
-    return [np.eye(4, dtype=np.float32) + 0.1 * rng.random((4, 4), dtype=np.float32) for _ in range(6)]
+    return [np.eye(4, dtype=np.float32) + 0.1 * rng.random((4, 4), dtype=np.float32) for _ in range(12)]
 
 
 def broken_digits_cnn():
-    """A digits CNN trained on the spot, then made INT8-hostile without changing its function."""
-    from examples.digits import train_digits_cnn
-
-    return int8_breaking_copy(train_digits_cnn(seed=0)[0])
+    """The shipped digits CNN, made INT8-hostile without changing its function."""
+    return int8_breaking_copy(shipped_digits_cnn())
 
 
 def mixed_head_model(seed: int = 0):
-    """A digits classifier whose single output concatenates box-like values (0..~600) with class scores (0..1):
-    one INT8 scale for both would wipe out the scores."""
+    """The shipped digits classifier with a single output that concatenates box-like values (0..~600) with class
+    scores (0..1): one INT8 scale for both would wipe out the scores. `seed` draws the box head's weights."""
     import torch
     from torch import nn
 
-    from examples.digits import train_digits_cnn
-
-    base, _ = train_digits_cnn(seed=seed)
+    base = shipped_digits_cnn()
 
     class MixedHead(nn.Module):
         def __init__(self) -> None:

@@ -90,7 +90,8 @@ def test_check_py_passes_in_the_bundle_and_fails_on_a_swapped_model(int8_bundle,
     shutil.copyfile(float_model, copy / "model.tflite")
     swapped = _check_py(copy)
     assert swapped.returncode == 3, swapped.stdout
-    assert "sha256 mismatch" in swapped.stdout and "FAILED" in swapped.stdout
+    assert "model.tflite differs from the sha256 in manifest.json" in swapped.stderr
+    assert swapped.stdout == ""  # refused before it ran
 
 
 def _perturbed_copy(bundle, target: Path) -> None:
@@ -105,7 +106,7 @@ def test_check_py_compares_outputs_when_asked_for_another_file(int8_bundle, tmp_
     _perturbed_copy(int8_bundle, model)
     done = _check_py(int8_bundle.out, "--model", str(model), "--json")
     result = json.loads(done.stdout)
-    assert done.returncode == 3
+    assert done.returncode == 3 and result["model_sha256_matches"] is False
     assert result["outputs"][0]["passed"] is False
     assert result["outputs"][0]["max_abs_err_vs_golden"] > result["outputs"][0]["atol"]
 

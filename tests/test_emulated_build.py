@@ -17,13 +17,7 @@ pytestmark = pytest.mark.emulator
 
 
 @pytest.fixture(scope="module")
-def ready_emulator():
-    emulator.setup(progress=lambda text: None)
-    return emulator.default_root()
-
-
-@pytest.fixture(scope="module")
-def arm64_bundle(ready_emulator, digits_files, tmp_path_factory):
+def arm64_bundle(emulator_root, digits_files, tmp_path_factory):
     return edgekit.build(digits_files["pt2"], "android-arm64-int8", calibration=digits_files["calib"],
                          eval_data=digits_files["eval"], out=tmp_path_factory.mktemp("emu") / "b",
                          emulator="arm64", emulator_samples=100)
@@ -33,8 +27,10 @@ def test_int8_in_the_emulator_is_bit_exact_with_the_host(arm64_bundle):
     block = arm64_bundle.report["emulator"]
     assert block["where"] == "qemu-aarch64 cortex-a76" and block["samples"] == 100
     assert block["bit_exact_with_host"] is True and block["max_abs_diff_vs_host"] == {"output": 0.0}
-    assert block["top1_agreement"] == 1.0 and block["passed"] is True
     host = arm64_bundle.report["drift"]
+    # bit-exact with the host, so its 100 samples hold no more top-1 disagreements than the host's 360 do
+    assert round((1 - block["top1_agreement"]) * 100) <= round((1 - host["top1_agreement"]) * host["samples"])
+    assert block["top1_agreement"] >= 0.99 and block["passed"] is True
     assert host["top1_agreement"] >= 0.99 and arm64_bundle.passed
 
 
@@ -57,22 +53,22 @@ def test_edgekit_check_in_the_emulator(arm64_bundle):
     assert result["passed"] and result["where"] == "qemu-aarch64 cortex-a76"
 
 
-def test_float32_in_the_emulator_agrees_within_rounding(ready_emulator, digits_files, tmp_path: Path):
+def test_float32_in_the_emulator_agrees_within_rounding(emulator_root, digits_files, tmp_path: Path):
     result = edgekit.build(digits_files["pt2"], "android-arm64-fp32", calibration=digits_files["calib"],
                            eval_data=digits_files["eval"], out=tmp_path / "f", emulator="arm64",
                            emulator_samples=32)
     block = result.report["emulator"]
+    # exact on any machine: the shipped model's top-2 logit margin on these samples (> 1) dwarfs float32 rounding
     assert block["top1_agreement"] == 1.0 and block["passed"]
     assert block["max_abs_diff_vs_host"]["output"] < 1e-4
 
 
-def test_default_is_arm64_once_set_up(ready_emulator):
+def test_default_is_arm64_once_set_up(emulator_root):
     assert choose(None, is_android=True) == ("arm64", None)
     assert choose(None, is_android=False) == ("host", None)
 
 
-def test_default_falls_back_to_host_with_a_note_when_not_set_up(monkeypatch, tmp_path: Path):
-    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path))
+def test_default_falls_back_to_host_with_a_note_when_not_set_up(emulator_not_set_up):
     assert choose(None, is_android=True) == ("host", NOT_SET_UP_NOTE)
     with pytest.raises(ToolError, match="not set up"):
         choose("arm64", is_android=True)
@@ -84,7 +80,7 @@ def test_golden_inputs_are_usable_from_an_app(arm64_bundle):
         assert inputs["x"].dtype == np.float32 and inputs["x"].shape[1:] == (1, 8, 8)
 
 
-def test_an_emulator_failure_is_recorded_and_the_host_check_completes(ready_emulator, digits_files, tmp_path: Path):
+def test_an_emulator_failure_is_recorded_and_the_host_check_completes(emulator_root, digits_files, tmp_path: Path):
     source = (Path(__file__).parents[1] / "targets" / "android-arm64-int8.toml").read_text()
     target = tmp_path / "bad-cpu.toml"
     target.write_text(source.replace('name = "android-arm64-int8"', 'name = "bad-cpu"')

@@ -382,7 +382,7 @@ def wait_gone(pids: list[int], seconds: float = 15) -> list[int]:
 
 def test_sigterm_during_conversion_exits_143_and_cleans_up(tmp_path: Path):
     (tmp_path / "tmp").mkdir()
-    build = start_build(tmp_path / "out", tmp_path / "tmp")
+    build = start_build(tmp_path / "new" / "out", tmp_path / "tmp")  # "new" is made by the build, then removed
     wait_for_line(build, "converting")
     time.sleep(1.0)
     workers = children(build.pid)

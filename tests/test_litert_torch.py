@@ -180,9 +180,14 @@ def test_litert_torch_int8_bundle_is_at_least_as_good_as_onnx2tf(digits, int8_bu
     result = _build(digits, "android-arm64-int8", tmp_path / "lt-int8", converter="litert-torch")
     report = _assert_bundle_passes(result)
     ours, theirs = report["drift"], int8_bundle.report["drift"]
-    # same global min/max ranges and kernels: on the digits CNN both routes land on the same INT8 numbers
-    assert round(ours["outputs"][0]["sqnr_db"], 2) >= round(theirs["outputs"][0]["sqnr_db"], 2)
-    assert ours["top1_agreement"] >= theirs["top1_agreement"] and ours["accuracy_drop"] <= theirs["accuracy_drop"]
+    # same global min/max ranges and kernels: on the digits CNN both routes land on the same INT8 numbers (38.52 dB
+    # each on the machine this was written on). Each route measures its ranges in its own float runtime (LiteRT,
+    # TensorFlow), whose rounding differs between CPUs: allow for that (0.05 dB, one sample), far less than a
+    # different choice of ranges costs
+    one_sample = 1 / ours["samples"]
+    assert ours["outputs"][0]["sqnr_db"] >= theirs["outputs"][0]["sqnr_db"] - 0.05
+    assert ours["top1_agreement"] >= theirs["top1_agreement"] - one_sample - 1e-9
+    assert ours["accuracy_drop"] <= theirs["accuracy_drop"] + 100 * one_sample + 1e-9
     assert report["size"]["device_bytes"] <= 0.35 * report["size"]["float_device_bytes"]
     manifest = json.loads((result.out / "manifest.json").read_text())
     [inp] = manifest["device"]["inputs"]
