@@ -1,44 +1,36 @@
 """Child processes that never outlive the build: own process group, killed with it, dead with their parent.
 
 A converter or emulator child runs in a process group of its own, so a build that stops (an error, SIGINT, SIGTERM)
-kills the whole group, grandchildren too. PR_SET_PDEATHSIG makes the kernel kill the child when its parent dies,
-also under SIGKILL of the parent, where no cleanup code of the parent runs.
+kills the whole group, grandchildren too. PR_SET_PDEATHSIG (through setpriv) makes the kernel kill the child when its
+parent dies, also under SIGKILL of the parent, where no cleanup code of the parent runs.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
+import shutil
 import signal
 import subprocess
-from functools import cache
+import sys
 from typing import Any
 
-PR_SET_PDEATHSIG = 1
 
-
-@cache
-def _prctl() -> Any:
-    with contextlib.suppress(OSError, AttributeError):
-        return ctypes.CDLL(None, use_errno=True).prctl
-    return None
-
-
-def _die_with_parent(parent: int, prctl: Any) -> None:
-    """Runs in the child between fork and exec: kill me when the parent goes (or has gone already)."""
-    if prctl is not None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
-        os._exit(1)
+def with_death_signal(command: list[str]) -> list[str]:
+    """The command started through util-linux's setpriv, which sets PR_SET_PDEATHSIG and execs it: the kernel then
+    kills the child when its parent dies. (A preexec_fn would do the same but forks in Python, which is unsafe in
+    a process with threads: JAX warns of a deadlock.) Without setpriv the child still dies with the build on any
+    error or signal the build sees; only a SIGKILL of the build would leave it to finish its work alone."""
+    setpriv = shutil.which("setpriv") if sys.platform == "linux" else None
+    if setpriv is None or shutil.which(command[0]) is None:  # a missing program fails in Popen, as without setpriv
+        return command
+    return [setpriv, "--pdeathsig", "KILL", "--", *command]
 
 
 def run_child(command: list[str], timeout: float | None = None, **popen: Any) -> subprocess.CompletedProcess:
     """subprocess.run, except that the child's whole process group is killed on time-out or any exception
     (including KeyboardInterrupt and edgekit's SIGTERM), and the child dies with its parent."""
-    parent, prctl = os.getpid(), _prctl()
-    with subprocess.Popen(command, start_new_session=True, preexec_fn=lambda: _die_with_parent(parent, prctl),
-                          **popen) as process:
+    with subprocess.Popen(with_death_signal(command), start_new_session=True, **popen) as process:
         try:
             stdout, stderr = process.communicate(timeout=timeout)
         except BaseException:
