@@ -11,7 +11,6 @@ import numpy as np
 
 from edgekit import bundle as bundle_io
 from edgekit import outdir
-from edgekit.backends.choose import check_converter
 from edgekit.compressing import baseline_float_gzip, compress_model, device_columns
 from edgekit.config import BuildOptions, Calibration, Cluster, Prune
 from edgekit.device import DeviceModel
@@ -69,8 +68,7 @@ def build(model: Any, target: str = "android-arm64-int8", calibration: Any = Non
     steps = Steps(progress)
     with steps.step("plan", "checking model, data and target"):
         plan = make_plan(model, target, calibration, eval_data, out, options, recipe, input_shape, force)
-        check_converter(plan)
-    _check_route(plan)
+        plan.route.check(plan)
     for note in plan.warnings:
         steps.note(note)
     try:
@@ -105,14 +103,6 @@ def _build_in_place(plan: Plan, steps: Steps) -> bundle_io.Written:
     return result
 
 
-def _check_route(plan: Plan) -> None:
-    """Route-specific refusals (wrong converter or I/O for the target) before the export starts."""
-    if not plan.target.is_android:
-        from edgekit.backends.tensorrt import check_request
-
-        check_request(plan)
-
-
 def _refuse_unimplemented(options: BuildOptions) -> None:
     """Options that would otherwise be silently ignored stop the build (exit 2)."""
     if options.recover and options.prune is None and options.cluster is None:
@@ -129,7 +119,7 @@ def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Wr
     with steps.step("export", "exporting to ONNX"):
         export = export_onnx(device_plan.model, plan.inputs, workdir / "reference.onnx")
     with steps.step("convert", f"converting for {plan.target.name}"):
-        device = _convert(device_plan, export, workdir)
+        device = plan.route.build(device_plan, export, workdir)
     with steps.step("verify", f"measuring drift on {plan.evaluation.size} {plan.eval_source} samples"):
         measured = _evaluate(plan, export, device, device_plan)
     if device_plan is not plan:
@@ -145,16 +135,6 @@ def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Wr
             measured = _measure_emulated(plan, export, device, measured, count)
     with steps.step("bundle", "writing the bundle"):
         return bundle_io.write(staging, plan, export, device, measured, steps.timings_s)
-
-
-def _convert(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
-    if plan.target.is_android:
-        from edgekit.backends.choose import build_android
-
-        return build_android(plan, export, workdir)
-    from edgekit.backends.tensorrt import build_qdq_onnx
-
-    return build_qdq_onnx(plan, export, workdir)
 
 
 def reference_runner(plan: Plan, export: OnnxExport) -> Runner:

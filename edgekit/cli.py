@@ -94,18 +94,24 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the targets as JSON")
 @handle_errors
 def targets_command(as_json: bool) -> None:
-    """List the targets (name, platform, format, precision, runtime)."""
+    """List the targets (name, platform, format, precision, runtime, route) and whether each route is installed."""
     from edgekit.config import list_targets
+    from edgekit.routes import get_route
 
-    rows = [t.summary() for t in list_targets()]
+    rows = [{**t.summary(), **{k: v for k, v in get_route(t.route).summary().items() if k != "route"}}
+            for t in list_targets()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     from rich.table import Table
 
-    table = Table("name", "platform", "format", "precision", "runtime")
+    table = Table()
+    table.add_column("name", no_wrap=True)
+    for column in ("platform", "format", "precision", "runtime", "route", "installed"):
+        table.add_column(column)
     for row in rows:
-        table.add_row(*(str(row[k]) for k in ("name", "platform", "format", "precision", "runtime")))
+        state = "yes" if row["installed"] else f"no: pip install 'edgekit[{row['extra']}]'"
+        table.add_row(*(str(row[k]) for k in ("name", "platform", "format", "precision", "runtime", "route")), state)
     _console(stderr=False).print(table)
 
 

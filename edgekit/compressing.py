@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from edgekit.bundle import gzip_size
 from edgekit.errors import UnsupportedError
 from edgekit.model import LoadedModel
 from edgekit.plan import Plan
@@ -41,14 +40,4 @@ def device_columns(block: dict, device_file: Path, fmt: str, module) -> tuple[di
 
 def baseline_float_gzip(plan: Plan, workdir: Path) -> int:
     """gzip size of the float32 device model of the original, uncompressed model (the base for ratios)."""
-    from edgekit.steps.export_onnx import export_onnx
-
-    export = export_onnx(plan.model, plan.inputs, workdir / "baseline.onnx")
-    if not plan.target.is_android:
-        return gzip_size(export.path)
-    from edgekit.backends import onnx2tf
-
-    fp32 = dataclasses.replace(plan.target, precision="fp32", io="float32")
-    calibration = plan.calibration.take(slice(0, 8)).inputs
-    files = onnx2tf.convert(export, calibration, fp32, "float32", workdir / "baseline")
-    return gzip_size(files.float32)
+    return plan.route.float_gzip_bytes(plan, workdir)

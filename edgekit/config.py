@@ -63,6 +63,7 @@ class Target:
     format: str
     precision: str
     runtime: str
+    route: str  # the module under edgekit/routes/ that converts and checks it
     converter: str = "onnx2tf"
     io: str = "float32"
     emulator: str | None = None
@@ -73,6 +74,9 @@ class Target:
 
     def __post_init__(self) -> None:
         _target_name(self.name)
+        from edgekit.routes import route_names
+
+        _choice("route", self.route, tuple(route_names()))
         _choice("precision", self.precision, PRECISIONS)
         _choice("io", self.io, ("float32", "int8"))
         _choice("platform", self.platform, ("android", "jetson"))
@@ -80,10 +84,6 @@ class Target:
         if self.io == "int8" and self.precision != "int8":
             raise ConfigError(f"target {self.name}: io = 'int8' needs precision = 'int8'",
                               hint="set precision = 'int8' or io = 'float32'")
-
-    @property
-    def is_android(self) -> bool:
-        return self.platform == "android"
 
     @classmethod
     def from_toml(cls, path: Path) -> Target:
@@ -110,7 +110,7 @@ class Target:
 
     def summary(self) -> dict:
         return {"name": self.name, "platform": self.platform, "format": self.format,
-                "precision": self.precision, "runtime": self.runtime}
+                "precision": self.precision, "runtime": self.runtime, "route": self.route}
 
 
 def _reject_unknown(raw: dict, cls: type, source: str, skip: set[str] = frozenset()) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -11,17 +12,21 @@ from edgekit import bundle_check, emulator
 from edgekit.drift import Thresholds, drift_block
 from edgekit.errors import ConfigError, EdgekitError, ToolError
 
+if TYPE_CHECKING:
+    from edgekit.config import Target
+    from edgekit.routes import Route
+
 CPU_NAME = re.compile(r"[a-z0-9-]+")  # a QEMU CPU model read from a manifest is data: a plain name or the default
 NOT_SET_UP_NOTE = ("drift measured on the host (x86_64 LiteRT): the ARM64 emulator is not set up; "
                    "run `edgekit emulator setup` to measure where the model runs")
 
 
-def choose(requested: str | None, is_android: bool) -> tuple[str, str | None]:
+def choose(requested: str | None, target: Target, route: Route) -> tuple[str, str | None]:
     """`arm64` or `host`, and a note when the default fell back to the host; an explicit arm64 must be ready."""
-    if not is_android:
+    if "arm64" not in route.emulators:
         if requested == "arm64":
-            raise ConfigError("--emulator arm64 applies to android targets only",
-                              hint="Jetson targets are emulated in onnxruntime; drop --emulator")
+            raise ConfigError(f"--emulator arm64 does not apply to {target.name}: route {route.name} measures drift "
+                              "on the host", hint="drop --emulator")
         return "host", None
     ready = emulator.is_ready()
     if requested == "arm64" and not ready:

@@ -18,6 +18,7 @@ from edgekit.emulated import choose as choose_emulator
 from edgekit.errors import ConfigError, DataError
 from edgekit.model import LoadedModel, TensorSpec, load_model
 from edgekit.outdir import check_writable
+from edgekit.routes import Route, get_route
 from edgekit.steps.export_onnx import resolve_inputs
 
 
@@ -40,6 +41,10 @@ class Plan:
     def io(self) -> str:
         return self.options.io or self.target.io
 
+    @property
+    def route(self) -> Route:
+        return get_route(self.target.route)
+
 
 def default_out(model: Any, target: Target) -> Path:
     stem = Path(str(model)).stem if isinstance(model, (str, Path)) else type(model).__name__.lower()
@@ -61,7 +66,7 @@ def make_plan(model: Any, target: str | Path | Target, calibration: Any, eval_da
               options: BuildOptions, recipe: str | Path | None = None, input_shape: tuple[int, ...] | None = None,
               force: bool = False) -> Plan:
     target = target if isinstance(target, Target) else load_target(target)
-    emulator_mode, note = choose_emulator(options.emulator, target.is_android)
+    emulator_mode, note = choose_emulator(options.emulator, target, get_route(target.route))
     out = check_out(Path(out) if out is not None else default_out(model, target), force)
     loaded = load_model(model)
     if calibration is None and eval_data is None:

@@ -30,8 +30,12 @@ def test_targets_table_lists_the_shipped_targets():
     result = run("targets", "--json")
     rows = json.loads(result.stdout)
     assert result.exit_code == 0
-    assert {"name": "android-arm64-int8", "platform": "android", "format": "tflite", "precision": "int8",
-            "runtime": "litert"} in rows
+    expected = {"name": "android-arm64-int8", "platform": "android", "format": "tflite", "precision": "int8",
+                "runtime": "litert", "route": "litert", "installed": True, "missing": [],
+                "emulators": ["host", "arm64"]}
+    assert any(expected.items() <= row.items() for row in rows)
+    jetson = next(row for row in rows if row["name"] == "jetson-orin-int8")
+    assert jetson["route"] == "tensorrt" and jetson["emulators"] == ["host"] and jetson["installed"]
 
 
 def test_help_starts_without_heavy_imports():

@@ -33,6 +33,7 @@ def test_target_file_with_a_typo_is_rejected(tmp_path: Path):
 
 def test_target_with_int8_io_needs_int8_precision():
     raw = {"name": "x", "description": "", "platform": "android", "arch": "arm64", "format": "tflite",
+           "route": "litert",
            "precision": "fp16", "runtime": "litert", "io": "int8"}
     with pytest.raises(ConfigError, match="io = 'int8' needs precision = 'int8'"):
         Target.from_dict(raw)

@@ -11,7 +11,7 @@ import pytest
 import edgekit
 from edgekit import emulator
 from edgekit.emulated import NOT_SET_UP_NOTE, choose
-from edgekit.errors import ToolError
+from edgekit.errors import ConfigError, ToolError
 
 pytestmark = pytest.mark.emulator
 
@@ -63,15 +63,25 @@ def test_float32_in_the_emulator_agrees_within_rounding(emulator_root, digits_fi
     assert block["max_abs_diff_vs_host"]["output"] < 1e-4
 
 
+def _target_and_route(name: str):
+    from edgekit.config import load_target
+    from edgekit.routes import get_route
+
+    target = load_target(name)
+    return target, get_route(target.route)
+
+
 def test_default_is_arm64_once_set_up(emulator_root):
-    assert choose(None, is_android=True) == ("arm64", None)
-    assert choose(None, is_android=False) == ("host", None)
+    assert choose(None, *_target_and_route("android-arm64-int8")) == ("arm64", None)
+    assert choose(None, *_target_and_route("jetson-orin-int8")) == ("host", None)
+    with pytest.raises(ConfigError, match="does not apply to jetson-orin-int8: route tensorrt measures drift on"):
+        choose("arm64", *_target_and_route("jetson-orin-int8"))
 
 
 def test_default_falls_back_to_host_with_a_note_when_not_set_up(emulator_not_set_up):
-    assert choose(None, is_android=True) == ("host", NOT_SET_UP_NOTE)
+    assert choose(None, *_target_and_route("android-arm64-int8")) == ("host", NOT_SET_UP_NOTE)
     with pytest.raises(ToolError, match="not set up"):
-        choose("arm64", is_android=True)
+        choose("arm64", *_target_and_route("android-arm64-int8"))
 
 
 def test_golden_inputs_are_usable_from_an_app(arm64_bundle):

@@ -459,10 +459,10 @@ def test_a_target_name_is_validated_wherever_it_comes_from(name: str, tmp_path: 
 
     assert_one_message(cli("build", MODEL, "--target", name, "--calibration", CALIB), 2, "is not valid")
     raw = {"name": name, "description": "d", "platform": "jetson", "arch": "arm64", "format": "onnx",
-           "precision": "int8", "runtime": "tensorrt"}
+           "route": "tensorrt", "precision": "int8", "runtime": "tensorrt"}
     with pytest.raises(ConfigError, match="is not valid"):
         Target.from_dict(raw)
-    (tmp_path / "t.toml").write_text(f"name = {json.dumps(name)}\ndescription = 'd'\nplatform = 'jetson'\n"
-                                     "arch = 'arm64'\nformat = 'onnx'\nprecision = 'int8'\nruntime = 'tensorrt'\n")
+    (tmp_path / "t.toml").write_text(f"name = {json.dumps(name)}\n" + "".join(
+        f"{key} = {json.dumps(value)}\n" for key, value in raw.items() if key != "name"))
     with pytest.raises(ConfigError, match="is not valid"):
         load_target(tmp_path / "t.toml")

@@ -315,6 +315,7 @@ def test_jetson_targets_load_with_their_tensorrt_profiles(tmp_path):
 
 def test_dla_core_adds_dla_flags():
     raw = {"name": "x", "description": "", "platform": "jetson", "arch": "orin", "format": "onnx-qdq",
+           "route": "tensorrt",
            "precision": "int8", "runtime": "tensorrt", "converter": "ort-quant",
            "tensorrt": {"flags": ["int8", "fp16"], "dla_core": 1}}
     flags = trtexec_flags(check_profile(Target.from_dict(raw)))
@@ -328,6 +329,7 @@ def test_dla_core_adds_dla_flags():
 ])
 def test_bad_tensorrt_profiles_are_refused(precision, flags, message):
     raw = {"name": "x", "description": "", "platform": "jetson", "arch": "orin", "format": "onnx-qdq",
+           "route": "tensorrt",
            "precision": precision, "runtime": "tensorrt", "converter": "ort-quant", "tensorrt": {"flags": flags}}
     with pytest.raises(ConfigError) as info:
         check_profile(Target.from_dict(raw))

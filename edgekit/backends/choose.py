@@ -47,8 +47,6 @@ def requested(plan: Plan) -> str:
 def check_converter(plan: Plan) -> None:
     """Before any expensive step: the asked-for converter is installed and can take this model (exit 2 if not)."""
     name = requested(plan)
-    if not plan.target.is_android:
-        return
     if name not in (*ROUTES, "auto"):
         raise UnsupportedError(f"converter {name} does not build Android models",
                                hint="use --converter onnx2tf, litert-torch or auto")

@@ -1,0 +1,42 @@
+"""The LiteRT route: TFLite for Android through onnx2tf or litert-torch (`--converter`, or `auto`'s measured
+choice), drift measured in LiteRT on the host and in the rootless ARM64 emulator."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from edgekit.routes import Route
+
+
+class LiteRTRoute(Route):
+    name = "litert"
+    runtime = "litert"
+    extra = "android"  # or litert-torch: each converter names its own extra when it is missing
+    requires = ("ai_edge_litert|tflite_runtime|tensorflow",)
+    emulators = ("host", "arm64")
+
+    def check(self, plan) -> None:
+        super().check(plan)
+        from edgekit.backends.choose import check_converter
+
+        check_converter(plan)
+
+    def build(self, plan, export, workdir: Path):
+        from edgekit.backends.choose import build_android
+
+        return build_android(plan, export, workdir)
+
+    def float_gzip_bytes(self, plan, workdir: Path) -> int:
+        """The float32 .tflite of the original model, converted with onnx2tf on 8 calibration samples."""
+        from edgekit.backends import onnx2tf
+        from edgekit.bundle import gzip_size
+        from edgekit.steps.export_onnx import export_onnx
+
+        export = export_onnx(plan.model, plan.inputs, workdir / "baseline.onnx")
+        fp32 = dataclasses.replace(plan.target, precision="fp32", io="float32")
+        calibration = plan.calibration.take(slice(0, 8)).inputs
+        return gzip_size(onnx2tf.convert(export, calibration, fp32, "float32", workdir / "baseline").float32)
+
+
+ROUTE = LiteRTRoute()

@@ -1,0 +1,29 @@
+"""The TensorRT route: an explicit Q/DQ ONNX (INT8) or the float ONNX (FP16) with engine build scripts for the
+Jetson, drift measured in onnxruntime as a TensorRT emulation (real TensorRT where a GPU and TensorRT are present)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgekit.routes import Route
+
+
+class TensorRTRoute(Route):
+    name = "tensorrt"
+    runtime = "tensorrt"
+    extra = None  # onnxruntime is one of edgekit's own dependencies: nothing extra is needed to build
+    requires = ("onnxruntime",)
+
+    def check(self, plan) -> None:
+        super().check(plan)
+        from edgekit.backends.tensorrt import check_request
+
+        check_request(plan)
+
+    def build(self, plan, export, workdir: Path):
+        from edgekit.backends.tensorrt import build_qdq_onnx
+
+        return build_qdq_onnx(plan, export, workdir)
+
+
+ROUTE = TensorRTRoute()
