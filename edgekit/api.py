@@ -56,7 +56,7 @@ def build(model: Any, target: str = "android-arm64-int8", calibration: Any = Non
           io: str | None = None, seed: int = 0, force: bool = False, progress: Listener | None = None,
           accept_conversion_error: bool = False, ignore_index: int | None = None,
           allow_small_calibration: bool = False) -> BuildResult:
-    """Build a device bundle for `target` and measure its drift; see DESIGN.md for every argument.
+    """Build a device bundle for `target` and measure its drift; see docs/design.md for every argument.
     `accept_conversion_error`: ship a float32 conversion wrong beyond rounding (else exit 2), with a warning."""
     method = calibration_method if isinstance(calibration_method, Calibration) else Calibration(calibration_method)
     options = BuildOptions(max_drop=max_drop, min_agreement=min_agreement, calibration=method, prune=prune,

@@ -1,4 +1,4 @@
-"""The `edgekit` command: thin click commands that parse, call the API and print (exit codes in DESIGN.md)."""
+"""The `edgekit` command: thin click commands that parse, call the API and print (exit codes in docs/design.md)."""
 
 from __future__ import annotations
 

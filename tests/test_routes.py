@@ -1,0 +1,60 @@
+"""Routes as plugins: every target names a route module, nothing outside it branches on the platform, and a new
+target of an existing route is one TOML file."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgekit.config import list_targets, load_target
+from edgekit.errors import ConfigError
+from edgekit.routes import Route, get_route, route_names
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "01_android_int8"
+
+
+def test_every_target_names_a_registered_route():
+    assert route_names() == ["litert", "tensorrt"]
+    for target in list_targets():
+        route = get_route(target.route)
+        assert isinstance(route, Route) and route.name == target.route and route.runtime == target.runtime
+
+
+def test_an_unknown_route_is_refused_naming_the_known_ones(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"unknown route 'nope'.*"):
+        get_route("nope")
+    text = (ROOT / "targets" / "android-arm64-int8.toml").read_text().replace('route = "litert"', 'route = "nope"')
+    (tmp_path / "t.toml").write_text(text)
+    with pytest.raises(ConfigError, match="route = 'nope' is not one of litert, tensorrt"):
+        load_target(tmp_path / "t.toml")
+
+
+def test_no_platform_branches_outside_the_routes():
+    """The route is chosen by the registry: no module outside routes/ and backends/ tests the platform."""
+    offenders = []
+    for path in (ROOT / "edgekit").rglob("*.py"):
+        if {"routes", "backends"} & set(path.relative_to(ROOT / "edgekit").parts):
+            continue
+        text = path.read_text()
+        if re.search(r"(?<!sys\.)platform\s*==|is_android|\"android\" in|\"jetson\" in", text):
+            offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []
+
+
+def test_a_target_of_an_existing_route_is_one_toml_file(tmp_path: Path):
+    """jetson-xavier-fp16 was added as targets/jetson-xavier-fp16.toml alone; it builds, with Xavier's engine
+    scripts, and its FP16 drift passes."""
+    out = tmp_path / "xavier-fp16"
+    command = [sys.executable, "-m", "edgekit.cli", "build", str(EXAMPLE / "digits_cnn.pt2"), "--target",
+               "jetson-xavier-fp16", "--calibration", str(EXAMPLE / "calibration.npz"), "--eval",
+               str(EXAMPLE / "eval.npz"), "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    script = (out / "build_engine.sh").read_text()
+    assert "7.2" in script and "--fp16" in script and "--int8" not in script
+    assert (out / "model.onnx").is_file() and not (out / "model.qdq.onnx").exists()
