@@ -55,7 +55,8 @@ def write(staging: Path, plan: Plan, export: OnnxExport, device: DeviceModel, me
     shutil.copyfile(export.path, staging / "reference.onnx")
     for name, path in device.extra_files.items():
         shutil.copyfile(path, staging / name)
-        (staging / name).chmod(0o755)  # build_engine.sh / .py are run directly on the device
+        if name.endswith((".sh", ".py")):
+            (staging / name).chmod(0o755)  # build_engine.sh / .py are run directly on the device
     golden = _write_golden(staging, plan, measured)
     shutil.copyfile(bundle_check.__file__, staging / "check.py")
     (staging / "check.py").chmod(0o755)

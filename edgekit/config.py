@@ -79,7 +79,9 @@ class Target:
         _choice("route", self.route, tuple(route_names()))
         _choice("precision", self.precision, PRECISIONS)
         _choice("io", self.io, ("float32", "int8"))
-        _choice("platform", self.platform, ("android", "jetson"))
+        if not isinstance(self.platform, str) or not TARGET_NAME.fullmatch(self.platform):
+            raise ConfigError(f"platform = {self.platform!r} must be a plain name (lowercase, digits, dashes)",
+                              hint="e.g. android, jetson, onnxruntime: the route decides how it is built")
         _choice("converter", self.converter, CONVERTERS)
         if self.io == "int8" and self.precision != "int8":
             raise ConfigError(f"target {self.name}: io = 'int8' needs precision = 'int8'",

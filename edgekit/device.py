@@ -42,3 +42,13 @@ def tolerances(device: DeviceModel, precision: str, golden: dict[str, np.ndarray
         else:
             atol[name] = (1e-2 if precision != "fp32" else 1e-4) * peak + 1e-6
     return atol
+
+
+def onnx_bindings(export) -> dict:
+    """Float32 in and out, by ONNX tensor name: for device models that keep the export's I/O (Q/DQ ONNX, ORT)."""
+    from edgekit.runners.litert import Binding
+
+    def bind(specs):
+        return [Binding(s.name, s.name, index).to_dict() for index, s in enumerate(specs)]
+
+    return {"inputs": bind(export.inputs), "outputs": bind(export.outputs), "mapping": "by ONNX tensor name"}

@@ -29,7 +29,8 @@ def onnx_activations(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.
 
     model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
     known = {o.name for o in model.graph.output}
-    model.graph.output.extend(v for v in model.graph.value_info if v.name not in known)
+    produced = {name for node in model.graph.node for name in node.output}  # value_info may name removed tensors
+    model.graph.output.extend(v for v in model.graph.value_info if v.name not in known and v.name in produced)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3

@@ -3,26 +3,23 @@ host in onnxruntime (TensorRT itself where TensorRT and a CUDA GPU are present),
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
-import logging
 import time
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
 
 from edgekit.backends.engine_scripts import check_profile, write_scripts
 from edgekit.config import Calibration
-from edgekit.device import DeviceModel
+from edgekit.device import DeviceModel, onnx_bindings
 from edgekit.errors import ConversionError, UnsupportedError
 from edgekit.layers import qdq_layer_drift
 from edgekit.plan import Plan
 from edgekit.runners.base import Runner
-from edgekit.runners.litert import Binding
 from edgekit.runners.onnxrt import OnnxRunner
+from edgekit.steps.calibrate import SampleReader, quiet_quantization
 from edgekit.steps.export_onnx import OnnxExport, tensor_modules
 
 # TensorRT fuses Q/DQ best on the inputs of its weighted layers; everything between stays float (FP16 on the device)
@@ -50,7 +47,7 @@ def build_qdq_onnx(plan: Plan, export: OnnxExport, workdir: Path,
     seconds = time.perf_counter() - start
     _check_io(path, export)
     scripts = write_scripts(plan.target, BUNDLE_NAMES[precision], workdir)
-    bindings = _bindings(export)
+    bindings = onnx_bindings(export)
     engine = host_tensorrt(scripts["build_engine.py"])
     return DeviceModel(
         path=path, bundle_name=BUNDLE_NAMES[precision], float_path=export.path,
@@ -103,9 +100,9 @@ def quantize_qdq(model: Path, inputs: dict[str, np.ndarray], calibration: Calibr
     overrides = {name: [{"rmin": np.float32(-value), "rmax": np.float32(value)}] for name, value in amax.items()}
     out = workdir / "model.qdq.onnx"
     excluded = _consumers(model, float_tensors)
-    with _quiet():
+    with quiet_quantization():
         # quantize_static measures ranges itself: one sample does, as each range it uses comes from `overrides`
-        quantize_static(str(model), str(out), _Reader(inputs, 0, 1), quant_format=QuantFormat.QDQ,
+        quantize_static(str(model), str(out), SampleReader(inputs, 0, 1), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True, reduce_range=False,
                         nodes_to_exclude=excluded,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
@@ -131,11 +128,11 @@ def calibrate_amax(model: Path, inputs: dict[str, np.ndarray], calibration: Cali
 
     method, options = _calibrator_settings(calibration)
     count, wanted = len(next(iter(inputs.values()))), _quantized_activations(model)
-    with _quiet():
+    with quiet_quantization():
         calibrator = create_calibrator(model, list(QUANTIZED_OPS), str(workdir / "calibration.onnx"), method,
                                        extra_options=options)
         for start in range(0, count, CALIBRATION_CHUNK):
-            calibrator.collect_data(_Reader(inputs, start, start + CALIBRATION_CHUNK))
+            calibrator.collect_data(SampleReader(inputs, start, start + CALIBRATION_CHUNK))
         if calibration.method != "minmax":  # thresholds only for what gets quantized: entropy takes ~0.5 s a tensor
             histograms = calibrator.collector.histogram_dict
             calibrator.collector.histogram_dict = {n: h for n, h in histograms.items() if n in wanted}
@@ -191,30 +188,6 @@ def _quantized_activations(model: Path) -> set[str]:
     weights = {i.name for i in graph.initializer}
     return {name for node in graph.node if node.op_type in QUANTIZED_OPS for name in node.input
             if name and name not in weights}
-
-
-class _Reader(CalibrationDataReader):
-    """Samples start..stop of the calibration inputs, one at a time (the export has batch 1)."""
-
-    def __init__(self, inputs: dict[str, np.ndarray], start: int, stop: int) -> None:
-        self.inputs = inputs
-        self.rows = iter(range(start, min(stop, len(next(iter(inputs.values()))))))
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        row = next(self.rows, None)
-        return None if row is None else {name: array[row : row + 1] for name, array in self.inputs.items()}
-
-
-@contextlib.contextmanager
-def _quiet():
-    """onnxruntime.quantization prints progress to stdout and logs a pre-processing hint on the root logger."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logging.disable(previous)
 
 
 # --- FP16: emulation -------------------------------------------------------------------------------------------------
@@ -297,14 +270,6 @@ def _notes(plan: Plan, engine: ModuleType | None, seconds: float) -> list[str]:
         notes.append(f"measured with TensorRT on this host's GPU (compute capability {capability}), not on the "
                      f"target's ({plan.target.tensorrt.compute_capability}): kernels differ, numbers are indicative")
     return notes
-
-
-def _bindings(export: OnnxExport) -> dict:
-    """Float32 in and out, by ONNX tensor name: TensorRT keeps the ONNX I/O names and types."""
-    def bind(specs):
-        return [Binding(s.name, s.name, index).to_dict() for index, s in enumerate(specs)]
-
-    return {"inputs": bind(export.inputs), "outputs": bind(export.outputs), "mapping": "by ONNX tensor name"}
 
 
 def _check_io(path: Path, export: OnnxExport) -> None:
