@@ -58,6 +58,9 @@ WHEEL_SHA256 = {
     "numpy==2.1.3": "762479be47a4863e261a840e8e01608d124ee1361e48b96916f38b119cfda04a",
     # ai_edge_litert-2.3.0-cp311-cp311-manylinux_2_27_aarch64.whl
     "ai-edge-litert==2.3.0": "853fc608f96da87bd5f3458465dfb9abbf18d5ae6b94eceacead407146f175ae",
+    # onnxruntime-1.23.0-cp311-cp311-manylinux_2_27_aarch64.manylinux_2_28_aarch64.whl (the onnxruntime route;
+    # imports with numpy alone, so --no-deps holds)
+    "onnxruntime==1.23.0": "e8634c5f54774df1e4d1debfdf2ca8f3274fe4ffc816ff5f861c01c48468a2c4",
 }
 WHEELS = tuple(WHEEL_SHA256)
 # Only the index files that the downloads need: arm64 for the sysroot, amd64 backports for QEMU 10 (Debian

@@ -1,7 +1,8 @@
-"""Runs a TFLite model inside the ARM64 emulator: `python3.11 -s worker.py MODEL IN.npz OUT.npz THREADS`.
+"""Runs a model inside the ARM64 emulator: `python3.11 -s worker.py MODEL IN.npz OUT.npz THREADS`. A .tflite runs
+in LiteRT, a .ort or .onnx in onnxruntime (ONNX Runtime Mobile's kernels on ARM64).
 
-It runs under the emulated python with only numpy and LiteRT on its path, so it imports nothing from edgekit
-and starts no child process (QEMU user mode emulates one process). Both .npz files hold `__names__` (tensor
+It runs under the emulated python with only numpy, LiteRT and onnxruntime on its path, so it imports nothing from
+edgekit and starts no child process (QEMU user mode emulates one process). Both .npz files hold `__names__` (tensor
 names, in order) and `t0`, `t1`, ... (one array per name), so any tensor name survives the round trip.
 Exit codes: 0 done, 3 the inputs do not fit the model (message on the last stderr line), else a crash.
 """
@@ -66,6 +67,36 @@ def fit_inputs(interpreter, inputs: dict[str, np.ndarray]) -> list[tuple[int, np
 
 
 def run(model: str, inputs: dict[str, np.ndarray], num_threads: int) -> tuple[dict[str, np.ndarray], dict]:
+    if model.endswith((".ort", ".onnx")):
+        return run_onnxruntime(model, inputs, num_threads)
+    return run_litert(model, inputs, num_threads)
+
+
+def run_onnxruntime(model: str, inputs: dict[str, np.ndarray], num_threads: int) -> tuple[dict[str, np.ndarray],
+                                                                                        dict]:
+    """One session, one sample (batch 1) at a time; inputs and outputs by tensor name, stacked to [N, ...]."""
+    import onnxruntime as ort
+
+    started = time.perf_counter()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = num_threads
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    expected = {i.name: i for i in session.get_inputs()}
+    if set(expected) != set(inputs):
+        raise InputMismatch(f"the model's inputs are {sorted(expected)}, got {sorted(inputs)}")
+    names = [o.name for o in session.get_outputs()]
+    samples = len(next(iter(inputs.values())))
+    collected: list[list[np.ndarray]] = [[] for _ in names]
+    invoke_started = time.perf_counter()
+    for i in range(samples):
+        for per_output, value in zip(collected, session.run(names, {k: v[i:i + 1] for k, v in inputs.items()})):
+            per_output.append(value)
+    seconds = time.perf_counter() - invoke_started
+    stacked = {name: stack_samples(values) for name, values in zip(names, collected, strict=True)}
+    return stacked, {"load_s": invoke_started - started, "invoke_ms": 1000 * seconds / samples}
+
+
+def run_litert(model: str, inputs: dict[str, np.ndarray], num_threads: int) -> tuple[dict[str, np.ndarray], dict]:
     """Invoke the model once per sample (batch 1) with the default delegate; stack outputs to [N, ...]."""
     started = time.perf_counter()
     interpreter = interpreter_class()(model_path=model, num_threads=num_threads)
@@ -102,6 +133,7 @@ def versions() -> dict[str, str]:
         "machine": platform.machine(),
         "numpy": np.__version__,
         "litert": importlib.metadata.version(litert) if litert else None,
+        "onnxruntime": importlib.metadata.version("onnxruntime") if has_distribution("onnxruntime") else None,
     }
 
 

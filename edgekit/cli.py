@@ -306,7 +306,8 @@ def emulator_status(as_json: bool) -> None:
         return
     state = "ready" if info["ready"] else "not set up (run `edgekit emulator setup`)"
     click.echo(f"ARM64 emulator: {state}\n  root {info['root']}\n  size {info['size_bytes'] / 1e6:.1f} MB\n"
-               f"  qemu {info['qemu']}\n  python {info['python']}\n  litert {info['litert']}")
+               f"  qemu {info['qemu']}\n  python {info['python']}\n  litert {info['litert']}\n"
+               f"  onnxruntime {info['onnxruntime']}")
 
 
 if __name__ == "__main__":

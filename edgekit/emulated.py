@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from edgekit.config import Target
     from edgekit.routes import Route
 
+EMULATED_RUNTIMES = ("litert", "onnxruntime")  # what the emulator's guest python can run
 CPU_NAME = re.compile(r"[a-z0-9-]+")  # a QEMU CPU model read from a manifest is data: a plain name or the default
 NOT_SET_UP_NOTE = ("drift measured on the host (x86_64 LiteRT): the ARM64 emulator is not set up; "
                    "run `edgekit emulator setup` to measure where the model runs")
@@ -40,7 +41,7 @@ def choose(requested: str | None, target: Target, route: Route) -> tuple[str, st
 def run_bindings(model: Path, device: dict, inputs: dict[str, np.ndarray], cpu: str) -> dict[str, np.ndarray]:
     """Run model-layout float inputs through the emulator with the bundle's bindings; model-layout outputs."""
     feed = {b["device_name"]: bundle_check.encode(b, inputs[b["model_name"]]) for b in device["inputs"]}
-    raw = emulator.run_tflite(model, feed, cpu=cpu)
+    raw = emulator.run_model(model, feed, cpu=cpu)
     return {b["model_name"]: bundle_check.decode(b, raw[b["device_name"]]) for b in device["outputs"]}
 
 
@@ -65,8 +66,9 @@ def measure(model: Path, device: dict, inputs: dict[str, np.ndarray], reference:
 def check_golden_in_emulator(verified: bundle_check.Verified) -> dict:
     """check.py's golden comparison of a verified bundle, with the device model run in the emulator."""
     manifest, device = verified.manifest, verified.manifest["device"]
-    if device["runtime"] != "litert":
-        raise ConfigError("--emulator arm64 checks TFLite bundles only", hint="use --emulator host")
+    if device["runtime"] not in EMULATED_RUNTIMES:
+        raise ConfigError(f"--emulator arm64 checks {' and '.join(EMULATED_RUNTIMES)} bundles only",
+                          hint="use --emulator host")
     if not emulator.is_ready():
         raise ToolError("the ARM64 emulator is not set up", hint="run `edgekit emulator setup`")
     target = manifest.get("target")
@@ -74,6 +76,7 @@ def check_golden_in_emulator(verified: bundle_check.Verified) -> dict:
     cpu = cpu if isinstance(cpu, str) and CPU_NAME.fullmatch(cpu) else "cortex-a76"
     outputs = run_bindings(verified.model, device, verified.inputs, cpu)
     result = bundle_check.compare(verified.golden, outputs, device["tolerances"])
-    result.update({"model": str(verified.model), "runtime": "litert (emulated)", "where": f"qemu-aarch64 {cpu}",
-                   "samples": len(next(iter(verified.inputs.values()))), "model_sha256_matches": True})
+    result.update({"model": str(verified.model), "runtime": f"{device['runtime']} (emulated)",
+                   "where": f"qemu-aarch64 {cpu}", "samples": len(next(iter(verified.inputs.values()))),
+                   "model_sha256_matches": True})
     return result

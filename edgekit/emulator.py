@@ -6,7 +6,7 @@ INT8 results are bit-exact with an x86 host run of the same model; the emulator 
 computes, not how fast (it is 100-400x slower than the host).
 
     setup()        build the cache (~150 MB, seconds to a minute), idempotent, safe to run twice at once
-    run_tflite()   one emulator process runs N samples, one at a time
+    run_model()   one emulator process runs N samples, one at a time
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ def status(root: Path | None = None) -> dict:
         "qemu": marker.get("qemu"),
         "python": marker.get("python"),
         "litert": marker.get("litert"),
+        "onnxruntime": marker.get("onnxruntime"),
     }
 
 
@@ -87,7 +88,7 @@ def setup(root: Path | None = None, progress: Callable[[str], None] = print, for
     return result
 
 
-def run_tflite(
+def run_model(
     model_path: Path,
     inputs: dict[str, np.ndarray],
     *,
@@ -96,7 +97,8 @@ def run_tflite(
     timeout_s: float = 600,
     root: Path | None = None,
 ) -> dict[str, np.ndarray]:
-    """Run a TFLite model on N samples in the emulator, one sample (batch 1) at a time, in one process.
+    """Run a model (.tflite in LiteRT; .ort/.onnx in onnxruntime) on N samples in the emulator, one sample (batch 1)
+    at a time, in one process.
 
     `inputs` are keyed by input tensor name, each [N, *tensor shape without batch] in the tensor's dtype (the
     caller quantises). Returns raw outputs keyed by output tensor name, each stacked to [N, ...].
@@ -104,7 +106,8 @@ def run_tflite(
     root = Path(root or default_root())
     model_path = Path(model_path)
     if not model_path.is_file():
-        raise ModelError(f"model file {model_path} does not exist", hint="pass the path of a .tflite file")
+        raise ModelError(f"model file {model_path} does not exist",
+                         hint="pass the path of a .tflite, .ort or .onnx file")
     if not isinstance(num_threads, int) or num_threads < 1:
         raise ConfigError(f"num_threads must be an integer >= 1, got {num_threads!r}")
     _check_inputs(inputs)
@@ -161,7 +164,7 @@ def _verify(staged: Path) -> dict:
         "format": MARKER_FORMAT,
         "wheels": list(build.WHEELS),
         "qemu": _qemu_version(staged / build.QEMU_BINARY),
-        **{key: meta[key] for key in ("python", "numpy", "litert")},
+        **{key: meta.get(key) for key in ("python", "numpy", "litert", "onnxruntime")},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -284,7 +287,7 @@ def _lock(root: Path, exclusive: bool, progress: Callable[[str], None] | None = 
     """flock ROOT/.lock: setup holds it alone, runs share it, so a rebuild never pulls files from a run."""
     import fcntl  # POSIX only; imported here so default_root() and status() work everywhere
 
-    if not root.is_dir():  # nothing to protect; run_tflite then reports that it is not set up
+    if not root.is_dir():  # nothing to protect; run_model then reports that it is not set up
         yield
         return
     try:

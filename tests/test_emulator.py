@@ -71,6 +71,7 @@ def test_empty_root_is_not_ready(tmp_path):
     assert emulator.is_ready(tmp_path) is False
     assert emulator.status(tmp_path) == {
         "ready": False, "root": str(tmp_path), "size_bytes": 0, "qemu": None, "python": None, "litert": None,
+        "onnxruntime": None,
     }  # fmt: skip
 
 
@@ -82,7 +83,7 @@ def test_a_marker_without_the_binaries_is_not_ready(tmp_path):
 def test_run_without_setup_says_how_to_set_it_up(tmp_path):
     inputs = {"x": np.zeros((1, 8), np.float32)}
     with pytest.raises(EmulatorError, match="not set up") as raised:
-        emulator.run_tflite(_emulator_setup.TINY_MODEL, inputs, root=tmp_path / "missing")
+        emulator.run_model(_emulator_setup.TINY_MODEL, inputs, root=tmp_path / "missing")
     assert "edgekit emulator setup" in raised.value.hint
     assert raised.value.exit_code == 1
 
@@ -90,7 +91,7 @@ def test_run_without_setup_says_how_to_set_it_up(tmp_path):
 def test_inputs_with_different_sample_counts_are_rejected_before_running(tmp_path):
     inputs = {"a": np.zeros((2, 8), np.float32), "b": np.zeros((3, 8), np.float32)}
     with pytest.raises(DataError, match="same number of samples"):
-        emulator.run_tflite(_emulator_setup.TINY_MODEL, inputs, root=tmp_path)
+        emulator.run_model(_emulator_setup.TINY_MODEL, inputs, root=tmp_path)
 
 
 def test_shipped_verification_model_computes_its_formula():
@@ -146,7 +147,7 @@ def float_inputs(model: Path, samples: int = SAMPLES) -> dict[str, np.ndarray]:
 
 
 def int8_inputs(model: Path) -> dict[str, np.ndarray]:
-    """Quantised by the caller, as run_tflite expects, with each input tensor's own scale and zero point."""
+    """Quantised by the caller, as run_model expects, with each input tensor's own scale and zero point."""
     quantised = {}
     for detail, values in zip(input_details(model), float_inputs(model).values(), strict=True):
         scale, zero_point = detail["quantization"]
@@ -200,7 +201,7 @@ def test_a_second_setup_waits_for_the_first_then_finds_it_ready(emulator_root):
 @pytest.mark.emulator
 def test_float32_matches_the_host_within_1e_5(emulator_root, models):
     inputs = float_inputs(models["float32"])
-    device = emulator.run_tflite(models["float32"], inputs, root=emulator_root)
+    device = emulator.run_model(models["float32"], inputs, root=emulator_root)
     host = host_run(models["float32"], inputs)
     assert list(device) == list(host)
     for name, expected in host.items():
@@ -212,7 +213,7 @@ def test_float32_matches_the_host_within_1e_5(emulator_root, models):
 @pytest.mark.emulator
 def test_int8_is_bit_exact_with_the_host(emulator_root, models):
     inputs = int8_inputs(models["int8"])
-    device = emulator.run_tflite(models["int8"], inputs, root=emulator_root, cpu="cortex-a55")
+    device = emulator.run_model(models["int8"], inputs, root=emulator_root, cpu="cortex-a55")
     host = host_run(models["int8"], inputs)
     assert list(device) == list(host)
     for name, expected in host.items():
@@ -225,7 +226,7 @@ def test_int8_is_bit_exact_with_the_host(emulator_root, models):
 @pytest.mark.emulator
 def test_a_run_over_its_time_limit_is_stopped(emulator_root, models):
     with pytest.raises(EmulatorError, match=r"timed out after 0\.3 s"):
-        emulator.run_tflite(
+        emulator.run_model(
             models["float32"], float_inputs(models["float32"]), timeout_s=0.3, root=emulator_root
         )
 
@@ -234,13 +235,13 @@ def test_a_run_over_its_time_limit_is_stopped(emulator_root, models):
 def test_inputs_that_do_not_fit_the_model_are_a_data_error(emulator_root, models):
     inputs = {"not_an_input": np.zeros((2, 16, 16, 3), np.float32)}
     with pytest.raises(DataError, match="the model's inputs are"):
-        emulator.run_tflite(models["float32"], inputs, root=emulator_root)
+        emulator.run_model(models["float32"], inputs, root=emulator_root)
 
 
 @pytest.mark.emulator
 def test_a_failing_emulator_reports_the_tail_of_its_stderr(emulator_root, models):
     with pytest.raises(EmulatorError, match="exit code 1") as raised:
-        emulator.run_tflite(
+        emulator.run_model(
             models["float32"], float_inputs(models["float32"]), cpu="no-such-cpu", root=emulator_root
         )
     assert "no-such-cpu" in raised.value.message

@@ -72,3 +72,19 @@ def test_calibration_methods_the_route_lacks_are_refused(digits, tmp_path: Path)
     with pytest.raises(UnsupportedError, match="--calibration-method mse is not available on route onnxruntime"):
         _build(model, data, "onnxruntime-arm64-int8", tmp_path / "mse", calibration_method="mse")
     assert not (tmp_path / "mse").exists()
+
+
+@pytest.mark.emulator
+def test_int8_in_the_arm64_emulator_is_bit_exact_with_the_host(digits, emulator_root, tmp_path: Path):
+    """onnxruntime's aarch64 build runs the .ort in the emulator; its golden check passes there too."""
+    from edgekit.checking import check_bundle_dir
+
+    model, data = digits
+    result = _build(model, data, "onnxruntime-arm64-int8", tmp_path / "arm64", emulator="arm64",
+                    emulator_samples=32)
+    block = result.report["emulator"]
+    assert block["where"] == "qemu-aarch64 cortex-a76" and block["samples"] == 32 and block["error"] is None
+    assert block["bit_exact_with_host"] and block["passed"]
+    checked = check_bundle_dir(result.out, emulator="arm64")
+    assert checked["passed"] and checked["runtime"] == "onnxruntime (emulated)"
+    assert checked["outputs"][0]["max_abs_err_vs_golden"] == 0.0

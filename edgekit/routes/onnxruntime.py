@@ -5,7 +5,8 @@ XNNPACK kernels: INT8 weights, symmetric per channel; UINT8 activations, asymmet
 onnxruntime quantizes in QDQ. The model ships as an ORT-format file (`model.ort`, what an app built with ONNX
 Runtime Mobile loads), converted with the "Fixed" optimisation style for ARM, plus the operator list a reduced
 mobile build needs (`model.required_operators.config`) and the QDQ ONNX itself. Drift is measured on `model.ort`
-itself, in onnxruntime on the host.
+itself, in onnxruntime on the host and, once `edgekit emulator setup` ran, in onnxruntime's aarch64 build inside
+the ARM64 emulator (the same CPU kernels an ONNX Runtime Mobile app runs without an execution provider).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class OnnxRuntimeRoute(Route):
     runtime = "onnxruntime"
     extra = "onnxruntime"  # onnxruntime is also one of edgekit's own dependencies
     requires = ("onnxruntime",)
+    emulators = ("host", "arm64")  # the emulator's guest runs the .ort in onnxruntime's aarch64 build
 
     def check(self, plan) -> None:
         from edgekit.errors import UnsupportedError
