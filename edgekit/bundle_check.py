@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Standalone on-device check of an edgekit bundle: numpy plus one runtime, nothing else.
+"""Standalone on-device check of an edgekit bundle: numpy plus one runtime (LiteRT, onnxruntime, OpenVINO or
+TensorRT), nothing else.
 
 Copied into every bundle as check.py (edgekit imports the same file, so both compare alike). It runs the device
 model on golden/inputs.npz and compares with golden/outputs.npz within the tolerances in manifest.json.
 
-    python check.py [--model PATH] [--runtime auto|litert|onnxruntime|tensorrt] [--expect-digest SHA256] [--json]
+    python check.py [--model PATH] [--runtime auto|litert|onnxruntime|tensorrt|openvino] [--expect-digest SHA256]
+                    [--json]
 
 Everything in the bundle is data: manifest paths that are absolute, contain `..` or resolve outside the bundle are
 refused, npz files are read without unpickling, and every file's sha256 is compared with manifest.json before the
@@ -30,7 +32,7 @@ import numpy as np
 
 INTEGER_TYPES = ("int8", "uint8", "int16")
 DEVICE_TYPES = ("float32", "float16", *INTEGER_TYPES, "int32", "int64")
-RUNTIMES = ("litert", "onnxruntime", "tensorrt")
+RUNTIMES = ("litert", "onnxruntime", "tensorrt", "openvino")
 GOLDEN_INPUTS, GOLDEN_OUTPUTS = "golden/inputs.npz", "golden/outputs.npz"
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -209,12 +211,14 @@ def _golden(bundle: Path, manifest: dict) -> tuple[dict, dict]:
 
 
 def _model_header(path: Path, runtime: str) -> None:
-    """A TFLite file starts with its flatbuffer identifier: a damaged header is an error, not a model to run."""
-    if runtime == "litert":
-        with open(path, "rb") as handle:
-            head = handle.read(8)
-        if head[4:8] != b"TFL3":
-            raise CheckError(f"{path.name}: not a TFLite model (bad header {head[4:8]!r}, expected b'TFL3')")
+    """A TFLite file starts with its flatbuffer identifier, an OpenVINO IR with an XML declaration: a damaged
+    header is an error, not a model to run."""
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if runtime == "litert" and head[4:8] != b"TFL3":
+        raise CheckError(f"{path.name}: not a TFLite model (bad header {head[4:8]!r}, expected b'TFL3')")
+    if runtime == "openvino" and not head.startswith(b"<?xml"):
+        raise CheckError(f"{path.name}: not an OpenVINO IR (bad header {head[:5]!r}, expected b'<?xml')")
 
 
 def verify_bundle(bundle: Path, model: Path | None = None, expect_digest: str | None = None,
@@ -308,6 +312,25 @@ def run_onnxruntime(path: Path, device: dict, inputs: dict[str, np.ndarray]) -> 
     return {n: np.concatenate(v) for n, v in rows.items()}, "onnxruntime"
 
 
+def run_openvino(path: Path, device: dict, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str]:
+    """The IR (model.xml, its weights in model.bin beside it) on OpenVINO's CPU plugin in float32 precision."""
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise CheckError("no OpenVINO runtime: pip install openvino") from exc
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    ports = {b["model_name"]: compiled.output(b["device_name"]) for b in device["outputs"]}
+    rows: dict[str, list[np.ndarray]] = {name: [] for name in ports}
+    for k in range(len(next(iter(inputs.values())))):
+        result = request.infer({b["device_name"]: encode(b, inputs[b["model_name"]][k:k + 1])
+                                for b in device["inputs"]})
+        for name, port in ports.items():
+            rows[name].append(np.array(result[port], dtype=np.float32, copy=True))
+    return {n: np.concatenate(v) for n, v in rows.items()}, "openvino"
+
+
 def engine_runner(script: Path):
     """run_engine of the bundle's build_engine.py, loaded from its path (never found through sys.path), or None
     where TensorRT is not installed."""
@@ -337,7 +360,9 @@ def run_device(path: Path, device: dict, inputs: dict[str, np.ndarray], runtime:
         kind = "onnxruntime"
     if kind == "onnxruntime":
         return run_onnxruntime(path, device, inputs)
-    raise CheckError(f"unknown runtime {kind!r}: use litert, onnxruntime or tensorrt")
+    if kind == "openvino":
+        return run_openvino(path, device, inputs)
+    raise CheckError(f"unknown runtime {kind!r}: use one of {', '.join(RUNTIMES)}")
 
 
 def sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:

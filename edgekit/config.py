@@ -82,7 +82,8 @@ class Target:
         if not isinstance(self.platform, str) or not TARGET_NAME.fullmatch(self.platform):
             raise ConfigError(f"platform = {self.platform!r} must be a plain name (lowercase, digits, dashes)",
                               hint="e.g. android, jetson, onnxruntime: the route decides how it is built")
-        _choice("converter", self.converter, CONVERTERS)
+        if not isinstance(self.converter, str) or not TARGET_NAME.fullmatch(self.converter):
+            raise ConfigError(f"converter = {self.converter!r} must be a plain name", hint="its route checks it")
         if self.io == "int8" and self.precision != "int8":
             raise ConfigError(f"target {self.name}: io = 'int8' needs precision = 'int8'",
                               hint="set precision = 'int8' or io = 'float32'")

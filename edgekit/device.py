@@ -24,6 +24,7 @@ class DeviceModel:
     open_float_runner: Callable[[], Runner] | None
     output_steps: dict[str, float | None] = field(default_factory=dict)
     extra_files: dict[str, Path] = field(default_factory=dict)
+    model_files: tuple[str, ...] = ()  # extra_files the runtime loads with the model (OpenVINO's .bin): sized with it
     notes: list[str] = field(default_factory=list)  # go into the report's warnings: what the user must know
     per_layer: Callable[[dict[str, np.ndarray]], list[dict]] | None = None  # samples -> report `layers` rows
     with_float: Callable[[list[dict]], DeviceModel] | None = None  # rebuild keeping these `layers` rows in float

@@ -38,7 +38,7 @@ class Route:
         """Before any expensive step: the request fits the route and its tools are installed (exit 2 if not)."""
         missing = self.missing()
         if missing:
-            raise ToolError(f"route {self.name} needs {', '.join(missing)}, which is not installed",
+            raise ToolError(f"route {self.name} needs {' and '.join(missing)}: not installed",
                             hint=f"pip install 'edgekit[{self.extra}]'" if self.extra else "reinstall edgekit")
 
     def build(self, plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
@@ -54,13 +54,19 @@ class Route:
 
     def missing(self) -> list[str]:
         """The required import names that cannot be found (no import is run)."""
-        return [group for group in self.requires
-                if not any(importlib.util.find_spec(name) for name in group.split("|"))]
+        return [group for group in self.requires if not any(_findable(name) for name in group.split("|"))]
 
     def summary(self) -> dict:
         missing = self.missing()
         return {"route": self.name, "runtime": self.runtime, "extra": self.extra,
                 "emulators": list(self.emulators), "installed": not missing, "missing": missing}
+
+
+def _findable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a finder that refuses the name, or a broken package
+        return False
 
 
 def route_names() -> list[str]:
