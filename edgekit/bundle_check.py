@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Standalone on-device check of an edgekit bundle: numpy plus one runtime (LiteRT, onnxruntime, OpenVINO or
-TensorRT), nothing else.
+"""Standalone on-device check of an edgekit bundle: numpy plus one runtime (LiteRT, onnxruntime, OpenVINO, ExecuTorch
+or TensorRT), nothing else.
 
 Copied into every bundle as check.py (edgekit imports the same file, so both compare alike). It runs the device
 model on golden/inputs.npz and compares with golden/outputs.npz within the tolerances in manifest.json.
 
-    python check.py [--model PATH] [--runtime auto|litert|onnxruntime|tensorrt|openvino] [--expect-digest SHA256]
-                    [--json]
+    python check.py [--model PATH] [--runtime auto|litert|onnxruntime|tensorrt|openvino|executorch]
+                    [--expect-digest SHA256] [--json]
 
 Everything in the bundle is data: manifest paths that are absolute, contain `..` or resolve outside the bundle are
 refused, npz files are read without unpickling, and every file's sha256 is compared with manifest.json before the
@@ -32,7 +32,7 @@ import numpy as np
 
 INTEGER_TYPES = ("int8", "uint8", "int16")
 DEVICE_TYPES = ("float32", "float16", *INTEGER_TYPES, "int32", "int64")
-RUNTIMES = ("litert", "onnxruntime", "tensorrt", "openvino")
+RUNTIMES = ("litert", "onnxruntime", "tensorrt", "openvino", "executorch")
 GOLDEN_INPUTS, GOLDEN_OUTPUTS = "golden/inputs.npz", "golden/outputs.npz"
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -217,6 +217,8 @@ def _model_header(path: Path, runtime: str) -> None:
         head = handle.read(8)
     if runtime == "litert" and head[4:8] != b"TFL3":
         raise CheckError(f"{path.name}: not a TFLite model (bad header {head[4:8]!r}, expected b'TFL3')")
+    if runtime == "executorch" and head[4:8] != b"ET12":
+        raise CheckError(f"{path.name}: not an ExecuTorch program (bad header {head[4:8]!r}, expected b'ET12')")
     if runtime == "openvino" and not head.startswith(b"<?xml"):
         raise CheckError(f"{path.name}: not an OpenVINO IR (bad header {head[:5]!r}, expected b'<?xml')")
 
@@ -331,6 +333,22 @@ def run_openvino(path: Path, device: dict, inputs: dict[str, np.ndarray]) -> tup
     return {n: np.concatenate(v) for n, v in rows.items()}, "openvino"
 
 
+def run_executorch(path: Path, device: dict, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str]:
+    """The .pte program's forward in ExecuTorch's runtime (its Python binding needs torch beside it)."""
+    try:
+        import torch
+        from executorch.runtime import Runtime
+    except ImportError as exc:
+        raise CheckError("no ExecuTorch runtime: pip install executorch (with torch)") from exc
+    method = Runtime.get().load_program(Path(path)).load_method("forward")
+    rows: dict[str, list[np.ndarray]] = {b["model_name"]: [] for b in device["outputs"]}
+    for k in range(len(next(iter(inputs.values())))):
+        args = [torch.from_numpy(encode(b, inputs[b["model_name"]][k:k + 1])) for b in device["inputs"]]
+        for binding, value in zip(device["outputs"], method.execute(args)):
+            rows[binding["model_name"]].append(value.detach().numpy().astype(np.float32))
+    return {n: np.concatenate(v) for n, v in rows.items()}, "executorch"
+
+
 def engine_runner(script: Path):
     """run_engine of the bundle's build_engine.py, loaded from its path (never found through sys.path), or None
     where TensorRT is not installed."""
@@ -362,6 +380,8 @@ def run_device(path: Path, device: dict, inputs: dict[str, np.ndarray], runtime:
         return run_onnxruntime(path, device, inputs)
     if kind == "openvino":
         return run_openvino(path, device, inputs)
+    if kind == "executorch":
+        return run_executorch(path, device, inputs)
     raise CheckError(f"unknown runtime {kind!r}: use one of {', '.join(RUNTIMES)}")
 
 

@@ -19,7 +19,7 @@ EXAMPLE = ROOT / "examples" / "01_android_int8"
 
 
 def test_every_target_names_a_registered_route():
-    assert route_names() == ["litert", "onnxruntime", "openvino", "tensorrt"]
+    assert route_names() == ["executorch", "litert", "onnxruntime", "openvino", "tensorrt"]
     for target in list_targets():
         route = get_route(target.route)
         assert isinstance(route, Route) and route.name == target.route and route.runtime == target.runtime
@@ -30,7 +30,8 @@ def test_an_unknown_route_is_refused_naming_the_known_ones(tmp_path: Path):
         get_route("nope")
     text = (ROOT / "targets" / "android-arm64-int8.toml").read_text().replace('route = "litert"', 'route = "nope"')
     (tmp_path / "t.toml").write_text(text)
-    with pytest.raises(ConfigError, match="route = 'nope' is not one of litert, onnxruntime, openvino, tensorrt"):
+    known = "executorch, litert, onnxruntime, openvino, tensorrt"
+    with pytest.raises(ConfigError, match=f"route = 'nope' is not one of {known}"):
         load_target(tmp_path / "t.toml")
 
 

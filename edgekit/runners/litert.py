@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
-import tempfile
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,33 +81,13 @@ LITERT_NOISE = (
     b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
     b"INFO: Initialized TensorFlow Lite runtime.",
 )
-_STDERR_LOCK = threading.RLock()
 
 
-@contextmanager
-def quiet_litert() -> Iterator[None]:
-    """Drop LiteRT's known INFO lines: fd 2 goes to a temporary file while the body runs, then every other line
-    (errors, warnings, anything else written on stderr meanwhile) is written back to stderr, even on an error."""
-    # One redirection at a time, or a thread could restore another one's temporary file as fd 2.
-    with _STDERR_LOCK, tempfile.TemporaryFile() as captured:
-        try:
-            saved = os.dup(2)
-        except OSError:  # no stderr at all: nothing to keep quiet
-            yield
-            return
-        flush = getattr(sys.stderr, "flush", lambda: None)
-        flush()
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            kept = b"".join(line for line in captured if line.rstrip(b"\r\n") not in LITERT_NOISE)
-            while kept:
-                kept = kept[os.write(2, kept) :]
+def quiet_litert():
+    """Drop LiteRT's known INFO lines from stderr (see edgekit.quiet)."""
+    from edgekit.quiet import filtered_stderr
+
+    return filtered_stderr(lambda line: line in LITERT_NOISE)
 
 
 def open_interpreter(path: Path, num_threads: int | None = None) -> Any:

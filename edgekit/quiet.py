@@ -1,0 +1,39 @@
+"""Runtime noise kept off the user's terminal: C++ log lines a runtime writes to file descriptor 2, which no Python
+setting reaches. Only lines a caller names as noise are dropped; every other line is written back."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+_STDERR_LOCK = threading.RLock()
+
+
+@contextmanager
+def filtered_stderr(is_noise: Callable[[bytes], bool]) -> Iterator[None]:
+    """fd 2 goes to a temporary file while the body runs; then every line that is not noise (errors, warnings,
+    anything else written on stderr meanwhile) is written back to stderr, even on an error."""
+    # One redirection at a time, or a thread could restore another one's temporary file as fd 2.
+    with _STDERR_LOCK, tempfile.TemporaryFile() as captured:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr at all: nothing to keep quiet
+            yield
+            return
+        flush = getattr(sys.stderr, "flush", lambda: None)
+        flush()
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = b"".join(line for line in captured if not is_noise(line.rstrip(b"\r\n")))
+            while kept:
+                kept = kept[os.write(2, kept) :]
