@@ -20,9 +20,7 @@ from edgekit.fallback import run_fallback
 from edgekit.plan import Plan, make_plan
 from edgekit.progress import Listener, Steps
 from edgekit.report import passed as report_passed
-from edgekit.runners.base import Runner
-from edgekit.runners.onnxrt import OnnxRunner
-from edgekit.runners.torch import TorchRunner
+from edgekit.runners.reference import reference_runner
 from edgekit.steps.export_onnx import OnnxExport, export_onnx
 
 LAYER_SAMPLES = 32
@@ -135,16 +133,6 @@ def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Wr
             measured = _measure_emulated(plan, export, device, measured, count)
     with steps.step("bundle", "writing the bundle"):
         return bundle_io.write(staging, plan, export, device, measured, steps.timings_s)
-
-
-def reference_runner(plan: Plan, export: OnnxExport) -> Runner:
-    """PyTorch itself where there is a torch model; the ONNX file for models given as ONNX."""
-    names = [s.name for s in plan.inputs]
-    outputs = [o.name for o in export.outputs]
-    if plan.model.is_torch:
-        batch = 1 if plan.model.kind == "exported_program" else 64
-        return TorchRunner(plan.model.module, names, outputs, batch_size=batch)
-    return OnnxRunner(export.path)
 
 
 def _with_compression(plan: Plan, device_plan: Plan, device: DeviceModel, measured: bundle_io.Measured,

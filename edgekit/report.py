@@ -77,13 +77,6 @@ def passed(report: dict) -> bool:
     return bool(report["drift"]["passed"] and (emulator is None or emulator["passed"]))
 
 
-def render_html(report: dict, manifest: dict, evidence=None) -> str:
-    """The self-contained report.html; drawn by edgekit.report_html (kept here for callers of the old name)."""
-    from edgekit.report_html import render_html as render
-
-    return render(report, manifest, evidence)
-
-
 def make_report(plan, device, measured, timings_s: dict[str, float], size: dict) -> dict:
     """The report.json dict (schema edgekit.report/1); blocks that do not apply are null."""
     import platform

@@ -119,7 +119,7 @@ def _recorded(device: DeviceModel, record: dict, warnings: list[str]) -> DeviceM
 
 
 def _auto(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
-    from edgekit.api import reference_runner
+    from edgekit.runners.reference import reference_runner
 
     candidates = [_attempt(name, plan, export, workdir / name) for name in ROUTES]
     if not any(c.device for c in candidates):

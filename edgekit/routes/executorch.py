@@ -9,16 +9,11 @@ the runtime's Python binding links libtorch, so the guest would need an aarch64 
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
-from edgekit.quiet import filtered_stderr
 from edgekit.routes import Route
+from edgekit.runners.executorch import quiet_imports
 
 BUNDLE_NAME = "model.pte"
 
@@ -118,31 +113,6 @@ def delegation_note(graph_module) -> str:
         return f"executorch: every op runs in XNNPACK ({delegates} delegated subgraph(s), no portable kernels)"
     rest = ", ".join(f"{op} x{count}" for op, count in sorted(outside.items()))
     return f"executorch: {delegates} XNNPACK subgraph(s); on portable kernels: {rest}"
-
-
-NOISE = (b"[cpuinfo_utils.cpp:", b"Failed to load ")  # the runtime's CPU probe; torchao's CUDA-only extensions
-
-
-def is_noise(line: bytes) -> bool:
-    return line.startswith(NOISE) or (b"torch/utils/_pytree.py" in line and b"register_constant" in line)
-
-
-@contextlib.contextmanager
-def quiet_imports() -> Iterator[None]:
-    """ExecuTorch and torchao print (on stdout too), warn and log on import and first use: missing CUDA-only
-    extensions, deprecations, the runtime's CPU probe. None of it is for users, and stdout carries `--json`."""
-    loggers = [logging.getLogger(name) for name in ("torch.utils._pytree", "torchao", "executorch")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with filtered_stderr(is_noise), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
 
 
 def _runtime(quantized: bool) -> dict:

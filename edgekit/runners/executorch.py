@@ -2,19 +2,47 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from edgekit.quiet import filtered_stderr
 from edgekit.runners.base import Runner
+
+NOISE = (b"[cpuinfo_utils.cpp:", b"Failed to load ")  # the runtime's CPU probe; torchao's CUDA-only extensions
+
+
+def is_noise(line: bytes) -> bool:
+    return line.startswith(NOISE) or (b"torch/utils/_pytree.py" in line and b"register_constant" in line)
+
+
+@contextlib.contextmanager
+def quiet_imports() -> Iterator[None]:
+    """ExecuTorch and torchao print (on stdout too), warn and log on import and first use: missing CUDA-only
+    extensions, deprecations, the runtime's CPU probe. None of it is for users, and stdout carries `--json`."""
+    loggers = [logging.getLogger(name) for name in ("torch.utils._pytree", "torchao", "executorch")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with filtered_stderr(is_noise), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 class ExecuTorchRunner(Runner):
     where = "host-executorch"
 
     def __init__(self, path: Path, input_names: list[str], output_names: list[str]) -> None:
-        from edgekit.routes.executorch import quiet_imports
-
         with quiet_imports():
             from executorch.runtime import Runtime
 
@@ -22,9 +50,6 @@ class ExecuTorchRunner(Runner):
         super().__init__(input_names, output_names)
 
     def _run_batch(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from edgekit.quiet import filtered_stderr
-        from edgekit.routes.executorch import is_noise
-
         with filtered_stderr(is_noise):  # the runtime probes the CPU on first use, in C++ on stderr
             return super()._run_batch(inputs)
 
