@@ -29,6 +29,8 @@ class DeviceModel:
     per_layer: Callable[[dict[str, np.ndarray]], list[dict]] | None = None  # samples -> report `layers` rows
     with_float: Callable[[list[dict]], DeviceModel] | None = None  # rebuild keeping these `layers` rows in float
     float_modules: tuple[str, ...] = ()  # what a fallback kept in float
+    # a route's own accuracy-aware fallback, for routes without per-layer rows (OpenVINO: NNCF's accuracy control)
+    own_fallback: Callable[[], DeviceModel] | None = None
     conversion: dict = field(default_factory=dict)  # extra keys of report.json's conversion block (repairs, ...)
 
 

@@ -16,6 +16,14 @@ def run_fallback(device: DeviceModel, measured, evaluate: Callable[[DeviceModel]
     """Returns the device model to ship and its measurement; every step is recorded in the warnings."""
     if measured.drift["passed"]:
         return device, measured
+    if (device.with_float is None or not measured.layers) and device.own_fallback is not None:
+        candidate = device.own_fallback()
+        result = evaluate(candidate)
+        note = (f"fallback auto (the route's own accuracy control) kept {', '.join(candidate.float_modules) or 'no'} "
+                f"op(s) out of INT8: accuracy drop {_pts(measured.drift['accuracy_drop'])} -> "
+                f"{_pts(result.drift['accuracy_drop'])} points, agreement {_frac(measured.drift['top1_agreement'])} "
+                f"-> {_frac(result.drift['top1_agreement'])}; {'passes' if result.drift['passed'] else 'still fails'}")
+        return candidate, replace(result, warnings=[*result.warnings, note])
     if device.with_float is None or not measured.layers:
         note = "fallback auto: this route cannot keep layers in float; the INT8 model is shipped as measured"
         return device, replace(measured, warnings=[*measured.warnings, note])

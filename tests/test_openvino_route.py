@@ -88,3 +88,19 @@ def test_a_missing_extra_is_named_with_exit_2(tmp_path: Path):
     assert done.returncode == 2, done.stderr
     assert "route openvino needs openvino and nncf: not installed" in done.stderr
     assert "pip install 'edgekit[openvino]'" in done.stderr and not (tmp_path / "b").exists()
+
+
+def test_fallback_is_nncf_accuracy_control_and_names_the_module(digits, tmp_path: Path):
+    from tests.helpers import int8_breaking_copy
+
+    model, data = digits
+    broken = int8_breaking_copy(model)
+    failed = _build(broken, data, "openvino-x86-int8", tmp_path / "minmax", max_drop=1.0)
+    assert not failed.passed and failed.report["drift"]["accuracy_drop"] > 1.0
+    fixed = _build(broken, data, "openvino-x86-int8", tmp_path / "auto", max_drop=1.0, fallback="auto")
+    assert fixed.passed and fixed.report["drift"]["accuracy_drop"] <= 1.0
+    assert fixed.report["quantization"]["float_modules"] == ["features.4"]  # it reads the culprit's activation
+    assert any(w.startswith("fallback auto (the route's own accuracy control) kept features.4") and
+               w.endswith("passes") for w in fixed.report["warnings"])
+    assert (tmp_path / "auto" / "model.xml").read_text().count('type="FakeQuantize"') < \
+        (tmp_path / "minmax" / "model.xml").read_text().count('type="FakeQuantize"')

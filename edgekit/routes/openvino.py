@@ -42,7 +42,11 @@ class OpenVinoRoute(Route):
             raise UnsupportedError(f"--calibration-method {plan.options.calibration.method} is not available on "
                                    "route openvino", hint=f"use one of: {', '.join(METHODS)}")
 
-    def build(self, plan, export, workdir: Path, ignored: tuple[str, ...] = ()):
+    def build(self, plan, export, workdir: Path, controlled: bool = False):
+        """`controlled`: quantize with NNCF's accuracy control (the fallback), which keeps the quantizers that
+        cost most accuracy in float until the eval drop is within --max-drop."""
+        import dataclasses
+
         import openvino as ov
 
         from edgekit.device import DeviceModel, onnx_bindings
@@ -50,42 +54,111 @@ class OpenVinoRoute(Route):
         from edgekit.runners.openvino import OpenVinoRunner
 
         workdir.mkdir(parents=True, exist_ok=True)
+        float_ops: tuple[str, ...] = ()
         with no_telemetry():
             model = ov.convert_model(str(export.path))
             quantized = plan.target.precision == "int8"
-            if quantized:
-                model = quantize(plan, model, ignored)
+            if quantized and controlled:
+                model, float_ops = quantize_controlled(plan, model)
+            elif quantized:
+                model = quantize(plan, model)
             xml = workdir / "model.xml"
             ov.save_model(model, str(xml), compress_to_fp16=False)  # the default would halve fp32 weights
-        return DeviceModel(
+        device = DeviceModel(
             path=xml, bundle_name="model.xml", float_path=export.path, runtime=_runtime(quantized),
             bindings=onnx_bindings(export), open_runner=OpenVinoRunner,
             open_float_runner=lambda: OnnxRunner(export.path), extra_files={"model.bin": xml.with_suffix(".bin")},
             model_files=("model.bin",),
             notes=[] if not quantized else ["per-layer drift is not measured on route openvino yet"],
-            float_modules=tuple(ignored),
+            float_modules=module_names(export.path, float_ops),
         )
+        if not quantized or controlled:
+            return device
+        return dataclasses.replace(device, own_fallback=lambda: self.build(plan, export, workdir / "controlled",
+                                                                           controlled=True))
 
 
-def quantize(plan, model, ignored: tuple[str, ...]):
-    """nncf.quantize with global ranges and full bias correction (see the module docstring)."""
+def _samples(data, limit: int | None = None) -> list[dict]:
+    inputs = data.inputs if limit is None else data.take(slice(0, limit)).inputs
+    return [{name: array[i:i + 1] for name, array in inputs.items()} for i in range(len(next(iter(inputs.values()))))]
+
+
+def _settings(plan) -> dict:
+    """NNCF's arguments: global ranges, full bias correction, the PERFORMANCE preset."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-    calibration = plan.options.calibration
-    inputs = plan.calibration.take(slice(0, calibration.max_samples)).inputs
-    names, count = list(inputs), len(next(iter(inputs.values())))
-    samples = [{name: inputs[name][i:i + 1] for name in names} for i in range(count)]
+    ranges = getattr(RangeEstimatorParametersSet, METHODS[plan.options.calibration.method])
+    return {"preset": nncf.QuantizationPreset.PERFORMANCE, "fast_bias_correction": False,
+            "advanced_quantization_parameters": AdvancedQuantizationParameters(
+                activations_range_estimator_params=ranges)}
+
+
+def quantize(plan, model):
+    """nncf.quantize with the calibration data (see the module docstring)."""
+    import nncf
+
     from edgekit.steps.calibrate import quiet_quantization
 
-    ranges = getattr(RangeEstimatorParametersSet, METHODS[calibration.method])
+    samples = _samples(plan.calibration, plan.options.calibration.max_samples)
+    settings = _settings(plan)
+    settings["advanced_parameters"] = settings.pop("advanced_quantization_parameters")
     with quiet_quantization():  # NNCF draws progress bars on stdout, where `--json` writes the report
-        return nncf.quantize(model, nncf.Dataset(samples), subset_size=count,
-                             preset=nncf.QuantizationPreset.PERFORMANCE, fast_bias_correction=False,
-                             ignored_scope=nncf.IgnoredScope(names=list(ignored)),
-                             advanced_parameters=AdvancedQuantizationParameters(
-                                 activations_range_estimator_params=ranges))
+        return nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), **settings)
+
+
+def quantize_controlled(plan, model) -> tuple[object, tuple[str, ...]]:
+    """nncf.quantize_with_accuracy_control on the eval data: top-1 accuracy against the labels (agreement with
+    the float model without labels), absolute drop within --max-drop; returns the model and the ops it left float."""
+    import nncf
+    import numpy as np
+    import openvino as ov
+
+    from edgekit.steps.calibrate import quiet_quantization
+
+    evaluation = plan.evaluation
+    labels = evaluation.labels
+    if labels is None:  # agreement with the float model's own predictions
+        compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        labels = np.array([int(np.argmax(compiled(sample)[0])) for sample in _samples(evaluation)])
+
+    def validate(compiled, items) -> tuple[float, list[float]]:
+        hits = [float(np.argmax(compiled(sample)[0]) == label) for sample, label in items]
+        return float(np.mean(hits)), hits
+
+    items = list(zip(_samples(evaluation), labels.tolist()))
+    before = quantized_ops(quantize(plan, model))
+    with quiet_quantization():
+        controlled = nncf.quantize_with_accuracy_control(
+            model, nncf.Dataset(_samples(plan.calibration, plan.options.calibration.max_samples)),
+            nncf.Dataset(items), validate, max_drop=plan.options.max_drop / 100.0,
+            drop_type=nncf.DropType.ABSOLUTE, subset_size=plan.options.calibration.max_samples, **_settings(plan))
+    return controlled, tuple(sorted(before - quantized_ops(controlled)))
+
+
+def module_names(onnx_path: Path, ops: tuple[str, ...]) -> tuple[str, ...]:
+    """OpenVINO op names ("node_Conv_19/WithoutBiases") as the PyTorch modules of the ONNX nodes they came from."""
+    import onnx
+
+    from edgekit.steps.export_onnx import tensor_modules
+
+    if not ops:
+        return ()
+    modules = tensor_modules(onnx_path)
+    outputs = {n.name: n.output[0] for n in onnx.load(str(onnx_path), load_external_data=False).graph.node}
+    names = [modules.get(outputs.get(op.split("/")[0], "")) or op for op in ops]
+    return tuple(dict.fromkeys(names))
+
+
+def quantized_ops(model) -> set[str]:
+    """Names of the ops that read a FakeQuantize (directly or through a weight decompression chain)."""
+    found = set()
+    for op in model.get_ops():
+        for value in op.inputs():
+            if value.get_source_output().get_node().get_type_name() == "FakeQuantize":
+                found.add(op.get_friendly_name())
+    return found
 
 
 @contextlib.contextmanager
