@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -78,20 +77,11 @@ def _check_payloads(path: Path, config_name: str, config: object) -> None:
             raise ModelError(f"{path}: {fqn} is stored as a pickle ({config_name})", hint=UNSAFE_HINT)
 
 
-@contextlib.contextmanager
-def _weights_only() -> Iterator[None]:
+def _weights_only():
     """Every torch.load inside is weights-only, even where torch asks for weights_only=False."""
-    saved = {k: os.environ.get(k) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
-    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
-    os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    from edgekit.environ import temporary_environ
+
+    return temporary_environ({"TORCH_FORCE_WEIGHTS_ONLY_LOAD": "1", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": None})
 
 
 @contextlib.contextmanager

@@ -33,13 +33,38 @@ class Route:
     extra: ClassVar[str | None]  # `pip install 'edgekit[<extra>]'` installs what it needs (None: edgekit itself)
     requires: ClassVar[tuple[str, ...]]  # import names that must be importable (any one of each "a|b" group)
     emulators: ClassVar[tuple[str, ...]] = ("host",)  # where drift can be measured: "host", "arm64"
+    precisions: ClassVar[tuple[str, ...]] = ("int8", "fp32")
+    methods: ClassVar[tuple[str, ...]] = ("minmax", "percentile", "entropy", "mse")  # calibration, for INT8
+    converted_by: ClassVar[str] = ""  # what converts (for the hint when another --converter is asked for)
 
     def check(self, plan: Plan) -> None:
-        """Before any expensive step: the request fits the route and its tools are installed (exit 2 if not)."""
+        """Before any expensive step: the tools are installed, and the request (converter, I/O, precision,
+        calibration method) is one the route has (exit 2 if not). Routes with more choices override it."""
+        self.check_installed()
+        self.check_request(plan)
+
+    def check_installed(self) -> None:
         missing = self.missing()
         if missing:
             raise ToolError(f"route {self.name} needs {' and '.join(missing)}: not installed",
                             hint=f"pip install 'edgekit[{self.extra}]'" if self.extra else "reinstall edgekit")
+
+    def check_request(self, plan: Plan) -> None:
+        from edgekit.errors import UnsupportedError
+
+        target, options = plan.target, plan.options
+        if options.converter not in (None, "auto", target.converter):
+            raise UnsupportedError(f"converter {options.converter} does not apply to {target.name}",
+                                   hint=f"drop --converter: this route converts with {self.converted_by}")
+        if plan.io != "float32":
+            raise UnsupportedError(f"io = {plan.io!r} is not available on {target.name}: the model takes float32 "
+                                   "and quantizes inside", hint="drop --io")
+        if target.precision not in self.precisions:
+            raise UnsupportedError(f"precision {target.precision} has no {self.name} route",
+                                   hint=f"use a target of precision {' or '.join(self.precisions)}")
+        if target.precision == "int8" and options.calibration.method not in self.methods:
+            raise UnsupportedError(f"--calibration-method {options.calibration.method} is not available on route "
+                                   f"{self.name}", hint=f"use one of: {', '.join(self.methods)}")
 
     def build(self, plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
         raise NotImplementedError

@@ -24,24 +24,16 @@ class ExecuTorchRoute(Route):
     extra = "executorch"
     requires = ("executorch", "torchao")
 
-    def check(self, plan) -> None:
+    methods = ("minmax",)  # the XNNPACK quantizer's own observers
+    converted_by = "ExecuTorch's XNNPACK partitioner"
+
+    def check_request(self, plan) -> None:
         from edgekit.errors import UnsupportedError
 
-        super().check(plan)
         if plan.model.kind not in ("exported_program", "module"):
             raise UnsupportedError(f"route executorch converts torch.export programs and nn.Modules, not a "
                                    f"{plan.model.kind} model", hint="give the model as .pt2 or module:factory")
-        if plan.options.converter not in (None, "auto", plan.target.converter):
-            raise UnsupportedError(f"converter {plan.options.converter} does not apply to {plan.target.name}",
-                                   hint="drop --converter: this route lowers with ExecuTorch's XNNPACK partitioner")
-        if plan.io != "float32":
-            raise UnsupportedError(f"io = {plan.io!r} is not available on {plan.target.name}", hint="drop --io")
-        if plan.target.precision not in ("int8", "fp32"):
-            raise UnsupportedError(f"precision {plan.target.precision} has no executorch route",
-                                   hint="use an -int8 or -fp32 executorch target")
-        if plan.target.precision == "int8" and plan.options.calibration.method != "minmax":
-            raise UnsupportedError(f"--calibration-method {plan.options.calibration.method} is not available on "
-                                   "route executorch", hint="use minmax (the XNNPACK quantizer's own observers)")
+        super().check_request(plan)
 
     def build(self, plan, export, workdir: Path):
         from edgekit.device import DeviceModel, onnx_bindings

@@ -16,8 +16,8 @@ class LiteRTRoute(Route):
     requires = ("ai_edge_litert|tflite_runtime|tensorflow",)
     emulators = ("host", "arm64")
 
-    def check(self, plan) -> None:
-        super().check(plan)
+    def check_request(self, plan) -> None:
+        """The converters' own checks: two converters, int8 I/O and every calibration method are offered."""
         from edgekit.backends.choose import check_converter
 
         check_converter(plan)

@@ -29,22 +29,8 @@ class OnnxRuntimeRoute(Route):
     requires = ("onnxruntime",)
     emulators = ("host", "arm64")  # the emulator's guest runs the .ort in onnxruntime's aarch64 build
 
-    def check(self, plan) -> None:
-        from edgekit.errors import UnsupportedError
-
-        super().check(plan)
-        if plan.options.converter not in (None, "auto", plan.target.converter):
-            raise UnsupportedError(f"converter {plan.options.converter} does not apply to {plan.target.name}",
-                                   hint="drop --converter: this route quantizes with onnxruntime.quantization")
-        if plan.io != "float32":
-            raise UnsupportedError(f"io = {plan.io!r} is not available on {plan.target.name}: the QDQ model takes "
-                                   "float32 and quantizes inside", hint="drop --io")
-        if plan.target.precision == "int8" and plan.options.calibration.method not in METHODS:
-            raise UnsupportedError(f"--calibration-method {plan.options.calibration.method} is not available on "
-                                   f"route onnxruntime", hint=f"use one of: {', '.join(METHODS)}")
-        if plan.target.precision not in ("int8", "fp32"):
-            raise UnsupportedError(f"precision {plan.target.precision} has no onnxruntime route",
-                                   hint="use an -int8 or -fp32 onnxruntime target")
+    methods = tuple(METHODS)
+    converted_by = "onnxruntime.quantization"
 
     def build(self, plan, export, workdir: Path, float_tensors: frozenset[str] = frozenset()):
         """`float_tensors`: activations kept out of INT8 (their producers and readers run in float): fallback."""

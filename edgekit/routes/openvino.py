@@ -10,9 +10,6 @@ the OpenVINO runtime on this x86 host in float32 precision: a real runtime on re
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 from edgekit.routes import Route
@@ -26,21 +23,8 @@ class OpenVinoRoute(Route):
     extra = "openvino"
     requires = ("openvino", "nncf")
 
-    def check(self, plan) -> None:
-        from edgekit.errors import UnsupportedError
-
-        super().check(plan)
-        if plan.options.converter not in (None, "auto", plan.target.converter):
-            raise UnsupportedError(f"converter {plan.options.converter} does not apply to {plan.target.name}",
-                                   hint="drop --converter: this route converts with openvino and NNCF")
-        if plan.io != "float32":
-            raise UnsupportedError(f"io = {plan.io!r} is not available on {plan.target.name}", hint="drop --io")
-        if plan.target.precision not in ("int8", "fp32"):
-            raise UnsupportedError(f"precision {plan.target.precision} has no openvino route",
-                                   hint="use an -int8 or -fp32 openvino target")
-        if plan.target.precision == "int8" and plan.options.calibration.method not in METHODS:
-            raise UnsupportedError(f"--calibration-method {plan.options.calibration.method} is not available on "
-                                   "route openvino", hint=f"use one of: {', '.join(METHODS)}")
+    methods = tuple(METHODS)
+    converted_by = "openvino and NNCF"
 
     def build(self, plan, export, workdir: Path, controlled: bool = False):
         """`controlled`: quantize with NNCF's accuracy control (the fallback), which keeps the quantizers that
@@ -161,19 +145,11 @@ def quantized_ops(model) -> set[str]:
     return found
 
 
-@contextlib.contextmanager
-def no_telemetry() -> Iterator[None]:
+def no_telemetry():
     """NNCF and OpenVINO's converter send usage telemetry unless the environment says CI: never from edgekit."""
-    saved = {key: os.environ.get(key) for key in ("CI", "NNCF_CI")}
-    os.environ.update({"CI": "true", "NNCF_CI": "1"})
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    from edgekit.environ import temporary_environ
+
+    return temporary_environ({"CI": "true", "NNCF_CI": "1"})
 
 
 def _runtime(quantized: bool) -> dict:

@@ -14,8 +14,8 @@ class TensorRTRoute(Route):
     extra = None  # onnxruntime is one of edgekit's own dependencies: nothing extra is needed to build
     requires = ("onnxruntime",)
 
-    def check(self, plan) -> None:
-        super().check(plan)
+    def check_request(self, plan) -> None:
+        """Its own checks: the [tensorrt] profile, the converter and float32 I/O (backends/tensorrt.py)."""
         from edgekit.backends.tensorrt import check_request
 
         check_request(plan)
