@@ -48,10 +48,12 @@ SYSROOT_PACKAGES = (
 )
 # The same versions as the host's lock (requirements.lock): INT8 is bit-exact only between equal LiteRT builds.
 # Each is pinned to the sha256 of the one file pip picks for it with PIP_TARGET's tags (cp311, aarch64,
-# manylinux_2_27 or manylinux2014), as PyPI publishes it; pip refuses any other file (--require-hashes),
+# manylinux_2_35, manylinux_2_27 or manylinux2014; the sysroot's glibc is 2.36), as PyPI publishes it; pip
+# refuses any other file (--require-hashes),
 # whichever index, mirror or --find-links folder serves it. A new version needs its new hash:
-#   pip download --no-deps -d DIR --only-binary=:all: --platform manylinux_2_27_aarch64
-#     --platform manylinux2014_aarch64 --python-version 3.11 --implementation cp --abi cp311 numpy==X ...
+#   pip download --no-deps -d DIR --only-binary=:all: --platform manylinux_2_35_aarch64 --platform
+#     manylinux_2_27_aarch64 --platform manylinux2014_aarch64 --python-version 3.11 --implementation cp --abi cp311
+#     numpy==X ...
 # then `sha256sum DIR/*` (tests/test_emulator_hashes.py checks the pins that way).
 WHEEL_SHA256 = {
     # numpy-2.1.3-cp311-cp311-manylinux_2_17_aarch64.manylinux2014_aarch64.whl
@@ -61,6 +63,9 @@ WHEEL_SHA256 = {
     # onnxruntime-1.23.0-cp311-cp311-manylinux_2_27_aarch64.manylinux_2_28_aarch64.whl (the onnxruntime route;
     # imports with numpy alone, so --no-deps holds)
     "onnxruntime==1.23.0": "e8634c5f54774df1e4d1debfdf2ca8f3274fe4ffc816ff5f861c01c48468a2c4",
+    # openvino-2026.4.1-22982-cp311-cp311-manylinux_2_35_aarch64.whl (the openvino route's ARM CPU plugin; imports
+    # with numpy alone)
+    "openvino==2026.4.1": "bea1eb3733c34ef331adc945da0ccda5937865031139073663be84c517ffda22",
 }
 WHEELS = tuple(WHEEL_SHA256)
 # Only the index files that the downloads need: arm64 for the sysroot, amd64 backports for QEMU 10 (Debian
@@ -255,7 +260,8 @@ def relink_absolute_symlinks(sysroot: Path) -> None:
 # (numpy; pip 23 matches exactly these two platform tags, so numpy's file is the one tagged both
 # manylinux_2_17_aarch64 and manylinux2014_aarch64).
 PIP_TARGET = ("--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
-              "--platform", "manylinux_2_27_aarch64", "--platform", "manylinux2014_aarch64",
+              "--platform", "manylinux_2_35_aarch64", "--platform", "manylinux_2_27_aarch64",
+              "--platform", "manylinux2014_aarch64",
               "--only-binary=:all:")  # fmt: skip
 # pip's heading above the files whose sha256 differs from their pin, each then named on an indented line:
 # "    numpy==2.1.3 from https://.../numpy-2.1.3-...whl (from -r requirements.txt (line 1)):".

@@ -1,9 +1,11 @@
 """Runs a model inside the ARM64 emulator: `python3.11 -s worker.py MODEL IN.npz OUT.npz THREADS`. A .tflite runs
-in LiteRT, a .ort or .onnx in onnxruntime (ONNX Runtime Mobile's kernels on ARM64).
+in LiteRT, a .ort or .onnx in onnxruntime (ONNX Runtime Mobile's kernels on ARM64), a .xml in OpenVINO's ARM CPU
+plugin.
 
-It runs under the emulated python with only numpy, LiteRT and onnxruntime on its path, so it imports nothing from
-edgekit and starts no child process (QEMU user mode emulates one process). Both .npz files hold `__names__` (tensor
-names, in order) and `t0`, `t1`, ... (one array per name), so any tensor name survives the round trip.
+It runs under the emulated python with only numpy, LiteRT, onnxruntime and openvino on its path, so it imports
+nothing from edgekit and starts no child process (QEMU user mode emulates one process). Both .npz files hold
+`__names__` (tensor names, in order) and `t0`, `t1`, ... (one array per name), so any tensor name survives the
+round trip.
 Exit codes: 0 done, 3 the inputs do not fit the model (message on the last stderr line), else a crash.
 """
 
@@ -69,7 +71,35 @@ def fit_inputs(interpreter, inputs: dict[str, np.ndarray]) -> list[tuple[int, np
 def run(model: str, inputs: dict[str, np.ndarray], num_threads: int) -> tuple[dict[str, np.ndarray], dict]:
     if model.endswith((".ort", ".onnx")):
         return run_onnxruntime(model, inputs, num_threads)
+    if model.endswith(".xml"):
+        return run_openvino(model, inputs, num_threads)
     return run_litert(model, inputs, num_threads)
+
+
+def run_openvino(model: str, inputs: dict[str, np.ndarray], num_threads: int) -> tuple[dict[str, np.ndarray],
+                                                                                     dict]:
+    """The IR (its .bin beside it) on OpenVINO's ARM CPU plugin in float32 precision, one sample at a time."""
+    import openvino as ov
+
+    started = time.perf_counter()
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(model), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                                  "INFERENCE_NUM_THREADS": str(num_threads)})
+    expected = {port.get_any_name() for port in compiled.inputs}
+    if expected != set(inputs):
+        raise InputMismatch(f"the model's inputs are {sorted(expected)}, got {sorted(inputs)}")
+    ports = list(compiled.outputs)
+    request = compiled.create_infer_request()
+    samples = len(next(iter(inputs.values())))
+    collected: list[list[np.ndarray]] = [[] for _ in ports]
+    invoke_started = time.perf_counter()
+    for i in range(samples):
+        result = request.infer({k: v[i:i + 1] for k, v in inputs.items()})
+        for per_output, port in zip(collected, ports):
+            per_output.append(np.array(result[port], copy=True))
+    seconds = time.perf_counter() - invoke_started
+    stacked = {port.get_any_name(): stack_samples(values) for port, values in zip(ports, collected, strict=True)}
+    return stacked, {"load_s": invoke_started - started, "invoke_ms": 1000 * seconds / samples}
 
 
 def run_onnxruntime(model: str, inputs: dict[str, np.ndarray], num_threads: int) -> tuple[dict[str, np.ndarray],
@@ -134,6 +164,7 @@ def versions() -> dict[str, str]:
         "numpy": np.__version__,
         "litert": importlib.metadata.version(litert) if litert else None,
         "onnxruntime": importlib.metadata.version("onnxruntime") if has_distribution("onnxruntime") else None,
+        "openvino": importlib.metadata.version("openvino") if has_distribution("openvino") else None,
     }
 
 

@@ -307,7 +307,7 @@ def emulator_status(as_json: bool) -> None:
     state = "ready" if info["ready"] else "not set up (run `edgekit emulator setup`)"
     click.echo(f"ARM64 emulator: {state}\n  root {info['root']}\n  size {info['size_bytes'] / 1e6:.1f} MB\n"
                f"  qemu {info['qemu']}\n  python {info['python']}\n  litert {info['litert']}\n"
-               f"  onnxruntime {info['onnxruntime']}")
+               f"  onnxruntime {info['onnxruntime']}\n  openvino {info['openvino']}")
 
 
 if __name__ == "__main__":

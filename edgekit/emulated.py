@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from edgekit.config import Target
     from edgekit.routes import Route
 
-EMULATED_RUNTIMES = ("litert", "onnxruntime")  # what the emulator's guest python can run
+EMULATED_RUNTIMES = ("litert", "onnxruntime", "openvino")  # what the emulator's guest python can run
 CPU_NAME = re.compile(r"[a-z0-9-]+")  # a QEMU CPU model read from a manifest is data: a plain name or the default
 NOT_SET_UP_NOTE = ("drift measured on the host (x86_64 LiteRT): the ARM64 emulator is not set up; "
                    "run `edgekit emulator setup` to measure where the model runs")
@@ -24,7 +24,7 @@ NOT_SET_UP_NOTE = ("drift measured on the host (x86_64 LiteRT): the ARM64 emulat
 
 def choose(requested: str | None, target: Target, route: Route) -> tuple[str, str | None]:
     """`arm64` or `host`, and a note when the default fell back to the host; an explicit arm64 must be ready."""
-    if "arm64" not in route.emulators:
+    if "arm64" not in route.emulators or target.emulator != "qemu-aarch64":
         if requested == "arm64":
             raise ConfigError(f"--emulator arm64 does not apply to {target.name}: route {route.name} measures drift "
                               "on the host", hint="drop --emulator")

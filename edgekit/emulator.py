@@ -61,6 +61,7 @@ def status(root: Path | None = None) -> dict:
         "python": marker.get("python"),
         "litert": marker.get("litert"),
         "onnxruntime": marker.get("onnxruntime"),
+        "openvino": marker.get("openvino"),
     }
 
 
@@ -97,8 +98,8 @@ def run_model(
     timeout_s: float = 600,
     root: Path | None = None,
 ) -> dict[str, np.ndarray]:
-    """Run a model (.tflite in LiteRT; .ort/.onnx in onnxruntime) on N samples in the emulator, one sample (batch 1)
-    at a time, in one process.
+    """Run a model (.tflite in LiteRT; .ort/.onnx in onnxruntime; .xml in OpenVINO) on N samples in the emulator,
+    one sample (batch 1) at a time, in one process.
 
     `inputs` are keyed by input tensor name, each [N, *tensor shape without batch] in the tensor's dtype (the
     caller quantises). Returns raw outputs keyed by output tensor name, each stacked to [N, ...].
@@ -107,7 +108,7 @@ def run_model(
     model_path = Path(model_path)
     if not model_path.is_file():
         raise ModelError(f"model file {model_path} does not exist",
-                         hint="pass the path of a .tflite, .ort or .onnx file")
+                         hint="pass the path of a .tflite, .ort, .onnx or .xml file")
     if not isinstance(num_threads, int) or num_threads < 1:
         raise ConfigError(f"num_threads must be an integer >= 1, got {num_threads!r}")
     _check_inputs(inputs)
@@ -164,7 +165,7 @@ def _verify(staged: Path) -> dict:
         "format": MARKER_FORMAT,
         "wheels": list(build.WHEELS),
         "qemu": _qemu_version(staged / build.QEMU_BINARY),
-        **{key: meta.get(key) for key in ("python", "numpy", "litert", "onnxruntime")},
+        **{key: meta.get(key) for key in ("python", "numpy", "litert", "onnxruntime", "openvino")},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

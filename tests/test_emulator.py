@@ -71,7 +71,7 @@ def test_empty_root_is_not_ready(tmp_path):
     assert emulator.is_ready(tmp_path) is False
     assert emulator.status(tmp_path) == {
         "ready": False, "root": str(tmp_path), "size_bytes": 0, "qemu": None, "python": None, "litert": None,
-        "onnxruntime": None,
+        "onnxruntime": None, "openvino": None,
     }  # fmt: skip
 
 

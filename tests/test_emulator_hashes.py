@@ -116,7 +116,8 @@ def test_the_pins_are_the_sha256_of_the_files_pip_picks(wheelhouse):
 def test_the_setup_installs_the_pinned_wheels(offline_pip, tmp_path):
     _emulator_setup.install_wheels(tmp_path / "site")
     installed = sorted(p.name for p in (tmp_path / "site").glob("*.dist-info"))
-    assert installed == ["ai_edge_litert-2.3.0.dist-info", "numpy-2.1.3.dist-info", "onnxruntime-1.23.0.dist-info"]
+    assert installed == ["ai_edge_litert-2.3.0.dist-info", "numpy-2.1.3.dist-info", "onnxruntime-1.23.0.dist-info",
+                         "openvino-2026.4.1.dist-info"]
 
 
 @pytest.mark.emulator

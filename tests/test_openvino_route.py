@@ -104,3 +104,26 @@ def test_fallback_is_nncf_accuracy_control_and_names_the_module(digits, tmp_path
                w.endswith("passes") for w in fixed.report["warnings"])
     assert (tmp_path / "auto" / "model.xml").read_text().count('type="FakeQuantize"') < \
         (tmp_path / "minmax" / "model.xml").read_text().count('type="FakeQuantize"')
+
+
+@pytest.mark.emulator
+def test_arm64_runs_the_arm_cpu_plugin_in_the_emulator(digits, emulator_root, tmp_path: Path):
+    """openvino-arm64-int8: the same IR, measured on the x86 host and by OpenVINO's ARM CPU plugin under QEMU
+    (other kernels, so equal within float rounding rather than bit for bit)."""
+    from edgekit.checking import check_bundle_dir
+
+    model, data = digits
+    result = _build(model, data, "openvino-arm64-int8", tmp_path / "arm64", emulator="arm64", emulator_samples=32)
+    block = result.report["emulator"]
+    assert block["error"] is None and block["samples"] == 32 and block["passed"]
+    assert max(block["max_abs_diff_vs_host"].values()) < 1e-3
+    checked = check_bundle_dir(result.out, emulator="arm64")
+    assert checked["passed"] and checked["runtime"] == "openvino (emulated)"
+
+
+def test_the_x86_target_is_never_emulated(digits, tmp_path: Path):
+    from edgekit.errors import ConfigError
+
+    model, data = digits
+    with pytest.raises(ConfigError, match="--emulator arm64 does not apply to openvino-x86-int8"):
+        _build(model, data, "openvino-x86-int8", tmp_path / "x", emulator="arm64")

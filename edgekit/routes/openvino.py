@@ -22,6 +22,7 @@ class OpenVinoRoute(Route):
     runtime = "openvino"
     extra = "openvino"
     requires = ("openvino", "nncf")
+    emulators = ("host", "arm64")  # for its arm64 targets: OpenVINO's ARM CPU plugin in the ARM64 emulator
 
     methods = tuple(METHODS)
     converted_by = "openvino and NNCF"
