@@ -11,7 +11,7 @@ import numpy as np
 
 from edgekit import bundle as bundle_io
 from edgekit import outdir
-from edgekit.compressing import baseline_float_gzip, compress_model, device_columns
+from edgekit.build_compression import baseline_float_gzip, compress_model, device_columns
 from edgekit.config import BuildOptions, Calibration, Cluster, Prune
 from edgekit.device import DeviceModel
 from edgekit.drift import Thresholds, class_output, drift_block, failure_reasons, output_metrics
@@ -179,7 +179,7 @@ def _measure(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: P
 
 def _measure_emulated(plan: Plan, export: OnnxExport, device: DeviceModel, measured: bundle_io.Measured,
                       count: int) -> bundle_io.Measured:
-    from edgekit.emulated import measure
+    from edgekit.emulator_drift import measure
 
     thresholds = Thresholds(plan.options.max_drop, plan.options.min_agreement, plan.target.min_sqnr_db)
     inputs = {k: v[:count] for k, v in plan.evaluation.inputs.items()}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit import bundle_check, lineage, monitor
+from edgekit import check_script, lineage, monitor
 from edgekit.device import DeviceModel, tolerances
 from edgekit.drift import class_output
 from edgekit.plan import Plan
@@ -58,7 +58,7 @@ def write(staging: Path, plan: Plan, export: OnnxExport, device: DeviceModel, me
         if name.endswith((".sh", ".py")):
             (staging / name).chmod(0o755)  # build_engine.sh / .py are run directly on the device
     golden = _write_golden(staging, plan, measured)
-    shutil.copyfile(bundle_check.__file__, staging / "check.py")
+    shutil.copyfile(check_script.__file__, staging / "check.py")
     (staging / "check.py").chmod(0o755)
     shutil.copyfile(monitor.__file__, staging / "monitor.py")  # input-drift monitor, scored against data_stats.json
     (staging / "data_stats.json").write_text(json.dumps(monitor.data_stats(plan.calibration.inputs)) + "\n")

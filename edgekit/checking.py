@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit import bundle_check
+from edgekit import check_script
 from edgekit.data import load_data, validate_against
 from edgekit.drift import Thresholds, drift_block
 from edgekit.errors import ConfigError, IntegrityError
@@ -25,10 +25,10 @@ BUNDLE_HINT = "rebuild the bundle with `edgekit build`, or give the folder `edge
 
 @dataclass(frozen=True)
 class OpenedBundle:
-    """A verified bundle: its folder, manifest, report and golden data (see bundle_check.Verified)."""
+    """A verified bundle: its folder, manifest, report and golden data (see check_script.Verified)."""
 
     path: Path
-    verified: bundle_check.Verified
+    verified: check_script.Verified
     report: dict
 
     @property
@@ -45,11 +45,11 @@ def open_bundle(folder: Path, expect_digest: str | None = None) -> OpenedBundle:
         raise ConfigError(f"{folder} is not a bundle folder", hint=BUNDLE_HINT)
     reports: list[dict] = []
     try:
-        verified = bundle_check.verify_bundle(folder, expect_digest=expect_digest,
+        verified = check_script.verify_bundle(folder, expect_digest=expect_digest,
                                               also=lambda manifest: reports.append(read_report(folder, manifest)))
-    except bundle_check.CheckError as exc:
+    except check_script.CheckError as exc:
         raise ConfigError(f"{folder}: {exc}", hint=BUNDLE_HINT) from None
-    except bundle_check.TamperedError as exc:
+    except check_script.TamperedError as exc:
         raise IntegrityError(f"{folder}: {exc}", hint="rebuild it, or get the bundle again from its source; "
                              "`edgekit check --expect-digest` pins manifest.json itself") from None
     return OpenedBundle(folder, verified, reports[0])
@@ -60,21 +60,21 @@ def read_report(folder: Path, manifest: dict) -> dict:
     from edgekit.report import SCHEMA_ID, report_schema
 
     if REPORT not in manifest["files"]:
-        raise bundle_check.CheckError(f"manifest.json: files has no sha256 for {REPORT}")
-    path = bundle_check.bundle_file(folder, REPORT, f"files.{REPORT}")
+        raise check_script.CheckError(f"manifest.json: files has no sha256 for {REPORT}")
+    path = check_script.bundle_file(folder, REPORT, f"files.{REPORT}")
     try:
         report = json.loads(path.read_bytes())
     except ValueError as exc:
-        raise bundle_check.CheckError(f"{REPORT} is not valid JSON: {exc}") from None
+        raise check_script.CheckError(f"{REPORT} is not valid JSON: {exc}") from None
     if not isinstance(report, dict) or report.get("schema") != SCHEMA_ID:
-        raise bundle_check.CheckError(f"{REPORT} is not an {SCHEMA_ID} report (key schema)")
+        raise check_script.CheckError(f"{REPORT} is not an {SCHEMA_ID} report (key schema)")
     import jsonschema
 
     schema = report_schema()
     error = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(schema)(schema).iter_errors(report))
     if error is not None:
         key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise bundle_check.CheckError(f"{REPORT}: key {key}: {error.message[:200]}")
+        raise check_script.CheckError(f"{REPORT}: key {key}: {error.message[:200]}")
     return report
 
 
@@ -83,7 +83,7 @@ def check_bundle_dir(bundle: Path, eval_data: Any = None, recipe: Path | str | N
     """The golden check (always) plus, with eval data, a fresh drift measurement against reference.onnx."""
     opened = open_bundle(bundle, expect_digest)
     if emulator == "arm64":
-        from edgekit.emulated import check_golden_in_emulator
+        from edgekit.emulator_drift import check_golden_in_emulator
 
         result = check_golden_in_emulator(opened.verified)
     else:
@@ -95,10 +95,10 @@ def check_bundle_dir(bundle: Path, eval_data: Any = None, recipe: Path | str | N
     return result
 
 
-def _golden_on_host(verified: bundle_check.Verified) -> dict:
+def _golden_on_host(verified: check_script.Verified) -> dict:
     device = verified.manifest["device"]
     outputs, runtime = _run(verified.model, device, verified.inputs)
-    result = bundle_check.compare(verified.golden, outputs, device["tolerances"])
+    result = check_script.compare(verified.golden, outputs, device["tolerances"])
     result.update({"model": str(verified.model), "runtime": runtime, "model_sha256_matches": True,
                    "samples": len(next(iter(verified.inputs.values())))})
     return result
@@ -110,8 +110,8 @@ def _run(model: Path, device: dict, inputs: dict) -> tuple[dict, str]:
 
     try:
         with quiet_litert():
-            return bundle_check.run_device(model, device, inputs, "auto")
-    except bundle_check.CheckError as exc:
+            return check_script.run_device(model, device, inputs, "auto")
+    except check_script.CheckError as exc:
         raise ConfigError(str(exc), hint=BUNDLE_HINT) from None
     except Exception as exc:  # the runtime's own words for a model it cannot load or run
         raise ConfigError(f"{model.name} does not run: {type(exc).__name__}: {str(exc).strip()[:200]}",

@@ -14,7 +14,7 @@ from edgekit.datachecks import (
     check_labels,
     refuse_small_calibration,
 )
-from edgekit.emulated import choose as choose_emulator
+from edgekit.emulator_drift import choose as choose_emulator
 from edgekit.errors import ConfigError, DataError
 from edgekit.model import LoadedModel, TensorSpec, load_model
 from edgekit.outdir import check_writable

@@ -10,7 +10,7 @@ import pytest
 
 import edgekit
 from edgekit import emulator
-from edgekit.emulated import NOT_SET_UP_NOTE, choose
+from edgekit.emulator_drift import NOT_SET_UP_NOTE, choose
 from edgekit.errors import ConfigError, ToolError
 
 pytestmark = pytest.mark.emulator

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit import bundle_check
+from edgekit import check_script
 from edgekit.errors import ToolError, UnsupportedError
 from edgekit.runners.base import Runner
 
@@ -37,11 +37,11 @@ class Binding:
 
     def encode(self, array: np.ndarray) -> np.ndarray:
         """Model-layout float -> device tensor (transposed, quantised where the device takes integers)."""
-        return bundle_check.encode(self.to_dict(), array)
+        return check_script.encode(self.to_dict(), array)
 
     def decode(self, array: np.ndarray) -> np.ndarray:
         """Device tensor -> model-layout float32."""
-        return bundle_check.decode(self.to_dict(), array)
+        return check_script.decode(self.to_dict(), array)
 
 
 def interpreter_class() -> tuple[Any, str, str]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgekit import bundle_check, emulator
+from edgekit import check_script, emulator
 from edgekit.drift import Thresholds, drift_block
 from edgekit.errors import ConfigError, EdgekitError, ToolError
 
@@ -40,9 +40,9 @@ def choose(requested: str | None, target: Target, route: Route) -> tuple[str, st
 
 def run_bindings(model: Path, device: dict, inputs: dict[str, np.ndarray], cpu: str) -> dict[str, np.ndarray]:
     """Run model-layout float inputs through the emulator with the bundle's bindings; model-layout outputs."""
-    feed = {b["device_name"]: bundle_check.encode(b, inputs[b["model_name"]]) for b in device["inputs"]}
+    feed = {b["device_name"]: check_script.encode(b, inputs[b["model_name"]]) for b in device["inputs"]}
     raw = emulator.run_model(model, feed, cpu=cpu)
-    return {b["model_name"]: bundle_check.decode(b, raw[b["device_name"]]) for b in device["outputs"]}
+    return {b["model_name"]: check_script.decode(b, raw[b["device_name"]]) for b in device["outputs"]}
 
 
 def measure(model: Path, device: dict, inputs: dict[str, np.ndarray], reference: dict[str, np.ndarray],
@@ -63,7 +63,7 @@ def measure(model: Path, device: dict, inputs: dict[str, np.ndarray], reference:
             "outputs": block["outputs"], "passed": block["passed"], "error": None}
 
 
-def check_golden_in_emulator(verified: bundle_check.Verified) -> dict:
+def check_golden_in_emulator(verified: check_script.Verified) -> dict:
     """check.py's golden comparison of a verified bundle, with the device model run in the emulator."""
     manifest, device = verified.manifest, verified.manifest["device"]
     if device["runtime"] not in EMULATED_RUNTIMES:
@@ -75,7 +75,7 @@ def check_golden_in_emulator(verified: bundle_check.Verified) -> dict:
     cpu = target.get("cpu") if isinstance(target, dict) else None
     cpu = cpu if isinstance(cpu, str) and CPU_NAME.fullmatch(cpu) else "cortex-a76"
     outputs = run_bindings(verified.model, device, verified.inputs, cpu)
-    result = bundle_check.compare(verified.golden, outputs, device["tolerances"])
+    result = check_script.compare(verified.golden, outputs, device["tolerances"])
     result.update({"model": str(verified.model), "runtime": f"{device['runtime']} (emulated)",
                    "where": f"qemu-aarch64 {cpu}", "samples": len(next(iter(verified.inputs.values()))),
                    "model_sha256_matches": True})
