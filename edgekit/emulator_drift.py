@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 EMULATED_RUNTIMES = ("litert", "onnxruntime", "openvino")  # what the emulator's guest python can run
 CPU_NAME = re.compile(r"[a-z0-9-]+")  # a QEMU CPU model read from a manifest is data: a plain name or the default
-NOT_SET_UP_NOTE = ("drift measured on the host (x86_64 LiteRT): the ARM64 emulator is not set up; "
+NOT_SET_UP_NOTE = ("drift measured on the host (x86_64): the ARM64 emulator is not set up; "
                    "run `edgekit emulator setup` to measure where the model runs")
 
 
@@ -32,7 +32,7 @@ def choose(requested: str | None, target: Target, route: Route) -> tuple[str, st
     ready = emulator.is_ready()
     if requested == "arm64" and not ready:
         raise ToolError(f"the ARM64 emulator is not set up at {emulator.default_root()}",
-                        hint="run `edgekit emulator setup` once (about 150 MB, under a minute), or use --emulator host")
+                        hint="run `edgekit emulator setup` once (about 300 MB, under a minute), or use --emulator host")
     if requested is None:
         return ("arm64", None) if ready else ("host", NOT_SET_UP_NOTE)
     return requested, None
