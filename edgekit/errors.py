@@ -63,3 +63,9 @@ class IntegrityError(EdgekitError):
     """A bundle file, or manifest.json itself, is not the one the build wrote and measured (sha256 differs)."""
 
     exit_code = 3
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a library's error (at most 300 characters), or its type when it says nothing."""
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

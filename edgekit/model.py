@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import ModelError
+from edgekit.errors import ModelError, first_line
 
 TORCH_SUFFIXES = (".pt", ".ts", ".pth", ".jit")
 
@@ -129,7 +129,7 @@ def _load_torchscript(path: Path, name: str) -> LoadedModel:
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
-        raise ModelError(f"{path} is not a readable TorchScript file: {_first_line(exc)}",
+        raise ModelError(f"{path} is not a readable TorchScript file: {first_line(exc)}",
                          hint="save it with torch.jit.save(torch.jit.script(model), path), or use .pt2") from None
     module.eval()
     return LoadedModel(name=name, kind="torchscript", sha256=sha256_file(path), source=str(path), module=module,
@@ -143,7 +143,7 @@ def _load_onnx(path: Path, name: str) -> LoadedModel:
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
     except Exception as exc:
-        raise ModelError(f"{path} is not a valid ONNX model: {_first_line(exc)}",
+        raise ModelError(f"{path} is not a valid ONNX model: {first_line(exc)}",
                          hint="re-export it with torch.onnx.export and check it with onnx.checker") from None
     initializers = {init.name for init in model.graph.initializer}
     inputs = tuple(onnx_value_spec(v) for v in model.graph.input if v.name not in initializers)
@@ -165,12 +165,12 @@ def _load_factory(spec: str, name: str | None) -> LoadedModel:
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise ModelError(f"cannot import {spec}: {_first_line(exc)}",
+        raise ModelError(f"cannot import {spec}: {first_line(exc)}",
                          hint="the module must be importable (check PYTHONPATH) and define the factory") from exc
     try:
         module = factory()
     except Exception as exc:
-        raise ModelError(f"{spec}() raised {type(exc).__name__}: {_first_line(exc)}",
+        raise ModelError(f"{spec}() raised {type(exc).__name__}: {first_line(exc)}",
                          hint="the factory must take no arguments and return an nn.Module") from exc
     return _from_module(module, name or attr, source_desc=spec)
 
@@ -200,7 +200,3 @@ def forward_input_names(module: Any, count: int) -> list[str]:
         return ["input"] if not params or params[0] in ("x", "input", "inputs") else params[:1]
     return params[:count] if len(params) >= count else [f"input_{i}" for i in range(count)]
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__

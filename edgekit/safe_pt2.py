@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from edgekit.errors import ModelError
+from edgekit.errors import ModelError, first_line
 
 SAVE_HINT = "save it with torch.export.save(torch.export.export(model, example), path) (torch >= 2.7)"
 UNSAFE_HINT = ("edgekit never unpickles a .pt2 (it could run code); re-save it with torch.export.save from plain "
@@ -34,7 +34,7 @@ def load_exported_program(path: Path) -> Any:
         with _weights_only(), _quiet_torch_export():
             return torch.export.load(str(path))
     except Exception as exc:  # torch raises many types for a damaged archive
-        raise ModelError(f"{path} is not a readable ExportedProgram: {_first_line(exc)}", hint=SAVE_HINT) from None
+        raise ModelError(f"{path} is not a readable ExportedProgram: {first_line(exc)}", hint=SAVE_HINT) from None
 
 
 def check_archive(path: Path) -> None:
@@ -49,7 +49,7 @@ def check_archive(path: Path) -> None:
                 if name.endswith(CONFIG_SUFFIXES):
                     _check_payloads(path, name, json.loads(archive.read(name)))
     except (zipfile.BadZipFile, ValueError, KeyError, OSError, EOFError) as exc:
-        raise ModelError(f"{path} is a damaged .pt2 archive: {_first_line(exc)}", hint=SAVE_HINT) from None
+        raise ModelError(f"{path} is a damaged .pt2 archive: {first_line(exc)}", hint=SAVE_HINT) from None
 
 
 def _refuse_foreign(path: Path, names: list[str]) -> None:
@@ -95,7 +95,3 @@ def _quiet_torch_export() -> Iterator[None]:
     finally:
         logger.setLevel(level)
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__

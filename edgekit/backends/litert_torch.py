@@ -19,7 +19,7 @@ import numpy as np
 
 from edgekit.backends.onnx2tf import bind_outputs
 from edgekit.device import DeviceModel
-from edgekit.errors import ConversionError, ToolError, UnsupportedError
+from edgekit.errors import ConversionError, ToolError, UnsupportedError, first_line
 from edgekit.layers import layer_drift
 from edgekit.plan import Plan
 from edgekit.runners.litert import Binding, LiteRTRunner, interpreter_class, open_interpreter, output_step
@@ -94,7 +94,7 @@ def convert_float(module: Any, example: tuple, path: Path) -> tuple[Path, float]
             model = litert_torch.convert(module, example)
             model.export(str(path))
     except Exception as exc:  # litert-torch raises torch.export, lowering and MLIR errors of many types
-        raise UnsupportedError(f"litert-torch cannot convert this model: {type(exc).__name__}: {_first_line(exc)}",
+        raise UnsupportedError(f"litert-torch cannot convert this model: {type(exc).__name__}: {first_line(exc)}",
                                hint="try --converter onnx2tf, or rewrite the operator named above") from exc
     return path, time.perf_counter() - start
 
@@ -111,7 +111,7 @@ def _exportable(module: Any, example: tuple) -> Any:
         with _quiet():
             return TS2EPConverter(module, example).convert().module()
     except Exception as exc:
-        raise UnsupportedError(f"litert-torch cannot take this TorchScript model: {_first_line(exc)}",
+        raise UnsupportedError(f"litert-torch cannot take this TorchScript model: {first_line(exc)}",
                                hint="save the model as .pt2 (torch.export.save) or use --converter onnx2tf") from exc
 
 
@@ -121,10 +121,6 @@ def _quiet():
         warnings.simplefilter("ignore")
         yield
 
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__
 
 
 def bind_inputs(path: Path, plan: Plan) -> list[Binding]:
