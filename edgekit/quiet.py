@@ -3,11 +3,12 @@ setting reaches. Only lines a caller names as noise are dropped; every other lin
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 _STDERR_LOCK = threading.RLock()
@@ -37,3 +38,17 @@ def filtered_stderr(is_noise: Callable[[bytes], bool]) -> Iterator[None]:
             kept = b"".join(line for line in captured if not is_noise(line.rstrip(b"\r\n")))
             while kept:
                 kept = kept[os.write(2, kept) :]
+
+
+@contextmanager
+def quiet_loggers(names: Iterable[str], level: int = logging.ERROR) -> Iterator[None]:
+    """Raise these loggers' level while the body runs (libraries that log what edgekit says once, or noise)."""
+    loggers = [logging.getLogger(name) for name in names]
+    saved = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        for logger, previous in zip(loggers, saved):
+            logger.setLevel(previous)

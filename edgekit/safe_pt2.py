@@ -8,15 +8,14 @@ loads the rest with TORCH_FORCE_WEIGHTS_ONLY_LOAD set, so any unpickling that re
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from edgekit.errors import ModelError, first_line
+from edgekit.quiet import quiet_loggers
 
 SAVE_HINT = "save it with torch.export.save(torch.export.export(model, example), path) (torch >= 2.7)"
 UNSAFE_HINT = ("edgekit never unpickles a .pt2 (it could run code); re-save it with torch.export.save from plain "
@@ -31,7 +30,7 @@ def load_exported_program(path: Path) -> Any:
 
     check_archive(path)
     try:
-        with _weights_only(), _quiet_torch_export():
+        with _weights_only(), quiet_loggers(["torch.export"], logging.CRITICAL):  # torch logs a traceback first
             return torch.export.load(str(path))
     except Exception as exc:  # torch raises many types for a damaged archive
         raise ModelError(f"{path} is not a readable ExportedProgram: {first_line(exc)}", hint=SAVE_HINT) from None
@@ -83,15 +82,4 @@ def _weights_only():
 
     return temporary_environ({"TORCH_FORCE_WEIGHTS_ONLY_LOAD": "1", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": None})
 
-
-@contextlib.contextmanager
-def _quiet_torch_export() -> Iterator[None]:
-    """torch.export.load logs a traceback before raising; edgekit says it once, in its own message."""
-    logger = logging.getLogger("torch.export")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from edgekit.quiet import filtered_stderr
+from edgekit.quiet import filtered_stderr, quiet_loggers
 from edgekit.runners.base import Runner
 
 NOISE = (b"[cpuinfo_utils.cpp:", b"Failed to load ")  # the runtime's CPU probe; torchao's CUDA-only extensions
@@ -25,18 +24,11 @@ def is_noise(line: bytes) -> bool:
 def quiet_imports() -> Iterator[None]:
     """ExecuTorch and torchao print (on stdout too), warn and log on import and first use: missing CUDA-only
     extensions, deprecations, the runtime's CPU probe. None of it is for users, and stdout carries `--json`."""
-    loggers = [logging.getLogger(name) for name in ("torch.utils._pytree", "torchao", "executorch")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with filtered_stderr(is_noise), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
+    with quiet_loggers(["torch.utils._pytree", "torchao", "executorch"]), filtered_stderr(is_noise), \
+            contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
 
 
 class ExecuTorchRunner(Runner):

@@ -13,6 +13,7 @@ import numpy as np
 
 from edgekit.errors import ModelError, UnsupportedError
 from edgekit.model import LoadedModel, TensorSpec, forward_input_names, onnx_value_spec
+from edgekit.quiet import quiet_loggers
 
 OPSET = 18
 _ATEN_OP = re.compile(r"aten(?:\.|::)(\w+)")
@@ -85,7 +86,8 @@ def _torch_export(model: LoadedModel, inputs: tuple[TensorSpec, ...]):
     target = model.program if model.program is not None else model.module
     dynamo = model.kind != "torchscript"
     buffer = io.BytesIO() if not dynamo else None
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_torch_logs():
+    # the exporter logs each optional library it lacks (torchvision)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), quiet_loggers(["torch.onnx"]):
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(target, example, buffer, dynamo=dynamo, opset_version=OPSET,
@@ -131,20 +133,6 @@ def tensor_modules(path: Path) -> dict[str, str]:
 
     meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     return json.loads(meta.get(MODULES_KEY, "{}"))
-
-
-@contextlib.contextmanager
-def _quiet_torch_logs():
-    """The exporter logs a warning per optional library it does not find (torchvision); keep the console clean."""
-    import logging
-
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _export_error(exc: Exception, model: LoadedModel) -> Exception:
