@@ -21,6 +21,8 @@ from edgekit.plan import Plan, make_plan
 from edgekit.progress import Listener, Steps
 from edgekit.report import passed as report_passed
 from edgekit.runners.reference import reference_runner
+from edgekit.steps.equalize import check_request as check_equalize
+from edgekit.steps.equalize import equalize_applies, equalize_model
 from edgekit.steps.export_onnx import OnnxExport, export_onnx
 
 LAYER_SAMPLES = 32
@@ -49,7 +51,8 @@ class BuildResult:
 def build(model: Any, target: str = "android-arm64-int8", calibration: Any = None, eval_data: Any = None,
           out: str | Path | None = None, *, recipe: str | Path | None = None, prune: Prune | None = None,
           cluster: Cluster | None = None, recover: int = 0, calibration_method: str | Calibration = "minmax",
-          max_drop: float = 1.0, min_agreement: float = 0.99, fallback: str = "none", converter: str | None = None,
+          max_drop: float = 1.0, min_agreement: float = 0.99, fallback: str = "none", equalize: str = "auto",
+          converter: str | None = None,
           emulator: str | None = None, emulator_samples: int = 64, input_shape: tuple[int, ...] | None = None,
           io: str | None = None, seed: int = 0, force: bool = False, progress: Listener | None = None,
           accept_conversion_error: bool = False, ignore_index: int | None = None,
@@ -58,7 +61,8 @@ def build(model: Any, target: str = "android-arm64-int8", calibration: Any = Non
     `accept_conversion_error`: ship a float32 conversion wrong beyond rounding (else exit 2), with a warning."""
     method = calibration_method if isinstance(calibration_method, Calibration) else Calibration(calibration_method)
     options = BuildOptions(max_drop=max_drop, min_agreement=min_agreement, calibration=method, prune=prune,
-                           cluster=cluster, recover=recover, fallback=fallback, converter=converter, emulator=emulator,
+                           cluster=cluster, recover=recover, fallback=fallback, equalize=equalize, converter=converter,
+                           emulator=emulator,
                            emulator_samples=emulator_samples, io=io, seed=seed,
                            accept_conversion_error=accept_conversion_error, ignore_index=ignore_index,
                            allow_small_calibration=allow_small_calibration)
@@ -67,6 +71,7 @@ def build(model: Any, target: str = "android-arm64-int8", calibration: Any = Non
     with steps.step("plan", "checking model, data and target"):
         plan = make_plan(model, target, calibration, eval_data, out, options, recipe, input_shape, force)
         plan.route.check(plan)
+        check_equalize(plan)
     for note in plan.warnings:
         steps.note(note)
     try:
@@ -109,28 +114,35 @@ def _refuse_unimplemented(options: BuildOptions) -> None:
 
 
 def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Written:
-    device_plan = plan
+    device_plan, compression, equalization = plan, None, None
     if plan.options.prune is not None or plan.options.cluster is not None:
         with steps.step("compress", "compressing the PyTorch model"):
             compressed, compression = compress_model(plan)
             device_plan = replace(plan, model=compressed)
+    if equalize_applies(plan):
+        with steps.step("equalize", "cross-layer equalization of consecutive layers"):
+            equalized = equalize_model(device_plan)
+            device_plan = replace(device_plan, model=equalized.model)
+            equalization = equalized
     with steps.step("export", "exporting to ONNX"):
         export = export_onnx(device_plan.model, plan.inputs, workdir / "reference.onnx")
     with steps.step("convert", f"converting for {plan.target.name}"):
         device = plan.route.build(device_plan, export, workdir)
     with steps.step("verify", f"measuring drift on {plan.evaluation.size} {plan.eval_source} samples"):
         measured = _evaluate(plan, export, device, device_plan)
-    if device_plan is not plan:
+    if compression is not None:
         with steps.step("preservation", "checking sparsity and clusters in the device model"):
             measured = _with_compression(plan, device_plan, device, measured, compression, workdir)
     if plan.options.fallback == "auto" and not measured.drift["passed"]:
         with steps.step("fallback", "keeping the most sensitive layers in float"):
-            device, measured = run_fallback(device, measured,
+            device, measured = run_fallback(plan.route, device, measured,
                                             lambda candidate: _evaluate(plan, export, candidate, device_plan))
     if plan.emulator == "arm64":
         count = min(plan.options.emulator_samples, plan.evaluation.size)
         with steps.step("emulator", f"running {count} samples in the ARM64 emulator ({plan.target.cpu})"):
             measured = _measure_emulated(plan, export, device, measured, count)
+    if equalization is not None:
+        measured = replace(measured, equalization=equalization.block, warnings=[*measured.warnings, equalization.note])
     with steps.step("bundle", "writing the bundle"):
         return bundle_io.write(staging, plan, export, device, measured, steps.timings_s)
 
@@ -149,7 +161,8 @@ def _evaluate(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: 
     if device.per_layer is None:
         return measured
     samples = {k: v[:LAYER_SAMPLES] for k, v in plan.evaluation.inputs.items()}
-    return replace(measured, layers=device.per_layer(samples))
+    rows = [{**row, "precision": "int8", "chosen_because": "INT8 by default"} for row in device.per_layer(samples)]
+    return replace(measured, layers=rows)
 
 
 def _measure(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: Plan) -> bundle_io.Measured:

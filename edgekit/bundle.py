@@ -35,6 +35,7 @@ class Measured:
     layers: list[dict] | None = None
     compression: dict | None = None
     baseline_float_gzip_bytes: int | None = None
+    equalization: dict | None = None  # report.json quantization.equalization (None: not asked or not INT8)
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,8 @@ def _shape(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 @click.option("--max-drop", type=float, default=1.0, show_default=True, help="max accuracy drop, percentage points")
 @click.option("--min-agreement", type=float, default=0.99, show_default=True, help="min top-1 agreement, 0..1")
 @click.option("--fallback", default="none", show_default=True, type=click.Choice(["none", "auto"]))
+@click.option("--equalize", default="auto", show_default=True, type=click.Choice(["auto", "on", "off"]),
+              help="cross-layer equalization before INT8 (auto: kept when it measures better)")
 @click.option("--converter", type=click.Choice(["onnx2tf", "litert-torch", "auto"]))
 @click.option("--emulator", type=click.Choice(["host", "arm64"]))
 @click.option("--emulator-samples", type=int, default=64, show_default=True)
@@ -162,7 +164,7 @@ def _shape(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 def build_command(model: str, target: str, out: Path | None, force: bool, calibration: str | None,
                   eval_data: str | None, recipe: Path | None, calibration_method: str, percentile: float,
                   prune: float | None, prune_mode: str, clusters: int | None, recover: int, max_drop: float,
-                  min_agreement: float, fallback: str, converter: str | None, emulator: str | None,
+                  min_agreement: float, fallback: str, equalize: str, converter: str | None, emulator: str | None,
                   emulator_samples: int, input_shape: tuple[int, ...] | None, io: str | None, seed: int,
                   accept_conversion_error: bool, ignore_index: int | None, allow_small_calibration: bool,
                   as_json: bool) -> int:
@@ -176,7 +178,7 @@ def build_command(model: str, target: str, out: Path | None, force: bool, calibr
         prune=edgekit.Prune(prune, prune_mode) if prune is not None else None,
         cluster=edgekit.Cluster(clusters) if clusters is not None else None,
         calibration_method=edgekit.Calibration(calibration_method, percentile), max_drop=max_drop,
-        min_agreement=min_agreement, fallback=fallback, converter=converter, emulator=emulator,
+        min_agreement=min_agreement, fallback=fallback, equalize=equalize, converter=converter, emulator=emulator,
         emulator_samples=emulator_samples, input_shape=input_shape, io=io, seed=seed, force=force,
         recover=recover, progress=_progress(console), accept_conversion_error=accept_conversion_error,
         ignore_index=ignore_index, allow_small_calibration=allow_small_calibration)

@@ -18,6 +18,7 @@ CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
 CONVERTERS = ("onnx2tf", "litert-torch", "auto", "ort-quant", "none")
 EMULATORS = ("host", "arm64")
 FALLBACKS = ("none", "auto")
+EQUALIZE = ("auto", "on", "off")
 PRUNE_MODES = ("unstructured", "structured")
 
 
@@ -300,6 +301,7 @@ class BuildOptions:
     accept_conversion_error: bool = False  # ship a float32 conversion that is wrong beyond rounding (warned)
     ignore_index: int | None = None  # an eval label left out of accuracy (segmentation's -100)
     allow_small_calibration: bool = False  # calibrate on fewer than MIN_CALIBRATION_FLOOR samples (warned)
+    equalize: str = "auto"  # cross-layer equalization before INT8: auto keeps it when it measures better
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.max_drop) <= 100.0:
@@ -307,6 +309,7 @@ class BuildOptions:
                               hint="accuracy drop is in percentage points: --max-drop 1.0 means 1 point")
         _fraction("min_agreement", self.min_agreement)
         _choice("fallback", self.fallback, FALLBACKS)
+        _choice("equalize", self.equalize, EQUALIZE)
         if self.converter is not None:
             _choice("converter", self.converter, CONVERTERS)
         if self.emulator is not None:

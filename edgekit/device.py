@@ -34,6 +34,12 @@ class DeviceModel:
     conversion: dict = field(default_factory=dict)  # extra keys of report.json's conversion block (repairs, ...)
 
 
+def model_bytes(device: DeviceModel) -> int:
+    """The device model's size on disk, with the files its runtime loads along (OpenVINO's .bin)."""
+    files = [device.path, *(device.extra_files[name] for name in device.model_files)]
+    return sum(path.stat().st_size for path in files)
+
+
 def tolerances(device: DeviceModel, precision: str, golden: dict[str, np.ndarray]) -> dict[str, float]:
     """How far check.py lets a device output move from the golden one: 3 INT8 steps, or a dtype-relative bound."""
     atol = {}

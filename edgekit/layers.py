@@ -20,6 +20,7 @@ from edgekit.mapping import layout_candidates, relative_error
 from edgekit.runners.litert import Binding
 
 MATCH_ERROR = 1e-3
+FOLDED_ACTIVATIONS = ("Relu", "Clip")  # quantizers fold these into the op before them
 
 
 def onnx_activations(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -174,4 +175,67 @@ def qdq_layer_drift(export_path: Path, qdq_path: Path, modules: dict[str, str],
                      "device_tensor": node.output[0], "op": "QuantizeLinear", "scale": scale,
                      "sqnr_db": round(local_sqnr_db(floats[tensor], scale, 0, "int8", axis=1), 3),
                      "accumulated_sqnr_db": None if dq_out is None else round(sqnr_db(floats[tensor], dq_out), 3)})
+    return sorted(rows, key=lambda r: r["sqnr_db"])
+
+
+def touching(model: Path, tensors: frozenset[str]) -> list:
+    """The nodes that write or read any of `tensors`, and the node before an activation that writes one (the
+    quantizer folds a Relu into the op before it, whose output then carries the range): left out of quantization,
+    the tensors stay float."""
+    import onnx
+
+    if not tensors:
+        return []
+    nodes = onnx.load(str(model), load_external_data=False).graph.node
+    writer = {name: node for node in nodes for name in node.output}
+    wanted = set(tensors)
+    for name in tensors:
+        node = writer.get(name)
+        if node is not None and node.op_type in FOLDED_ACTIVATIONS:
+            wanted.update(node.input[:1])
+    return [n for n in nodes if (set(n.input) | set(n.output)) & wanted]
+
+
+def openvino_layer_drift(export_path: Path, xml_path: Path, modules: dict[str, str],
+                         samples: dict[str, np.ndarray]) -> list[dict]:
+    """`layers` for an NNCF-quantized OpenVINO IR: every FakeQuantize on an activation (its input keeps the ONNX
+    tensor name), local SQNR from its range and accumulated SQNR of its output in the OpenVINO runtime."""
+    import onnx
+    import openvino as ov
+
+    from edgekit.runners.openvino import F32
+
+    core = ov.Core()
+    model = core.read_model(str(xml_path))
+    floats = onnx_activations(export_path, samples)
+    found = []
+    for op in model.get_ops():
+        if op.get_type_name() != "FakeQuantize":
+            continue
+        source = op.input(0).get_source_output()
+        tensor = next((name for name in sorted(source.get_names()) if name in floats), None)
+        bounds = [op.input(i).get_source_output().get_node() for i in (1, 2)]
+        if tensor is None or any(b.get_type_name() != "Constant" or b.get_data().size != 1 for b in bounds):
+            continue  # a weight, or per-channel activation ranges
+        low, high = (float(b.get_data().reshape(())) for b in bounds)
+        found.append((op, tensor, low, high, int(op.get_attributes()["levels"])))
+    if not found:
+        return []
+    model.add_outputs([op.output(0) for op, *_ in found])
+    compiled = core.compile_model(model, "CPU", F32)
+    ports = list(compiled.outputs)[-len(found):]
+    request = compiled.create_infer_request()
+    values: list[list[np.ndarray]] = [[] for _ in found]
+    for i in range(len(next(iter(samples.values())))):
+        result = request.infer({k: v[i:i + 1] for k, v in samples.items()})
+        for j, port in enumerate(ports):
+            values[j].append(np.array(result[port], copy=True))
+    graph, stops, rows = onnx.load(str(export_path)).graph, {f[1] for f in found}, []
+    for (op, tensor, low, high, levels), device in zip(found, values):
+        scale = (high - low) / (levels - 1)
+        group = fused_modules(graph, tensor, stops - {tensor}, modules)
+        rows.append({"module": group[0] if group else modules.get(tensor), "modules": group, "tensor": tensor,
+                     "device_tensor": op.get_friendly_name(), "op": "FakeQuantize", "scale": scale,
+                     "sqnr_db": round(local_sqnr_db(floats[tensor], scale, round(-low / scale), "uint8", axis=1), 3),
+                     "accumulated_sqnr_db": round(sqnr_db(floats[tensor], np.concatenate(device)), 3)})
     return sorted(rows, key=lambda r: r["sqnr_db"])

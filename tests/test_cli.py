@@ -136,7 +136,7 @@ def test_drift_over_threshold_exits_3_and_writes_a_failed_bundle(digits_files, t
     out = tmp_path / "bundle"
     result = run("build", "tests.helpers:broken_digits_cnn", "--target", "android-arm64-int8", "--calibration",
                  digits_files["calib"], "--eval", digits_files["eval"], "--out", out, "--max-drop", "1",
-                 "--emulator", "host")
+                 "--emulator", "host", "--equalize", "off")
     assert result.exit_code == 3
     assert "FAILED" in result.stderr and "drop" in result.stderr
     report = json.loads((out / "report.json").read_text())

@@ -56,3 +56,27 @@ def test_an_onnx_model_is_refused_before_any_work(int8_bundle, digits, tmp_path:
         edgekit.build(int8_bundle.out / "reference.onnx", "android-arm64-executorch-int8",
                       calibration=data["x_calib"], out=tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_per_layer_drift_names_the_culprit_and_fallback_keeps_it_in_float(digits, tmp_path: Path):
+    """The outlier fixture at --equalize off fails its gate; per-layer drift (on the PT2E simulation: XNNPACK
+    hides intermediates) ranks its widened activation first; --fallback auto keeps the ops around it in float."""
+    from tests.helpers import int8_breaking_copy
+
+    model, data = digits
+    broken = int8_breaking_copy(model)
+    failed = _build(broken, data, "android-arm64-executorch-int8", tmp_path / "off", equalize="off")
+    assert not failed.passed and failed.report["drift"]["accuracy_drop"] > 1.0
+    worst, *rest = failed.report["layers"]
+    assert worst["modules"] == ["features.0", "features.1", "features.2"] and worst["sqnr_db"] < 10
+    assert rest and all(r["sqnr_db"] > 30 for r in rest)
+    assert any(w.startswith("executorch: per-layer drift measured on the PT2E INT8 simulation")
+               for w in failed.report["warnings"])
+    fixed = _build(broken, data, "android-arm64-executorch-int8", tmp_path / "auto", equalize="off",
+                   fallback="auto")
+    assert fixed.passed and fixed.report["drift"]["accuracy_drop"] <= 1.0
+    assert fixed.report["quantization"]["float_modules"] == ["features.0", "features.1", "features.2", "features.3"]
+    assert (fixed.report["layers"][0]["tensor"], fixed.report["layers"][0]["precision"]) == (worst["tensor"],
+                                                                                            "float32")
+    assert "executorch: every op runs in XNNPACK (1 delegated subgraph(s), no portable kernels)" in \
+        fixed.report["warnings"]  # the float ops run in XNNPACK's fp32 kernels

@@ -1,4 +1,5 @@
-"""Accuracy-aware fallback on a model built to break INT8: minmax fails, the culprit is kept in float, it passes."""
+"""Accuracy-aware fallback on a model built to break INT8: minmax fails, the culprit is kept in float, it passes.
+Built with --equalize off: equalization alone repairs this model (tests/test_equalize.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def broken(digits):
 
 def _build(model, data, target: str, out: Path, **options):
     return edgekit.build(model, target, calibration=(data["x_calib"], data["y_calib"]),
-                         eval_data=(data["x_eval"], data["y_eval"]), out=out, emulator="host", max_drop=1.0, **options)
+                         eval_data=(data["x_eval"], data["y_eval"]), out=out, emulator="host", max_drop=1.0,
+                         equalize="off", **options)
 
 
 def test_jetson_fallback_keeps_the_culprit_in_float_and_passes(broken, digits, tmp_path: Path):
@@ -30,6 +32,10 @@ def test_jetson_fallback_keeps_the_culprit_in_float_and_passes(broken, digits, t
     fixed = _build(broken, data, "jetson-orin-int8", tmp_path / "auto", fallback="auto")
     assert fixed.passed and fixed.report["drift"]["accuracy_drop"] <= 1.0
     assert fixed.report["quantization"]["float_modules"] == ["features.4"]  # it reads the culprit's activation
+    moved, *others = fixed.report["layers"]
+    assert moved["module"] == "features.1" and moved["precision"] == "fp16"  # no Q/DQ: FP16 in the engine
+    assert moved["chosen_because"].startswith("fallback auto: drift over the threshold in INT8, worst local SQNR")
+    assert others and {r["precision"] for r in others} == {"int8"}
     assert any(w.startswith("fallback auto kept 1 activation(s) out of INT8 (features.1), computing features.4")
                for w in fixed.report["warnings"])
     graph = onnx.load(str(tmp_path / "auto" / "model.qdq.onnx")).graph
@@ -52,6 +58,7 @@ def test_android_fallback_keeps_at_most_two_modules_in_float_and_passes(broken, 
     fixed = _build(broken, data, "android-arm64-int8", tmp_path / "auto", fallback="auto")
     assert fixed.passed and fixed.report["drift"]["accuracy_drop"] <= 1.0
     assert fixed.report["quantization"]["float_modules"] == ["features.1", "features.4"]
+    assert [(r["module"], r["precision"]) for r in fixed.report["layers"][:1]] == [("features.1", "float32")]
     summary = next(w for w in fixed.report["warnings"] if w.startswith("fallback auto"))
     assert "kept 1 activation(s) out of INT8 (features.1)" in summary and "passes" in summary
     ops = edgekit.inspect.inspect_path(tmp_path / "auto" / "model.tflite")["ops"]

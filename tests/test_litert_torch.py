@@ -125,7 +125,7 @@ def test_float_ops_stay_float(digits_tflite, tmp_path: Path):
 
 
 def test_mse_clips_a_heavy_tail_and_keeps_a_uniform_range():
-    from edgekit.steps.quantize_tflite import mse_range
+    from edgekit.steps.calibrate import mse_range
 
     edges = np.linspace(-100, 100, 2049)
     centres = (edges[:-1] + edges[1:]) / 2

@@ -90,20 +90,48 @@ def test_a_missing_extra_is_named_with_exit_2(tmp_path: Path):
     assert "pip install 'edgekit[openvino]'" in done.stderr and not (tmp_path / "b").exists()
 
 
-def test_fallback_is_nncf_accuracy_control_and_names_the_module(digits, tmp_path: Path):
+def test_per_layer_drift_names_the_culprit_and_fallback_keeps_it_in_float(digits, tmp_path: Path):
+    """Per-layer drift read from the IR's FakeQuantize ops in the OpenVINO runtime; the fallback ignores the ops
+    around the worst one through NNCF's IgnoredScope."""
     from tests.helpers import int8_breaking_copy
 
     model, data = digits
     broken = int8_breaking_copy(model)
-    failed = _build(broken, data, "openvino-x86-int8", tmp_path / "minmax", max_drop=1.0)
+    failed = _build(broken, data, "openvino-x86-int8", tmp_path / "minmax", max_drop=1.0, equalize="off")
     assert not failed.passed and failed.report["drift"]["accuracy_drop"] > 1.0
-    fixed = _build(broken, data, "openvino-x86-int8", tmp_path / "auto", max_drop=1.0, fallback="auto")
+    worst, *rest = failed.report["layers"]
+    assert (worst["module"], worst["op"]) == ("features.1", "FakeQuantize") and worst["sqnr_db"] < 10
+    assert rest and all(r["sqnr_db"] > 30 for r in rest)
+    fixed = _build(broken, data, "openvino-x86-int8", tmp_path / "auto", max_drop=1.0, fallback="auto",
+                   equalize="off")
     assert fixed.passed and fixed.report["drift"]["accuracy_drop"] <= 1.0
-    assert fixed.report["quantization"]["float_modules"] == ["features.4"]  # it reads the culprit's activation
-    assert any(w.startswith("fallback auto (the route's own accuracy control) kept features.4") and
-               w.endswith("passes") for w in fixed.report["warnings"])
+    assert "features.4" in fixed.report["quantization"]["float_modules"]  # it reads the culprit's activation
+    assert (fixed.report["layers"][0]["tensor"], fixed.report["layers"][0]["precision"]) == (worst["tensor"],
+                                                                                            "float32")
+    assert any(w.startswith("fallback auto kept 1 activation(s) out of INT8 (features.1)") and w.endswith("passes")
+               for w in fixed.report["warnings"])
     assert (tmp_path / "auto" / "model.xml").read_text().count('type="FakeQuantize"') < \
         (tmp_path / "minmax" / "model.xml").read_text().count('type="FakeQuantize"')
+
+
+def test_nncf_accuracy_control_is_the_last_word(digits, tmp_path: Path):
+    """The route's own fallback (used when the per-layer one is not enough): NNCF's accuracy control on the eval
+    data keeps the op that reads the culprit's activation in float."""
+    from edgekit.config import BuildOptions
+    from edgekit.plan import make_plan
+    from edgekit.steps.export_onnx import export_onnx
+    from tests.helpers import int8_breaking_copy
+
+    model, data = digits
+    options = BuildOptions(equalize="off")
+    plan = make_plan(int8_breaking_copy(model), "openvino-x86-int8", (data["x_calib"], data["y_calib"]),
+                     (data["x_eval"], data["y_eval"]), tmp_path / "out", options, None, None, False)
+    export = export_onnx(plan.model, plan.inputs, tmp_path / "reference.onnx")
+    device = plan.route.build(plan, export, tmp_path / "work")
+    controlled = device.own_fallback()
+    assert controlled.float_modules == ("features.4",)
+    assert controlled.path.read_text().count('type="FakeQuantize"') < device.path.read_text().count(
+        'type="FakeQuantize"')
 
 
 @pytest.mark.emulator

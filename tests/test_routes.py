@@ -59,3 +59,25 @@ def test_a_target_of_an_existing_route_is_one_toml_file(tmp_path: Path):
     script = (out / "build_engine.sh").read_text()
     assert "7.2" in script and "--fp16" in script and "--int8" not in script
     assert (out / "model.onnx").is_file() and not (out / "model.qdq.onnx").exists()
+
+
+@pytest.mark.parametrize(("route", "precision", "message"), [
+    ("litert", "int16x8", "route litert cannot put a layer in int16x8"),
+    ("tensorrt", "float32", "route tensorrt cannot put a layer in float32"),
+    ("onnxruntime", "int4", "route onnxruntime cannot put a layer in int4"),
+])
+def test_a_layer_precision_the_route_lacks_is_refused_with_exit_2(route, precision, message):
+    from edgekit.errors import UnsupportedError
+
+    with pytest.raises(UnsupportedError, match=message) as info:
+        get_route(route).set_precisions(None, {"relu": precision}, [{"tensor": "relu"}])
+    assert info.value.exit_code == 2 and "can ship in" in info.value.hint
+
+
+def test_set_precisions_names_layers_by_their_tensor():
+    from edgekit.errors import UnsupportedError
+
+    with pytest.raises(UnsupportedError, match=r"'features\.1' is not a quantized layer of this litert build"):
+        get_route("litert").set_precisions(None, {"features.1": "float32"}, [{"tensor": "relu"}])
+    unchanged = object()
+    assert get_route("litert").set_precisions(unchanged, {"relu": "int8"}, [{"tensor": "relu"}]) is unchanged

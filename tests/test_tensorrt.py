@@ -23,9 +23,10 @@ from onnx import numpy_helper
 
 import edgekit
 from edgekit.backends.engine_scripts import check_profile, trtexec_flags, write_scripts
-from edgekit.backends.tensorrt import mse_amax, quantize_qdq
+from edgekit.backends.tensorrt import quantize_qdq
 from edgekit.config import Calibration, Target, load_target
 from edgekit.errors import ConfigError, UnsupportedError
+from edgekit.steps.calibrate import mse_range
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 WEIGHTED = ("Conv", "Gemm", "MatMul")
@@ -291,10 +292,11 @@ def test_mse_threshold_is_as_good_as_a_search_on_the_raw_values():
         step = amax / 127
         return float(np.mean((values - np.clip(np.round(values / step), -127, 127) * step) ** 2))
 
-    threshold = mse_amax(hist, edges.astype(np.float32))
+    low, threshold = mse_range(hist, edges.astype(np.float32), -peak, peak, symmetric=True)
+    assert low == -threshold
     best = min(error(t) for t in np.linspace(0.5, peak, 2000))
     assert threshold < 0.8 * peak and error(threshold) <= 1.02 * best < 0.8 * error(peak)
-    assert mse_amax(np.zeros(2048, np.int64), np.zeros(2049, np.float32)) == 0.0
+    assert mse_range(np.zeros(2048, np.int64), np.zeros(2049, np.float32), 0.0, 0.0, symmetric=True) == (0.0, 0.0)
 
 
 # --- targets and their checks ----------------------------------------------------------------------------------------

@@ -19,16 +19,12 @@ from edgekit.layers import qdq_layer_drift
 from edgekit.plan import Plan
 from edgekit.runners.base import Runner
 from edgekit.runners.onnxrt import OnnxRunner
-from edgekit.steps.calibrate import SampleReader, quiet_quantization
+from edgekit.steps.calibrate import RangeCollector, SampleReader, onnx_values, quiet_quantization
 from edgekit.steps.export_onnx import OnnxExport, tensor_modules
 
 # TensorRT fuses Q/DQ best on the inputs of its weighted layers; everything between stays float (FP16 on the device)
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
-HISTOGRAM_BINS = 2048  # TensorRT's own histogram calibrators use 2048 bins and 128 quantized bins
-ENTROPY_QUANTIZED_BINS = 128
-MSE_CANDIDATES = 512
 CALIBRATION_CHUNK = 32  # samples per collect pass: onnxruntime keeps every calibrated tensor of a pass in memory
-INT8_MAX = 127  # symmetric INT8 uses [-127, 127], as TensorRT does
 BUNDLE_NAMES = {"int8": "model.qdq.onnx", "fp16": "model.onnx"}
 
 
@@ -96,7 +92,7 @@ def quantize_qdq(model: Path, inputs: dict[str, np.ndarray], calibration: Calibr
     from onnxruntime.quantization import quantize_static
 
     workdir.mkdir(parents=True, exist_ok=True)
-    amax = calibrate_amax(model, inputs, calibration, workdir)
+    amax = calibrate_amax(model, inputs, calibration)
     overrides = {name: [{"rmin": np.float32(-value), "rmax": np.float32(value)}] for name, value in amax.items()}
     out = workdir / "model.qdq.onnx"
     excluded = _consumers(model, float_tensors)
@@ -115,58 +111,14 @@ def quantize_qdq(model: Path, inputs: dict[str, np.ndarray], calibration: Calibr
     return out
 
 
-def calibrate_amax(model: Path, inputs: dict[str, np.ndarray], calibration: Calibration,
-                   workdir: Path) -> dict[str, float]:
-    """Per activation that feeds a quantized op, the symmetric range |x| <= amax chosen by the calibration method.
-
-    minmax, percentile and entropy are onnxruntime's calibrators, called directly: through quantize_static its
-    Entropy calibrator gets 128 histogram bins and returns the full range, and its Distribution calibrator returns
-    the full range for INT8 too (both equal to minmax on onnxruntime 1.23). mse has no onnxruntime equivalent: it
-    is the threshold that minimises the squared INT8 error over the same 2048-bin histogram (TensorRT's and
-    pytorch-quantization's "mse" calibration)."""
-    from onnxruntime.quantization import create_calibrator
-
-    method, options = _calibrator_settings(calibration)
-    count, wanted = len(next(iter(inputs.values()))), _quantized_activations(model)
-    with quiet_quantization():
-        calibrator = create_calibrator(model, list(QUANTIZED_OPS), str(workdir / "calibration.onnx"), method,
-                                       extra_options=options)
-        for start in range(0, count, CALIBRATION_CHUNK):
-            calibrator.collect_data(SampleReader(inputs, start, start + CALIBRATION_CHUNK))
-        if calibration.method != "minmax":  # thresholds only for what gets quantized: entropy takes ~0.5 s a tensor
-            histograms = calibrator.collector.histogram_dict
-            calibrator.collector.histogram_dict = {n: h for n, h in histograms.items() if n in wanted}
-        if calibration.method == "mse":
-            amax = {name: mse_amax(h[0], h[1]) for name, h in calibrator.collector.histogram_dict.items()}
-        else:
-            amax = {name: float(np.max(np.abs(data.range_value))) for name, data in calibrator.compute_data().items()}
-    return {name: value for name, value in amax.items() if name in wanted}
-
-
-def _calibrator_settings(calibration: Calibration) -> tuple[CalibrationMethod, dict]:
-    histogram = {"num_bins": HISTOGRAM_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS}
-    return {
-        "minmax": (CalibrationMethod.MinMax, {"symmetric": True}),
-        "percentile": (CalibrationMethod.Percentile, {"symmetric": True, "num_bins": HISTOGRAM_BINS,
-                                                      "percentile": float(calibration.percentile)}),
-        "entropy": (CalibrationMethod.Entropy, histogram),
-        "mse": (CalibrationMethod.Entropy, histogram),  # only its histogram of real values is used
-    }[calibration.method]
-
-
-def mse_amax(hist: np.ndarray, edges: np.ndarray) -> float:
-    """The clipping threshold, among the histogram's positive bin edges, with the least squared INT8 error."""
-    centers = (edges[:-1].astype(np.float64) + edges[1:]) / 2
-    positive = edges[len(edges) // 2 + 1 :].astype(np.float64)
-    if positive.size == 0 or positive[-1] <= 0:
-        return 0.0
-    candidates = positive[np.unique(np.linspace(0, positive.size - 1, MSE_CANDIDATES).astype(int))]
-    errors = []
-    for threshold in candidates:
-        step = threshold / INT8_MAX
-        quantized = np.clip(np.round(centers / step), -INT8_MAX, INT8_MAX) * step
-        errors.append(float(np.sum(hist * (centers - quantized) ** 2)))
-    return float(candidates[int(np.argmin(errors))])
+def calibrate_amax(model: Path, inputs: dict[str, np.ndarray], calibration: Calibration) -> dict[str, float]:
+    """Per activation that feeds a quantized op, the symmetric range |x| <= amax chosen by the calibration method
+    (steps/calibrate.py, the one range implementation every route uses; symmetric, as TensorRT's Q/DQ are)."""
+    wanted = _quantized_activations(model)
+    collector = RangeCollector(calibration.method, calibration.percentile, symmetric=True)
+    for values in onnx_values(model, inputs, wanted, CALIBRATION_CHUNK):
+        collector.collect(values)
+    return {name: high for name, (_, high) in collector.ranges().items() if name in wanted}
 
 
 def _consumers(model: Path, tensors: frozenset[str]) -> list[str]:

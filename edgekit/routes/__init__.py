@@ -36,6 +36,8 @@ class Route:
     precisions: ClassVar[tuple[str, ...]] = ("int8", "fp32")
     methods: ClassVar[tuple[str, ...]] = ("minmax", "percentile", "entropy", "mse")  # calibration, for INT8
     converted_by: ClassVar[str] = ""  # what converts (for the hint when another --converter is asked for)
+    layer_precisions: ClassVar[tuple[str, ...]] = ("int8", "float32")  # what one layer of an INT8 build can ship in
+    fallback_precision: ClassVar[str] = "float32"  # where `--fallback auto` moves a sensitive layer
 
     def check(self, plan: Plan) -> None:
         """Before any expensive step: the tools are installed, and the request (converter, I/O, precision,
@@ -68,6 +70,28 @@ class Route:
 
     def build(self, plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
         raise NotImplementedError
+
+    def set_precisions(self, device: DeviceModel, precisions: dict[str, str], layers: list[dict]) -> DeviceModel:
+        """The device model rebuilt with each named layer (the `tensor` of a `layers` row) in the given precision,
+        the others as built. A precision the route lacks is refused (exit 2), never replaced by another."""
+        from edgekit.errors import UnsupportedError
+
+        lacking = sorted({p for p in precisions.values() if p not in self.layer_precisions})
+        if lacking:
+            raise UnsupportedError(f"route {self.name} cannot put a layer in {', '.join(lacking)}",
+                                   hint=f"layers of route {self.name} can ship in {', '.join(self.layer_precisions)}")
+        rows = {row["tensor"]: row for row in layers}
+        unknown = sorted(set(precisions) - set(rows))
+        if unknown:
+            raise UnsupportedError(f"{unknown[0]!r} is not a quantized layer of this {self.name} build",
+                                   hint="name layers by the `tensor` of report.json `layers`")
+        moved = [rows[t] for t, p in precisions.items() if p != "int8"]
+        if not moved:
+            return device
+        if device.with_float is None:
+            raise UnsupportedError(f"this {self.name} build cannot keep layers out of INT8",
+                                   hint="see docs/routes.md: which routes and converters can")
+        return device.with_float(moved)
 
     def float_gzip_bytes(self, plan: Plan, workdir: Path) -> int:
         """gzip size of the float32 device model of the original model (the base of compression ratios); by

@@ -5,6 +5,11 @@ INT8 activations per tensor, calibrated by running the calibration data through 
 with the XNNPACK partitioner to a `.pte` program. Which ops XNNPACK took and which stay on ExecuTorch's portable
 kernels is reported. Drift is measured with ExecuTorch's Python runtime on the host. The emulator is not offered:
 the runtime's Python binding links libtorch, so the guest would need an aarch64 torch beside it.
+
+Per-layer drift cannot come from the runtime: XNNPACK keeps every intermediate tensor inside its delegate. It is
+measured on the PT2E model instead (the converted graph with its quantize/dequantize ops, run in PyTorch: the INT8
+simulation of the same ranges), and says so. `--fallback auto` removes the quantizer's annotations from the ops
+that write and read a sensitive activation, so they run in float (XNNPACK fp32 kernels); the rest stays INT8.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from edgekit.routes import Route
 from edgekit.runners.executorch import quiet_imports
 
 BUNDLE_NAME = "model.pte"
+FOLDED = ("relu", "relu_", "hardtanh", "hardtanh_", "batch_norm", "clamp")  # fused into the op before them
+SIMULATED = "executorch: per-layer drift measured on the PT2E INT8 simulation in PyTorch (XNNPACK keeps intermediates"\
+            " inside its delegate)"
 
 
 class ExecuTorchRoute(Route):
@@ -35,7 +43,12 @@ class ExecuTorchRoute(Route):
                                    f"{plan.model.kind} model", hint="give the model as .pt2 or module:factory")
         super().check_request(plan)
 
-    def build(self, plan, export, workdir: Path):
+    def build(self, plan, export, workdir: Path, float_tensors: frozenset[str] = frozenset()):
+        """`float_tensors`: activations (graph node names) whose writers and readers stay float: the fallback."""
+        import dataclasses
+
+        import torch
+
         from edgekit.device import DeviceModel, onnx_bindings
         from edgekit.runners.executorch import ExecuTorchRunner
 
@@ -43,16 +56,23 @@ class ExecuTorchRoute(Route):
         example = _example(plan)
         names, outputs = [s.name for s in plan.inputs], [o.name for o in export.outputs]
         float_pte, float_notes = lower(plan.model.module, example, workdir / "model.fp32.pte")
-        quantized = plan.target.precision == "int8"
-        path, notes = (lower(quantize(plan, example), example, workdir / BUNDLE_NAME) if quantized
-                       else (float_pte, float_notes))
-        return DeviceModel(
-            path=path, bundle_name=BUNDLE_NAME, float_path=float_pte, runtime=_runtime(quantized),
-            bindings=onnx_bindings(export),
-            open_runner=lambda p: ExecuTorchRunner(p, names, outputs),
-            open_float_runner=lambda: ExecuTorchRunner(float_pte, names, outputs),
-            notes=[*notes, "per-layer drift is not measured on route executorch yet"] if quantized else notes,
-        )
+        device = DeviceModel(
+            path=float_pte, bundle_name=BUNDLE_NAME, float_path=float_pte, runtime=_runtime(False),
+            bindings=onnx_bindings(export), open_runner=lambda p: ExecuTorchRunner(p, names, outputs),
+            open_float_runner=lambda: ExecuTorchRunner(float_pte, names, outputs), notes=float_notes)
+        if plan.target.precision != "int8":
+            return device
+        graph = torch.export.export(plan.model.module, example).module()
+        skipped = float_nodes(graph, float_tensors)
+        converted = quantize(plan, example, graph, skipped)
+        path, notes = lower(converted, example, workdir / BUNDLE_NAME)
+        return dataclasses.replace(
+            device, path=path, runtime=_runtime(True), notes=[*notes, SIMULATED],
+            float_modules=tuple(dict.fromkeys(m for m in (_module(n) for n in graph.graph.nodes if n.name in skipped)
+                                              if m)),
+            per_layer=lambda samples: layer_drift(graph, converted, names, samples),
+            with_float=lambda rows: self.build(plan, export, workdir / f"fallback-{len(rows)}",
+                                               frozenset(r["tensor"] for r in rows)))
 
 
 def _example(plan) -> tuple:
@@ -61,8 +81,11 @@ def _example(plan) -> tuple:
     return tuple(torch.from_numpy(plan.calibration.inputs[s.name][:1].copy()) for s in plan.inputs)
 
 
-def quantize(plan, example: tuple):
-    """PT2E with the XNNPACK quantizer: prepare, run the calibration data through, convert."""
+def quantize(plan, example: tuple, graph, skipped: frozenset[str] = frozenset()):
+    """PT2E with the XNNPACK quantizer: prepare, run the calibration data through, convert. The `skipped` nodes
+    lose their quantization annotations (the XNNPACK quantizer has no per-module "float" setting): they run float."""
+    import copy
+
     import torch
 
     with quiet_imports():
@@ -73,12 +96,118 @@ def quantize(plan, example: tuple):
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
         quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-        prepared = prepare_pt2e(torch.export.export(plan.model.module, example).module(), quantizer)
+        prepared = prepare_pt2e(copy.deepcopy(graph), _skipping(quantizer, skipped) if skipped else quantizer)
         inputs = plan.calibration.take(slice(0, plan.options.calibration.max_samples)).inputs
         with torch.no_grad():
             for i in range(len(next(iter(inputs.values())))):
                 prepared(*(torch.from_numpy(inputs[s.name][i:i + 1].copy()) for s in plan.inputs))
         return convert_pt2e(prepared)
+
+
+def _skipping(quantizer, skipped: frozenset[str]):
+    """The quantizer, with the annotations of the `skipped` nodes removed after it annotated the graph."""
+    from torchao.quantization.pt2e.quantizer import Quantizer
+
+    class Skipping(Quantizer):
+        def transform_for_annotation(self, model):
+            return quantizer.transform_for_annotation(model)
+
+        def annotate(self, model):
+            model = quantizer.annotate(model)
+            for node in model.graph.nodes:
+                if node.name in skipped:
+                    node.meta.pop("quantization_annotation", None)
+            return model
+
+        def validate(self, model) -> None:
+            quantizer.validate(model)
+
+    return Skipping()
+
+
+def float_nodes(graph, tensors: frozenset[str]) -> frozenset[str]:
+    """The nodes that write each tensor (back through the ops a quantizer fuses into the weighted op before them)
+    and the nodes that read it."""
+    nodes = {node.name: node for node in graph.graph.nodes}
+    found: set[str] = set()
+    for name in tensors:
+        node = nodes.get(name)
+        if node is None:
+            continue
+        found.update(user.name for user in node.users)
+        while node is not None and node.op == "call_function":
+            found.add(node.name)
+            if _op(node) not in FOLDED or not node.args or not hasattr(node.args[0], "op"):
+                break
+            node = node.args[0]
+    return frozenset(found)
+
+
+def layer_drift(graph, converted, names: list[str], samples: dict) -> list[dict]:
+    """`layers` from the PT2E simulation: every activation quantize_per_tensor of the converted graph, its local
+    SQNR (the float activation through its scale) and accumulated SQNR (its dequantized value against float)."""
+    from edgekit.drift import sqnr_db
+    from edgekit.layers import local_sqnr_db
+
+    quantizers = [n for n in converted.graph.nodes if _op(n) == "quantize_per_tensor"
+                  and getattr(n.args[0], "op", None) == "call_function"]
+    watched = {q.args[0].name for q in quantizers}
+    dequantized = {next(iter(q.users)).name: q for q in quantizers if len(q.users) == 1}
+    floats = _values(graph, names, samples, watched)
+    device = _values(converted, names, samples, set(dequantized))
+    by_name = {n.name: n for n in graph.graph.nodes}
+    rows = []
+    for out_name, q in dequantized.items():
+        tensor, scale, zero_point = q.args[0].name, float(q.args[1]), int(q.args[2])
+        if tensor not in floats or tensor not in by_name:
+            continue
+        group = _group(by_name[tensor])
+        rows.append({"module": group[0] if group else None, "modules": group, "tensor": tensor,
+                     "device_tensor": out_name, "op": "quantize_per_tensor", "scale": scale,
+                     "sqnr_db": round(local_sqnr_db(floats[tensor], scale, zero_point, "int8",
+                                                    axis=1 if floats[tensor].ndim > 1 else -1), 3),
+                     "accumulated_sqnr_db": round(sqnr_db(floats[tensor], device[out_name]), 3)})
+    rows = list({r["tensor"]: r for r in rows}.values())
+    return sorted(rows, key=lambda r: (r["sqnr_db"], r["tensor"]))
+
+
+def _values(module, names: list[str], samples: dict, wanted: set[str]) -> dict:
+    """The outputs of the `wanted` nodes over the samples (batch 1, as exported)."""
+    import numpy as np
+    import torch
+
+    seen: dict[str, list] = {name: [] for name in wanted}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, node):
+            out = super().run_node(node)
+            if node.name in seen:
+                seen[node.name].append(out.detach().float().numpy().copy())
+            return out
+
+    recorder = Recorder(module)
+    with torch.no_grad():
+        for i in range(len(samples[names[0]])):
+            recorder.run(*(torch.from_numpy(np.ascontiguousarray(samples[n][i:i + 1])) for n in names))
+    return {name: np.concatenate(values) for name, values in seen.items() if values}
+
+
+def _group(node) -> list[str]:
+    """The modules of the ops fused into this activation, first to last."""
+    chain = [node]
+    while _op(chain[-1]) in FOLDED and chain[-1].args and hasattr(chain[-1].args[0], "op") and \
+            chain[-1].args[0].op == "call_function":
+        chain.append(chain[-1].args[0])
+    return list(dict.fromkeys(m for m in (_module(n) for n in reversed(chain)) if m))
+
+
+def _module(node) -> str | None:
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else None
+
+
+def _op(node) -> str:
+    return getattr(getattr(node.target, "_overloadpacket", None), "__name__", str(node.target))
 
 
 def lower(module, example: tuple, out: Path) -> tuple[Path, list[str]]:

@@ -18,7 +18,6 @@ from pathlib import Path
 from edgekit.routes import Route
 
 BUNDLE_NAME = "model.ort"
-FOLDED_ACTIVATIONS = ("Relu", "Clip")
 METHODS = {"minmax": "MinMax", "percentile": "Percentile"}  # onnxruntime's calibrators that return real ranges here
 
 
@@ -37,7 +36,7 @@ class OnnxRuntimeRoute(Route):
         import dataclasses
 
         from edgekit.device import DeviceModel, onnx_bindings
-        from edgekit.layers import qdq_layer_drift
+        from edgekit.layers import qdq_layer_drift, touching
         from edgekit.runners.onnxrt import OnnxRunner
         from edgekit.steps.export_onnx import tensor_modules
 
@@ -60,24 +59,6 @@ class OnnxRuntimeRoute(Route):
             device, per_layer=lambda samples: qdq_layer_drift(export.path, onnx_path, modules, samples),
             with_float=lambda rows: self.build(plan, export, workdir / f"fallback-{len(rows)}",
                                                frozenset(r["tensor"] for r in rows)))
-
-
-def touching(model: Path, tensors: frozenset[str]) -> list:
-    """The nodes that write or read any of `tensors`, and the node before an activation that writes one (the
-    quantizer folds a Relu into the op before it, whose output then carries the range): left out of quantization,
-    the tensors stay float."""
-    import onnx
-
-    if not tensors:
-        return []
-    nodes = onnx.load(str(model), load_external_data=False).graph.node
-    writer = {name: node for node in nodes for name in node.output}
-    wanted = set(tensors)
-    for name in tensors:
-        node = writer.get(name)
-        if node is not None and node.op_type in FOLDED_ACTIVATIONS:
-            wanted.update(node.input[:1])
-    return [n for n in nodes if (set(n.input) | set(n.output)) & wanted]
 
 
 def quantize(plan, export, out: Path, excluded: list) -> Path:

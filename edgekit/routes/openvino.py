@@ -4,8 +4,10 @@ model.bin); INT8 is NNCF post-training quantization with the calibration data.
 NNCF's defaults lose accuracy on small batch-1 calibration sets: its activation ranges average per-sample min/max
 (21.2 dB on the digits CNN) and its fast bias correction shifts the first layer's bias by up to 0.15. edgekit asks
 for global min/max ranges (or quantiles, `--calibration-method percentile`) and full bias correction: 43.6 dB.
-`--fallback auto` keeps the most sensitive layers out of INT8 through NNCF's own IgnoredScope. Drift is measured in
-the OpenVINO runtime on this x86 host in float32 precision: a real runtime on real hardware.
+Per-layer drift reads every activation FakeQuantize in the OpenVINO runtime itself (extra outputs on the IR).
+`--fallback auto` keeps the most sensitive of them out of INT8 through NNCF's IgnoredScope, one at a time; when
+that is not enough, NNCF's own accuracy control has the last word. Drift is measured in the OpenVINO runtime on
+this x86 host in float32 precision: a real runtime on real hardware.
 """
 
 from __future__ import annotations
@@ -27,40 +29,48 @@ class OpenVinoRoute(Route):
     methods = tuple(METHODS)
     converted_by = "openvino and NNCF"
 
-    def build(self, plan, export, workdir: Path, controlled: bool = False):
-        """`controlled`: quantize with NNCF's accuracy control (the fallback), which keeps the quantizers that
-        cost most accuracy in float until the eval drop is within --max-drop."""
+    def build(self, plan, export, workdir: Path, controlled: bool = False,
+              float_tensors: frozenset[str] = frozenset()):
+        """`float_tensors`: activations kept out of INT8 through NNCF's IgnoredScope (their producers and readers
+        run in float): the per-layer fallback. `controlled`: quantize with NNCF's accuracy control instead (the
+        fallback when the per-layer one is not enough), which keeps the quantizers that cost most accuracy in
+        float until the eval drop is within --max-drop."""
         import dataclasses
 
         import openvino as ov
 
         from edgekit.device import DeviceModel, onnx_bindings
+        from edgekit.layers import openvino_layer_drift, touching
         from edgekit.runners.onnxrt import OnnxRunner
         from edgekit.runners.openvino import OpenVinoRunner
+        from edgekit.steps.export_onnx import tensor_modules
 
         workdir.mkdir(parents=True, exist_ok=True)
-        float_ops: tuple[str, ...] = ()
+        modules, kept = tensor_modules(export.path), touching(export.path, float_tensors)
+        float_modules = tuple(dict.fromkeys(modules.get(n.output[0]) or n.name for n in kept))
         with no_telemetry():
             model = ov.convert_model(str(export.path))
             quantized = plan.target.precision == "int8"
             if quantized and controlled:
                 model, float_ops = quantize_controlled(plan, model)
+                float_modules = module_names(export.path, float_ops)
             elif quantized:
-                model = quantize(plan, model)
+                model = quantize(plan, model, [n.name for n in kept])
             xml = workdir / "model.xml"
             ov.save_model(model, str(xml), compress_to_fp16=False)  # the default would halve fp32 weights
         device = DeviceModel(
             path=xml, bundle_name="model.xml", float_path=export.path, runtime=_runtime(quantized),
             bindings=onnx_bindings(export), open_runner=OpenVinoRunner,
             open_float_runner=lambda: OnnxRunner(export.path), extra_files={"model.bin": xml.with_suffix(".bin")},
-            model_files=("model.bin",),
-            notes=[] if not quantized else ["per-layer drift is not measured on route openvino yet"],
-            float_modules=module_names(export.path, float_ops),
+            model_files=("model.bin",), float_modules=float_modules,
         )
         if not quantized or controlled:
             return device
-        return dataclasses.replace(device, own_fallback=lambda: self.build(plan, export, workdir / "controlled",
-                                                                           controlled=True))
+        return dataclasses.replace(
+            device, per_layer=lambda samples: openvino_layer_drift(export.path, xml, modules, samples),
+            with_float=lambda rows: self.build(plan, export, workdir / f"fallback-{len(rows)}",
+                                               float_tensors=frozenset(r["tensor"] for r in rows)),
+            own_fallback=lambda: self.build(plan, export, workdir / "controlled", controlled=True))
 
 
 def _samples(data, limit: int | None = None) -> list[dict]:
@@ -80,8 +90,11 @@ def _settings(plan) -> dict:
                 activations_range_estimator_params=ranges)}
 
 
-def quantize(plan, model):
-    """nncf.quantize with the calibration data (see the module docstring)."""
+def quantize(plan, model, ignored: list[str] | tuple[str, ...] = ()):
+    """nncf.quantize with the calibration data (see the module docstring); the ops made from the `ignored` ONNX
+    nodes (OpenVINO names them after the node, "node_Conv_19/WithoutBiases") stay float."""
+    import re
+
     import nncf
 
     from edgekit.steps.calibrate import quiet_quantization
@@ -89,6 +102,9 @@ def quantize(plan, model):
     samples = _samples(plan.calibration, plan.options.calibration.max_samples)
     settings = _settings(plan)
     settings["advanced_parameters"] = settings.pop("advanced_quantization_parameters")
+    if ignored:
+        patterns = [f"^{re.escape(name)}(/.*)?$" for name in ignored]
+        settings["ignored_scope"] = nncf.IgnoredScope(patterns=patterns, validate=False)
     with quiet_quantization():  # NNCF draws progress bars on stdout, where `--json` writes the report
         return nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), **settings)
 

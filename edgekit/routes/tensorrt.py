@@ -13,6 +13,8 @@ class TensorRTRoute(Route):
     runtime = "tensorrt"
     extra = None  # onnxruntime is one of edgekit's own dependencies: nothing extra is needed to build
     requires = ("onnxruntime",)
+    layer_precisions = ("int8", "fp16")  # a layer without Q/DQ runs in FP16 in the engine (--fp16 --int8)
+    fallback_precision = "fp16"
 
     def check_request(self, plan) -> None:
         """Its own checks: the [tensorrt] profile, the converter and float32 I/O (backends/tensorrt.py)."""

@@ -33,3 +33,103 @@ def quiet_quantization() -> Iterator[None]:
             yield
     finally:
         logging.disable(previous)
+
+
+# --- activation ranges: one implementation for every route -------------------------------------------------------
+
+METHODS = ("minmax", "percentile", "entropy", "mse")
+HISTOGRAM_BINS = 2048  # TensorRT's and onnxruntime's histogram calibrators: 2048 bins, 128 quantized bins
+ENTROPY_QUANTIZED_BINS = 128
+MSE_STEPS = 200  # clipping candidates per tensor: a * range, a in (0, 1]
+
+
+class RangeCollector:
+    """Activation ranges from float values, fed in chunks, by one calibration method.
+
+    minmax: the global min/max. percentile and entropy: onnxruntime's HistogramCollector (the (100-p)/2 and
+    (100+p)/2 percentiles; the KL-divergence threshold). mse: the clipping range whose INT8 grid has the least
+    squared error over the same histogram. `symmetric`: INT8 in [-127, 127] around zero (TensorRT's Q/DQ), else the
+    asymmetric [-128, 127] grid with a zero point (TFLite's activations).
+    """
+
+    def __init__(self, method: str, percentile: float = 99.99, symmetric: bool = False) -> None:
+        from onnxruntime.quantization.calibrate import HistogramCollector
+
+        self.method, self.symmetric = method, symmetric
+        self.extremes: dict[str, tuple[float, float]] = {}
+        self.histograms = None if method == "minmax" else HistogramCollector(
+            method="entropy" if method == "mse" else method, symmetric=symmetric, num_bins=HISTOGRAM_BINS,
+            num_quantized_bins=ENTROPY_QUANTIZED_BINS, percentile=percentile, scenario="same")
+
+    def collect(self, values: dict[str, np.ndarray]) -> None:
+        """`values`: each tensor's float values over some samples (any shape)."""
+        for name, value in values.items():
+            if value.size:
+                low, high = float(value.min()), float(value.max())
+                old = self.extremes.get(name, (low, high))
+                self.extremes[name] = (min(old[0], low), max(old[1], high))
+        if self.histograms is not None:
+            with quiet_quantization():
+                self.histograms.collect({k: v.ravel() for k, v in values.items() if v.size})
+
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        """(low, high) per tensor; symmetric ranges are (-amax, amax)."""
+        if self.histograms is None:
+            found = dict(self.extremes)
+        elif self.method == "mse":
+            found = {name: mse_range(hist, edges, low, high, self.symmetric)
+                     for name, (hist, edges, low, high, *_) in self.histograms.get_histogram_dict().items()}
+        else:
+            with quiet_quantization():
+                result = self.histograms.compute_collection_result()
+            found = {name: (float(np.asarray(r[0]).reshape(())), float(np.asarray(r[1]).reshape(())))
+                     for name, r in result.items()}
+        if self.symmetric:
+            return {name: (-amax, amax) for name, amax in ((n, max(abs(lo), abs(hi))) for n, (lo, hi) in found.items())}
+        return found
+
+
+def mse_range(hist: np.ndarray, edges: np.ndarray, low: float, high: float, symmetric: bool = False,
+              steps: int = MSE_STEPS) -> tuple[float, float]:
+    """The range [a*low, a*high], a in (0, 1], whose INT8 grid quantizes the histogram with least squared error
+    (symmetric: [-a*amax, a*amax] on [-127, 127]; else asymmetric on [-128, 127] with a zero point)."""
+    centres = (edges[:-1] + edges[1:]).astype(np.float64) / 2
+    weights = hist.astype(np.float64) / max(float(hist.sum()), 1.0)
+    low, high = min(float(low), 0.0), max(float(high), 0.0)
+    if symmetric:
+        high = max(-low, high)
+        low = -high
+    if high - low <= 0:
+        return low, high
+    factors = np.linspace(1.0 / steps, 1.0, steps)[:, None]
+    lows, highs = factors * low, factors * high
+    if symmetric:
+        scales = highs / 127.0
+        grid = np.clip(np.rint(centres / scales), -127, 127) * scales
+    else:
+        scales = (highs - lows) / 255.0
+        zero = np.rint(-128 - lows / scales)
+        grid = (np.clip(np.rint(centres / scales) + zero, -128, 127) - zero) * scales
+    errors = ((grid - centres) ** 2 * weights).sum(axis=1)
+    best = int(np.argmin(errors))
+    return float(lows[best, 0]), float(highs[best, 0])
+
+
+def onnx_values(model_path, inputs: dict[str, np.ndarray], names: set[str], chunk: int = 32):
+    """The float values of the `names` tensors of an ONNX model, `chunk` samples at a time (batch 1 each)."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(model_path))
+    present = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in sorted(names - present))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    wanted = [o.name for o in session.get_outputs() if o.name in names]
+    count = len(next(iter(inputs.values())))
+    for start in range(0, count, chunk):
+        rows = [session.run(wanted, {k: v[i:i + 1] for k, v in inputs.items()})
+                for i in range(start, min(start + chunk, count))]
+        yield {name: np.concatenate([r[j].ravel() for r in rows]).astype(np.float32) for j, name in enumerate(wanted)}

@@ -18,10 +18,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from edgekit.errors import ConfigError, ToolError, UnsupportedError
+from edgekit.steps.calibrate import METHODS
 
-METHODS = ("minmax", "percentile", "entropy", "mse")
-HISTOGRAM_BINS = {"percentile": 2048, "entropy": 512, "mse": 2048}
-ENTROPY_QUANTIZED_BINS = 128
 CHUNK = 16  # samples per histogram update
 _VALID = 3e38  # beyond this a value is a padding sentinel (-inf in PADV2), not data: as ai-edge-quantizer does
 _FP16_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_2D_TRANSPOSE", "EMBEDDING_LOOKUP")
@@ -96,31 +94,16 @@ def _quiet():
 
 def _histogram_thresholds(float_tflite: Path, samples: list[dict[str, np.ndarray]], names: set[str], method: str,
                           percentile: float) -> dict[str, tuple[float, float]]:
-    collector = _histograms(float_tflite, samples, names, method, percentile)
-    if method == "mse":
-        return {name: mse_range(hist, edges, low, high)
-                for name, (hist, edges, low, high, _) in collector.get_histogram_dict().items()}
-    with _quiet():
-        result = collector.compute_collection_result()
-    return {name: (float(found[0]), float(found[1])) for name, found in result.items()}
+    """The method's ranges (steps/calibrate.py, shared by every route) over every sample's activations."""
+    from edgekit.steps.calibrate import RangeCollector
 
-
-def _histograms(float_tflite: Path, samples: list[dict[str, np.ndarray]], names: set[str], method: str,
-                percentile: float):
-    """onnxruntime's HistogramCollector fed with every sample's activations (real values, merged histograms)."""
-    from onnxruntime.quantization.calibrate import HistogramCollector
-
-    collector = HistogramCollector(method="entropy" if method == "mse" else method, symmetric=False,
-                                   num_bins=HISTOGRAM_BINS[method], num_quantized_bins=ENTROPY_QUANTIZED_BINS,
-                                   percentile=percentile, scenario="same")
+    collector = RangeCollector(method, percentile, symmetric=False)
     key = _signature_key(float_tflite)
     with _quiet():
         interpreter = _aeq().interpreter.create_tfl_interpreter(str(float_tflite), num_threads=1)
     for start in range(0, len(samples), CHUNK):
-        values = _tensor_values(interpreter, key, samples[start:start + CHUNK], names)
-        with _quiet():
-            collector.collect(values)
-    return collector
+        collector.collect(_tensor_values(interpreter, key, samples[start:start + CHUNK], names))
+    return collector.ranges()
 
 
 def _tensor_values(interpreter, key: str, samples: list[dict[str, np.ndarray]],
@@ -136,23 +119,6 @@ def _tensor_values(interpreter, key: str, samples: list[dict[str, np.ndarray]],
                 flat = np.asarray(value, np.float32).ravel()
                 rows.setdefault(name, []).append(flat[np.isfinite(flat) & (np.abs(flat) < _VALID)])
     return {name: np.concatenate(parts) for name, parts in rows.items()}
-
-
-def mse_range(hist: np.ndarray, edges: np.ndarray, low: float, high: float, steps: int = 100) -> tuple[float, float]:
-    """The range [a*low, a*high], a in (0, 1], whose asymmetric INT8 grid quantizes the histogram with least MSE."""
-    centres = (edges[:-1] + edges[1:]).astype(np.float64) / 2
-    weights = hist.astype(np.float64) / max(float(hist.sum()), 1.0)
-    low, high = min(float(low), 0.0), max(float(high), 0.0)
-    if high - low <= 0:
-        return low, high
-    factors = np.linspace(1.0 / steps, 1.0, steps)[:, None]
-    lows, highs = factors * low, factors * high
-    scales = (highs - lows) / 255.0
-    zero = np.rint(-128 - lows / scales)
-    grid = (np.clip(np.rint(centres / scales) + zero, -128, 127) - zero) * scales
-    errors = ((grid - centres) ** 2 * weights).sum(axis=1)
-    best = int(np.argmin(errors))
-    return float(lows[best, 0]), float(highs[best, 0])
 
 
 def quantize_tflite(float_tflite: Path, ranges: dict[str, dict], out_path: Path, *, io: str = "float32",

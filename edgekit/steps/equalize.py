@@ -1,0 +1,340 @@
+"""Cross-layer equalization before quantization (Nagel et al. 2019, "Data-Free Quantization", section 4.1).
+
+Two weighted layers in a row, with only per-channel positive-homogeneous ops between them (batch norm, ReLU,
+leaky ReLU, max/avg pooling, dropout), compute the same function when output channel c of the first is divided by
+s_c and input channel c of the second multiplied by it. Choosing s_c = sqrt(r1_c / r2_c) (r: the channel's
+largest absolute weight) gives both layers the same per-channel range, so one per-tensor INT8 scale for the
+activation between them and per-channel weight scales lose less. The scaling is applied to the PyTorch model's
+parameters (on a copy), before export, so every route quantizes the equalized model.
+
+`auto` keeps the equalized weights only when they measure better: the model's output SQNR with the weights of the
+equalized layers and the activations between them in simulated INT8 (per-channel symmetric weights, per-tensor
+asymmetric activations, min/max ranges on the calibration samples), before against after.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgekit.errors import UnsupportedError, first_line
+from edgekit.model import LoadedModel
+
+if TYPE_CHECKING:
+    from edgekit.plan import Plan
+
+KINDS = ("module", "exported_program")  # what equalization can rewrite: the parameters are at hand
+ROUNDS = 20  # chains (a -> b -> c) are equalized pair by pair until the scales settle
+TOLERANCE = 1e-4
+MEASURE_SAMPLES = 32
+_WEIGHTED = ("conv1d", "conv2d", "conv3d", "linear")
+_THROUGH = ("relu", "relu_", "leaky_relu", "leaky_relu_", "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d",
+            "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "dropout", "clone",
+            "contiguous")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two weighted layers in a row: parameter prefixes (PyTorch module paths) and the batch norm between."""
+
+    first: str
+    second: str
+    norm: str | None  # the batch norm after `first`: its weight and bias take the scaling
+    activation: str  # the graph node whose output feeds `second` (quantized between the two on the device)
+
+
+@dataclass(frozen=True)
+class Equalized:
+    """The outcome: the model to build (equalized or not) and the report's `quantization.equalization` block."""
+
+    model: LoadedModel
+    block: dict
+    note: str
+
+
+def check_request(plan: Plan) -> None:
+    """`--equalize on` where it cannot act is refused (exit 2); `auto` says why it stays out."""
+    mode = plan.options.equalize
+    if mode == "off":
+        return
+    if plan.target.precision != "int8":
+        if mode == "on":
+            raise UnsupportedError(f"--equalize on prepares INT8 quantization; {plan.target.name} is "
+                                   f"{plan.target.precision}", hint="drop --equalize, or choose an INT8 target")
+        return
+    if plan.model.kind not in KINDS:
+        if mode == "on":
+            raise UnsupportedError(f"--equalize on needs the PyTorch module or a .pt2; {plan.model.source} is a "
+                                   f"{plan.model.kind}", hint="give the .pt2 or package.module:factory, or drop "
+                                   "--equalize")
+        plan.warnings.append(f"equalize auto: not tried on a {plan.model.kind} model (it needs the PyTorch module "
+                             "or a .pt2)")
+
+
+def equalize_applies(plan: Plan) -> bool:
+    return plan.options.equalize != "off" and plan.target.precision == "int8" and plan.model.kind in KINDS
+
+
+def equalize_model(plan: Plan) -> Equalized:
+    """The plan's model equalized (on), or the better of equalized and as given (auto)."""
+    mode = plan.options.equalize
+    try:
+        return equalize(plan.model, mode, plan.calibration.inputs, [spec.name for spec in plan.inputs])
+    except Exception as exc:  # torch.export refusing the model: auto builds it as given, on stops
+        if mode == "on":
+            raise UnsupportedError(f"--equalize on could not trace the model: {first_line(exc)}",
+                                   hint="drop --equalize") from None
+        block = {"mode": mode, "applied": False, "pairs": [], "sqnr_db": None}
+        return Equalized(plan.model, block, f"equalize auto: not applied, the model did not trace "
+                                            f"({first_line(exc)})")
+
+
+def equalize(model: LoadedModel, mode: str, inputs: dict[str, np.ndarray], names: list[str]) -> Equalized:
+    """Equalize `model` (mode on), or measure and keep the better of the two (auto)."""
+    import torch
+
+    program = _program(model, inputs, names)
+    pairs = find_pairs(program)
+    if not pairs:
+        block = {"mode": mode, "applied": False, "pairs": [], "sqnr_db": None}
+        return Equalized(model, block, f"equalize {mode}: no pair of consecutive weighted layers to equalize")
+    params = {k: v.detach().clone() for k, v in program.state_dict.items() if isinstance(v, torch.Tensor)}
+    scaled = scale_pairs(params, pairs)
+    samples = [tuple(torch.from_numpy(np.ascontiguousarray(inputs[n][i:i + 1])) for n in names)
+               for i in range(min(MEASURE_SAMPLES, len(inputs[names[0]])))]
+    before, after = (float(_simulated_sqnr(program, values, pairs, samples)) for values in (params, scaled))
+    applied = bool(mode == "on" or after > before)
+    listed = [{"first": p.first, "second": p.second, "norm": p.norm} for p in pairs]
+    block = {"mode": mode, "applied": applied, "pairs": listed,
+             "sqnr_db": {"before": round(float(before), 2), "after": round(float(after), 2)}}
+    names_text = ", ".join(f"{p.first} -> {p.second}" for p in pairs)
+    verb = "equalized" if applied else "left as they were (equalizing measured worse)"
+    note = (f"equalize {mode}: {len(pairs)} layer pair(s) {verb} ({names_text}); simulated INT8 SQNR of those "
+            f"layers {before:.1f} dB -> {after:.1f} dB")
+    if not applied:
+        return Equalized(model, block, note)
+    return Equalized(_with_parameters(model, scaled, pairs), block, note)
+
+
+def find_pairs(program: Any) -> list[Pair]:
+    """Consecutive weighted layers of an ExportedProgram whose in-between tensor feeds nothing else."""
+    to_param = dict(program.graph_signature.inputs_to_parameters)
+    pairs = []
+    for node in program.graph.nodes:
+        first = _weighted(node, to_param)
+        if first is None:
+            continue
+        pair = _follow(node, first, to_param)
+        if pair is not None:
+            pairs.append(pair)
+    return pairs
+
+
+def _weighted(node: Any, to_param: dict[str, str]) -> str | None:
+    """The module path of a conv/linear node whose weight is a parameter, else None."""
+    if node.op != "call_function" or _op(node) not in _WEIGHTED or len(node.args) < 2:
+        return None
+    weight = node.args[1]
+    fqn = to_param.get(getattr(weight, "name", None))
+    return fqn.rsplit(".", 1)[0] if fqn and fqn.endswith(".weight") else None
+
+
+def _follow(node: Any, first: str, to_param: dict[str, str]) -> Pair | None:
+    norm = None
+    current = node
+    while len(current.users) == 1:
+        user = next(iter(current.users))
+        op = _op(user)
+        if op == "batch_norm" and norm is None and current is node and _norm_params(user, to_param):
+            norm = _norm_params(user, to_param)
+        elif op in _THROUGH and user.args[0] is current:
+            pass
+        elif op in _WEIGHTED and user.args[0] is current and _groups(user) == 1:
+            second = _weighted(user, to_param)
+            return Pair(first, second, norm, current.name) if second and second != first else None
+        else:
+            return None
+        current = user
+    return None
+
+
+def _norm_params(node: Any, to_param: dict[str, str]) -> str | None:
+    weight, bias = (to_param.get(getattr(a, "name", None)) for a in node.args[1:3])
+    if not (weight and bias) or weight.rsplit(".", 1)[0] != bias.rsplit(".", 1)[0]:
+        return None
+    return weight.rsplit(".", 1)[0]
+
+
+def _groups(node: Any) -> int:
+    if _op(node) == "linear":
+        return 1
+    return int(node.args[6]) if len(node.args) > 6 else int(node.kwargs.get("groups", 1))
+
+
+def _op(node: Any) -> str:
+    return getattr(getattr(node.target, "_overloadpacket", None), "__name__", str(node.target))
+
+
+def scale_pairs(params: dict[str, Any], pairs: list[Pair]) -> dict[str, Any]:
+    """New parameter values with every pair equalized; rounds repeat until chains settle."""
+    values = dict(params)
+    for _ in range(ROUNDS):
+        largest = 0.0
+        for pair in pairs:
+            scale = _scale(values, pair)
+            largest = max(largest, float((scale - 1).abs().max()))
+            _apply(values, pair, scale)
+        if largest < TOLERANCE:
+            break
+    return values
+
+
+def _scale(values: dict[str, Any], pair: Pair) -> Any:
+    """s_c = sqrt(r1_c / r2_c), r1 the first layer's effective output-channel range (batch norm folded)."""
+    import torch
+
+    w1 = values[f"{pair.first}.weight"]
+    r1 = w1.abs().reshape(w1.shape[0], -1).amax(1)
+    if pair.norm is not None:
+        var = values[f"{pair.norm}.running_var"]
+        r1 = r1 * values[f"{pair.norm}.weight"].abs() / torch.sqrt(var + 1e-5)
+    w2 = values[f"{pair.second}.weight"]
+    r2 = w2.abs().transpose(0, 1).reshape(w2.shape[1], -1).amax(1)
+    scale = torch.sqrt(r1 / r2.clamp_min(1e-12))
+    usable = (r1 > 1e-12) & (r2 > 1e-12) & torch.isfinite(scale)
+    return torch.where(usable, scale, torch.ones_like(scale))
+
+
+def _apply(values: dict[str, Any], pair: Pair, scale: Any) -> None:
+    """Output channel c of `first` (its batch norm's affine part when there is one) / s_c; `second`'s input *."""
+    owner = pair.norm or pair.first
+    for name in ("weight", "bias"):
+        key = f"{owner}.{name}"
+        if key in values and values[key] is not None:
+            value = values[key]
+            values[key] = value / scale.reshape(-1, *([1] * (value.dim() - 1)))
+    w2 = values[f"{pair.second}.weight"]
+    values[f"{pair.second}.weight"] = w2 * scale.reshape(1, -1, *([1] * (w2.dim() - 2)))
+
+
+def _program(model: LoadedModel, inputs: dict[str, np.ndarray], names: list[str]) -> Any:
+    import torch
+
+    if model.kind == "exported_program":
+        return model.program
+    args = tuple(torch.from_numpy(np.ascontiguousarray(inputs[n][:1])) for n in names)
+    with torch.no_grad():
+        return torch.export.export(model.module.eval(), args)
+
+
+def _with_parameters(model: LoadedModel, values: dict[str, Any], pairs: list[Pair]) -> LoadedModel:
+    """A copy of the model with the equalized parameters (the user's model is never touched)."""
+    changed = sorted({f"{p.norm or p.first}.{n}" for p in pairs for n in ("weight", "bias")} |
+                     {f"{p.second}.weight" for p in pairs})
+    if model.kind == "exported_program":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecation, raised by deepcopy
+            program = copy.deepcopy(model.program)
+        for key in changed:
+            if key in program.state_dict:
+                program.state_dict[key] = _like(program.state_dict[key], values[key])
+        return dataclasses.replace(model, program=program, module=program.module())
+    module = copy.deepcopy(model.module)
+    for key in changed:
+        _assign(module, key, values[key])
+    return dataclasses.replace(model, module=module)
+
+
+def _assign(module: Any, key: str, value: Any) -> None:
+    """Replace parameter or buffer `key` of `module` by a new tensor (the old one is left as it was)."""
+    owner_name, _, leaf = key.rpartition(".")
+    owner = module.get_submodule(owner_name) if owner_name else module
+    if leaf in owner._parameters:
+        owner._parameters[leaf] = _like(owner._parameters[leaf], value)
+    elif leaf in owner._buffers:
+        owner._buffers[leaf] = value.detach().clone()
+
+
+def _like(old: Any, value: Any) -> Any:
+    import torch
+
+    if isinstance(old, torch.nn.Parameter):
+        return torch.nn.Parameter(value.detach().clone(), requires_grad=old.requires_grad)
+    return value.detach().clone()
+
+
+def _simulated_sqnr(program: Any, values: dict[str, Any], pairs: list[Pair], samples: list[tuple]) -> float:
+    """Output SQNR (dB) of the program with `values`, the pairs' weights and in-between activations in INT8."""
+    import torch
+
+    graph_module = program.module()  # its tensors are the program's own: replaced, never written into
+    weights = {f"{p.first}.weight" for p in pairs} | {f"{p.second}.weight" for p in pairs}
+    with torch.no_grad():
+        for key, value in values.items():
+            _assign(graph_module, key, _fake_quant_weight(value) if key in weights else value)
+        _, ranges = _interpret(graph_module, samples, {p.activation for p in pairs}, {})
+        quantized, _ = _interpret(graph_module, samples, set(), ranges)
+    clean = _float_outputs(program, samples)
+    signal = sum(float((c ** 2).sum()) for c in clean)
+    noise = sum(float(((c - q) ** 2).sum()) for c, q in zip(clean, quantized))
+    return 10 * np.log10(max(signal, 1e-30) / max(noise, 1e-30))
+
+
+def _float_outputs(program: Any, samples: list[tuple]) -> list[Any]:
+    import torch
+
+    module = program.module()
+    with torch.no_grad():
+        return [_flat(module(*s)) for s in samples]
+
+
+def _flat(result: Any) -> Any:
+    import torch
+
+    if isinstance(result, torch.Tensor):
+        return result.detach().float().reshape(-1)
+    items = result.values() if isinstance(result, dict) else result
+    return torch.cat([_flat(item) for item in items])
+
+
+def _fake_quant_weight(weight: Any) -> Any:
+    """Per-output-channel symmetric INT8, as every route quantizes weights."""
+    peak = weight.abs().reshape(weight.shape[0], -1).amax(1).clamp_min(1e-12)
+    step = (peak / 127).reshape(-1, *([1] * (weight.dim() - 1)))
+    return (weight / step).round().clamp(-127, 127) * step
+
+
+def _fake_quant_activation(value: Any, low: float, high: float) -> Any:
+    """Per-tensor asymmetric 8-bit over [min(low, 0), max(high, 0)]."""
+    low, high = min(low, 0.0), max(high, 0.0)
+    step = max(high - low, 1e-12) / 255
+    zero = round(-low / step)
+    return ((value / step).round() + zero).clamp(0, 255).sub(zero) * step
+
+
+def _interpret(module: Any, samples: list[tuple], record: set[str],
+               ranges: dict[str, tuple[float, float]]) -> tuple[list[Any], dict[str, tuple[float, float]]]:
+    """Run every sample through the graph: the min/max of the `record` nodes' outputs, and the outputs of the
+    `ranges` nodes fake-quantized to 8 bits over their range."""
+    import torch
+
+    seen: dict[str, tuple[float, float]] = {}
+
+    class Interpreter(torch.fx.Interpreter):
+        def run_node(self, node):
+            out = super().run_node(node)
+            if node.name in record:
+                low, high = float(out.min()), float(out.max())
+                old = seen.get(node.name, (low, high))
+                seen[node.name] = (min(old[0], low), max(old[1], high))
+            if node.name in ranges:
+                out = _fake_quant_activation(out, *ranges[node.name])
+            return out
+
+    interpreter = Interpreter(module)
+    return [_flat(interpreter.run(*sample)) for sample in samples], seen
