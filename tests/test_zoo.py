@@ -1,0 +1,50 @@
+"""Zoo architectures (benchmarks/zoo/architectures.py, random weights) through the real runtimes: every float32
+device model exact within rounding, every INT8 one built and measured. The full table is `make zoo` (docs/zoo.md)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgekit
+from benchmarks.zoo.architectures import get
+
+MISSING = [name for name in ("torchvision", "timm") if importlib.util.find_spec(name) is None]
+pytestmark = [pytest.mark.zoo, pytest.mark.skipif(bool(MISSING), reason=f"the zoo needs {' and '.join(MISSING)} "
+                                                                        "(requirements.lock: make venv installs them)")]
+EXACT_DB = 80.0  # relative error 1e-4: the conversion criterion
+
+
+def _data(name: str) -> tuple[dict, dict]:
+    """32 calibration and 16 eval samples; the image model at 96x96 (fully convolutional) to keep the suite fast."""
+    arch = get(name)
+    if name == "mobilenet_v3_small":
+        rng = np.random.default_rng(0)
+        return ({"x": rng.standard_normal((32, 3, 96, 96), dtype=np.float32)},
+                {"x": rng.standard_normal((16, 3, 96, 96), dtype=np.float32)})
+    return {"x": arch.samples(32, 0)[arch.inputs[0].name]}, {"x": arch.samples(16, 1)[arch.inputs[0].name]}
+
+
+@pytest.fixture(scope="module")
+def zoo_models() -> dict:
+    return {name: get(name).build() for name in ("mobilenet_v3_small", "tcn_1d")}
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "tcn_1d"])
+@pytest.mark.parametrize("route", ["onnxruntime-arm64", "openvino-x86", "android-arm64-executorch"])
+def test_new_routes_convert_zoo_models_exactly_and_quantize_them(route, name, zoo_models, tmp_path: Path):
+    calibration, evaluation = _data(name)
+    built = {}
+    for precision in ("fp32", "int8"):
+        built[precision] = edgekit.build(zoo_models[name], f"{route}-{precision}", calibration, evaluation,
+                                         tmp_path / precision, emulator="host", max_drop=100.0, min_agreement=0.0)
+    fp32, int8 = built["fp32"].report, built["int8"].report
+    assert min(o["sqnr_db"] for o in fp32["drift"]["outputs"]) > EXACT_DB  # the float device model is the model
+    assert min(o["sqnr_db"] for o in int8["conversion"]["outputs"]) > EXACT_DB
+    # random weights and inputs: INT8 measured 21-38 dB here; a collapsed INT8 model would be near 0
+    assert min(o["sqnr_db"] for o in int8["quantization"]["outputs"]) > 15.0
+    assert int8["size"]["device_bytes"] < 0.5 * fp32["size"]["device_bytes"]
+    assert int8["quantization"]["equalization"]["mode"] == "auto"  # measured, applied only where better
