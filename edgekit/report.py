@@ -77,6 +77,15 @@ def passed(report: dict) -> bool:
     return bool(report["drift"]["passed"] and (emulator is None or emulator["passed"]))
 
 
+def peak_rss_mb() -> int:
+    """Peak resident memory of this process or of its largest child (the onnx2tf worker, the emulator), in MiB."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round(max(own, children) / 1024)  # Linux reports KiB
+
+
 def make_report(plan, device, measured, timings_s: dict[str, float], size: dict) -> dict:
     """The report.json dict (schema edgekit.report/1); blocks that do not apply are null."""
     import platform
@@ -101,6 +110,7 @@ def make_report(plan, device, measured, timings_s: dict[str, float], size: dict)
         "quantization": quantization,
         "layers": measured.layers,
         "warnings": measured.warnings,
+        "resources": {"peak_rss_mb": peak_rss_mb()},
         "timings_s": dict(timings_s),
         "latency_ms": measured.latency_ms,
     }
