@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast lint bench clean chromium
+.PHONY: venv demo test test-fast lint bench zoo clean chromium
 
 venv: $(STAMP)
 
@@ -48,6 +48,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_build.py
+
+# The model-zoo table (docs/zoo.md): hours for every cell; finished cells are kept (benchmarks/zoo/.cells) and a
+# stopped run resumes. ZOO_ARGS="--only resnet18,deit_tiny --paths onnx2tf" narrows it.
+zoo: $(STAMP)
+	$(BIN)/python -m benchmarks.zoo.run $(ZOO_ARGS)
 
 clean:
 	rm -rf dist .pytest_cache

@@ -142,7 +142,8 @@ def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Wr
         with steps.step("emulator", f"running {count} samples in the ARM64 emulator ({plan.target.cpu})"):
             measured = _measure_emulated(plan, export, device, measured, count)
     if equalization is not None:
-        measured = replace(measured, equalization=equalization.block, warnings=[*measured.warnings, equalization.note])
+        notes = [equalization.note] if equalization.note else []
+        measured = replace(measured, equalization=equalization.block, warnings=[*measured.warnings, *notes])
     with steps.step("bundle", "writing the bundle"):
         return bundle_io.write(staging, plan, export, device, measured, steps.timings_s)
 

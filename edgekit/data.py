@@ -131,15 +131,20 @@ def _finish(inputs: dict[str, np.ndarray], labels: np.ndarray | None, source: st
     if len(set(sizes.values())) != 1:
         raise DataError(f"{what} {source}: inputs have different sample counts {sizes}",
                         hint="every input array needs the same first (batch) dimension")
-    inputs = {k: _as_float(k, a, source, what) for k, a in inputs.items()}
+    inputs = {k: _as_input(k, a, source, what) for k, a in inputs.items()}
     if labels is not None:
         labels = _check_labels(labels, next(iter(sizes.values())), source, what)
     return Dataset(inputs, labels, source)
 
 
-def _as_float(key: str, array: np.ndarray, source: str, what: str) -> np.ndarray:
+def _as_input(key: str, array: np.ndarray, source: str, what: str) -> np.ndarray:
+    """Float data as float32; integer and bool inputs (token ids, masks) keep their dtype: they pass through
+    unquantized."""
+    if array.dtype == np.bool_ or np.issubdtype(array.dtype, np.integer):
+        return np.ascontiguousarray(array)
     if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
-        raise DataError(f"{what} {source}: array {key!r} has dtype {array.dtype}", hint="use float32 arrays")
+        raise DataError(f"{what} {source}: array {key!r} has dtype {array.dtype}",
+                        hint="use float32 arrays (integer or bool arrays for id and mask inputs)")
     array = np.ascontiguousarray(array, dtype=np.float32) if array.dtype != np.float32 else array
     bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
     if bad:

@@ -10,6 +10,8 @@ import numpy as np
 
 from edgekit.runners.base import Runner
 
+PASSED_THROUGH = ("int32", "int64")  # input dtypes a device model takes as they are (never quantized)
+
 
 @dataclass(frozen=True)
 class DeviceModel:
@@ -54,10 +56,12 @@ def tolerances(device: DeviceModel, precision: str, golden: dict[str, np.ndarray
 
 
 def onnx_bindings(export) -> dict:
-    """Float32 in and out, by ONNX tensor name: for device models that keep the export's I/O (Q/DQ ONNX, ORT)."""
+    """The export's own I/O, by ONNX tensor name: float32, and integer inputs (token ids, masks) as they are; for
+    device models that keep the export's I/O (Q/DQ ONNX, ORT, OpenVINO IR, ExecuTorch)."""
     from edgekit.runners.litert import Binding
 
     def bind(specs):
-        return [Binding(s.name, s.name, index).to_dict() for index, s in enumerate(specs)]
+        return [Binding(s.name, s.name, index, dtype=s.dtype if s.dtype in PASSED_THROUGH else "float32").to_dict()
+                for index, s in enumerate(specs)]
 
     return {"inputs": bind(export.inputs), "outputs": bind(export.outputs), "mapping": "by ONNX tensor name"}

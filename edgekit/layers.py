@@ -39,7 +39,7 @@ def onnx_activations(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.
     names = [o.name for o in session.get_outputs()]
     rows = [session.run(names, {k: v[i:i + 1] for k, v in inputs.items()}) for i in range(len(next(iter(
         inputs.values()))))]
-    return {n: np.concatenate([r[j] for r in rows]) for j, n in enumerate(names)}
+    return {n: np.concatenate([r[j] for r in rows]) for j, n in enumerate(names) if np.ndim(rows[0][j]) > 0}
 
 
 def tflite_activations(path: Path, bindings: list[Binding], inputs: dict[str, np.ndarray]) -> list[dict]:

@@ -74,7 +74,8 @@ def make_plan(model: Any, target: str | Path | Target, calibration: Any, eval_da
     calib = load_data(calibration if calibration is not None else eval_data, recipe, "calibration data")
     evaluation = load_data(eval_data, recipe, "eval data") if eval_data is not None else None
     shapes = {k: v.shape[1:] for k, v in calib.inputs.items()}
-    inputs = resolve_inputs(loaded, shapes, input_shape)
+    dtypes = {k: v.dtype.name for k, v in calib.inputs.items()}
+    inputs = resolve_inputs(loaded, shapes, input_shape, dtypes)
     calib = validate_against(calib, inputs, "calibration data")
     if evaluation is None:
         calib, evaluation = split_holdout(calib, options.holdout, options.seed)

@@ -124,7 +124,7 @@ def test_equalize_on_is_refused_where_it_cannot_act(digits, int8_bundle, tmp_pat
     assert result.report["quantization"]["equalization"] is None
 
 
-def test_a_model_without_pairs_says_so(digits, tmp_path: Path):
+def test_a_model_without_pairs_says_so_when_asked(digits, tmp_path: Path):
     _, data = digits
 
     class Single(torch.nn.Module):
@@ -136,9 +136,12 @@ def test_a_model_without_pairs_says_so(digits, tmp_path: Path):
             return self.fc(x.flatten(1))
 
     torch.manual_seed(0)
-    result = _build(Single().eval(), data, "onnxruntime-arm64-int8", tmp_path / "single", max_drop=100.0,
-                    min_agreement=0.0)
-    assert result.report["quantization"]["equalization"] == {"mode": "auto", "applied": False, "pairs": [],
-                                                             "sqnr_db": None}
-    assert "equalize auto: no pair of consecutive weighted layers to equalize" in result.report["warnings"]
-    assert np.isfinite(result.report["drift"]["outputs"][0]["sqnr_db"])
+    model = Single().eval()
+    for mode in ("auto", "on"):
+        result = _build(model, data, "onnxruntime-arm64-int8", tmp_path / mode, max_drop=100.0, min_agreement=0.0,
+                        equalize=mode)
+        assert result.report["quantization"]["equalization"] == {"mode": mode, "applied": False, "pairs": [],
+                                                                 "sqnr_db": None}
+        said = "equalize on: no pair of consecutive weighted layers to equalize" in result.report["warnings"]
+        assert said == (mode == "on")  # auto stays quiet: the report says it
+        assert np.isfinite(result.report["drift"]["outputs"][0]["sqnr_db"])

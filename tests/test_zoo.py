@@ -48,3 +48,27 @@ def test_new_routes_convert_zoo_models_exactly_and_quantize_them(route, name, zo
     assert min(o["sqnr_db"] for o in int8["quantization"]["outputs"]) > 15.0
     assert int8["size"]["device_bytes"] < 0.5 * fp32["size"]["device_bytes"]
     assert int8["quantization"]["equalization"]["mode"] == "auto"  # measured, applied only where better
+
+
+def test_integer_inputs_pass_through_unquantized(tmp_path: Path):
+    """bert_tiny: int64 token ids and an attention mask. Calibrated and measured with their own dtype, listed as
+    int64 in the device I/O signature, and check.py feeds them as int64."""
+    import json
+    import subprocess
+    import sys
+
+    arch = get("bert_tiny")
+    result = edgekit.build(arch.build(), "onnxruntime-arm64-int8", arch.samples(32, 0), arch.samples(16, 1),
+                           tmp_path / "bert", emulator="host", max_drop=100.0, min_agreement=0.0)
+    report = result.report
+    assert min(o["sqnr_db"] for o in report["conversion"]["outputs"]) > EXACT_DB
+    assert min(o["sqnr_db"] for o in report["quantization"]["outputs"]) > 15.0
+    signature = result.manifest["device"]["signature"]["inputs"]
+    assert [(s["name"], s["dtype"], s["device_dtype"]) for s in signature] == [
+        ("input_ids", "int64", "int64"), ("attention_mask", "int64", "int64")]
+    with np.load(tmp_path / "bert" / "golden" / "inputs.npz") as golden:
+        assert golden["input_ids"].dtype == np.int64
+    done = subprocess.run([sys.executable, "check.py", "--json"], cwd=tmp_path / "bert", capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["passed"] is True

@@ -228,6 +228,7 @@ def delegation_note(graph_module) -> str:
     """Which ops run inside the XNNPACK delegate and which stay on ExecuTorch's portable kernels."""
     outside = Counter(str(node.target).split(".")[-2] if "." in str(node.target) else str(node.target)
                       for node in graph_module.graph.nodes if node.op == "call_function"
+                      and not str(node.target).startswith("<")  # memory planning's alloc: not an op
                       and "executorch_call_delegate" not in str(node.target) and "getitem" not in str(node.target))
     delegates = sum(1 for node in graph_module.graph.nodes if "executorch_call_delegate" in str(node.target))
     if not outside:

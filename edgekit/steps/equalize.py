@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 KINDS = ("module", "exported_program")  # what equalization can rewrite: the parameters are at hand
 ROUNDS = 20  # chains (a -> b -> c) are equalized pair by pair until the scales settle
 TOLERANCE = 1e-4
-MEASURE_SAMPLES = 32
+MEASURE_SAMPLES = 16
 _WEIGHTED = ("conv1d", "conv2d", "conv3d", "linear")
 _THROUGH = ("relu", "relu_", "leaky_relu", "leaky_relu_", "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d",
             "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "dropout", "clone",
@@ -46,6 +46,7 @@ class Pair:
     second: str
     norm: str | None  # the batch norm after `first`: its weight and bias take the scaling
     activation: str  # the graph node whose output feeds `second` (quantized between the two on the device)
+    axis: int = 1  # the channel axis of that activation (1 after a conv, -1 after a linear layer)
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class Equalized:
 
     model: LoadedModel
     block: dict
-    note: str
+    note: str | None
 
 
 def check_request(plan: Plan) -> None:
@@ -102,12 +103,19 @@ def equalize(model: LoadedModel, mode: str, inputs: dict[str, np.ndarray], names
     pairs = find_pairs(program)
     if not pairs:
         block = {"mode": mode, "applied": False, "pairs": [], "sqnr_db": None}
-        return Equalized(model, block, f"equalize {mode}: no pair of consecutive weighted layers to equalize")
+        # asked for (on), the user hears why nothing changed; auto stays quiet (report.json says it all)
+        return Equalized(model, block, "equalize on: no pair of consecutive weighted layers to equalize"
+                         if mode == "on" else None)
     params = {k: v.detach().clone() for k, v in program.state_dict.items() if isinstance(v, torch.Tensor)}
-    scaled = scale_pairs(params, pairs)
+    scaled, totals = scale_pairs(params, pairs)
     samples = [tuple(torch.from_numpy(np.ascontiguousarray(inputs[n][i:i + 1])) for n in names)
                for i in range(min(MEASURE_SAMPLES, len(inputs[names[0]])))]
-    before, after = (float(_simulated_sqnr(program, values, pairs, samples)) for values in (params, scaled))
+    clean, channel_ranges = _interpret(program.module(), samples, {p.activation: p.axis for p in pairs}, {})
+    ranges_before = {name: (float(low.min()), float(high.max())) for name, (low, high) in channel_ranges.items()}
+    ranges_after = {name: (float((low / totals[name]).min()), float((high / totals[name]).max()))
+                    for name, (low, high) in channel_ranges.items()}  # the activations divided by s_c, exactly
+    before, after = (_simulated_sqnr(program, values, pairs, samples, ranges, clean)
+                     for values, ranges in ((params, ranges_before), (scaled, ranges_after)))
     applied = bool(mode == "on" or after > before)
     listed = [{"first": p.first, "second": p.second, "norm": p.norm} for p in pairs]
     block = {"mode": mode, "applied": applied, "pairs": listed,
@@ -156,7 +164,8 @@ def _follow(node: Any, first: str, to_param: dict[str, str]) -> Pair | None:
             pass
         elif op in _WEIGHTED and user.args[0] is current and _groups(user) == 1:
             second = _weighted(user, to_param)
-            return Pair(first, second, norm, current.name) if second and second != first else None
+            axis = -1 if _op(node) == "linear" else 1
+            return Pair(first, second, norm, current.name, axis) if second and second != first else None
         else:
             return None
         current = user
@@ -180,18 +189,20 @@ def _op(node: Any) -> str:
     return getattr(getattr(node.target, "_overloadpacket", None), "__name__", str(node.target))
 
 
-def scale_pairs(params: dict[str, Any], pairs: list[Pair]) -> dict[str, Any]:
-    """New parameter values with every pair equalized; rounds repeat until chains settle."""
-    values = dict(params)
+def scale_pairs(params: dict[str, Any], pairs: list[Pair]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """New parameter values with every pair equalized (rounds repeat until chains settle), and per pair the total
+    scale s_c: the activation between the two layers is the original one divided by it, channel by channel."""
+    values, totals = dict(params), {}
     for _ in range(ROUNDS):
         largest = 0.0
         for pair in pairs:
             scale = _scale(values, pair)
             largest = max(largest, float((scale - 1).abs().max()))
             _apply(values, pair, scale)
+            totals[pair.activation] = totals.get(pair.activation, 1.0) * scale
         if largest < TOLERANCE:
             break
-    return values
+    return values, totals
 
 
 def _scale(values: dict[str, Any], pair: Pair) -> Any:
@@ -268,8 +279,10 @@ def _like(old: Any, value: Any) -> Any:
     return value.detach().clone()
 
 
-def _simulated_sqnr(program: Any, values: dict[str, Any], pairs: list[Pair], samples: list[tuple]) -> float:
-    """Output SQNR (dB) of the program with `values`, the pairs' weights and in-between activations in INT8."""
+def _simulated_sqnr(program: Any, values: dict[str, Any], pairs: list[Pair], samples: list[tuple],
+                    ranges: dict[str, tuple[float, float]], clean: list[Any]) -> float:
+    """Output SQNR (dB) against `clean` of the program with `values`, the pairs' weights and the activations
+    between them (over `ranges`) in INT8."""
     import torch
 
     graph_module = program.module()  # its tensors are the program's own: replaced, never written into
@@ -277,20 +290,10 @@ def _simulated_sqnr(program: Any, values: dict[str, Any], pairs: list[Pair], sam
     with torch.no_grad():
         for key, value in values.items():
             _assign(graph_module, key, _fake_quant_weight(value) if key in weights else value)
-        _, ranges = _interpret(graph_module, samples, {p.activation for p in pairs}, {})
-        quantized, _ = _interpret(graph_module, samples, set(), ranges)
-    clean = _float_outputs(program, samples)
+        quantized, _ = _interpret(graph_module, samples, {}, ranges)
     signal = sum(float((c ** 2).sum()) for c in clean)
     noise = sum(float(((c - q) ** 2).sum()) for c, q in zip(clean, quantized))
-    return 10 * np.log10(max(signal, 1e-30) / max(noise, 1e-30))
-
-
-def _float_outputs(program: Any, samples: list[tuple]) -> list[Any]:
-    import torch
-
-    module = program.module()
-    with torch.no_grad():
-        return [_flat(module(*s)) for s in samples]
+    return float(10 * np.log10(max(signal, 1e-30) / max(noise, 1e-30)))
 
 
 def _flat(result: Any) -> Any:
@@ -317,24 +320,27 @@ def _fake_quant_activation(value: Any, low: float, high: float) -> Any:
     return ((value / step).round() + zero).clamp(0, 255).sub(zero) * step
 
 
-def _interpret(module: Any, samples: list[tuple], record: set[str],
-               ranges: dict[str, tuple[float, float]]) -> tuple[list[Any], dict[str, tuple[float, float]]]:
-    """Run every sample through the graph: the min/max of the `record` nodes' outputs, and the outputs of the
-    `ranges` nodes fake-quantized to 8 bits over their range."""
+def _interpret(module: Any, samples: list[tuple], record: dict[str, int],
+               ranges: dict[str, tuple[float, float]]) -> tuple[list[Any], dict[str, tuple[Any, Any]]]:
+    """Run every sample through the graph: its flattened outputs, the per-channel min/max of the `record` nodes'
+    outputs ({node: channel axis}), and the outputs of the `ranges` nodes fake-quantized to 8 bits over their
+    range."""
     import torch
 
-    seen: dict[str, tuple[float, float]] = {}
+    seen: dict[str, tuple[Any, Any]] = {}
 
     class Interpreter(torch.fx.Interpreter):
         def run_node(self, node):
             out = super().run_node(node)
             if node.name in record:
-                low, high = float(out.min()), float(out.max())
+                channels = out.movedim(record[node.name], 0).reshape(out.shape[record[node.name]], -1)
+                low, high = channels.amin(1), channels.amax(1)
                 old = seen.get(node.name, (low, high))
-                seen[node.name] = (min(old[0], low), max(old[1], high))
+                seen[node.name] = (torch.minimum(old[0], low), torch.maximum(old[1], high))
             if node.name in ranges:
                 out = _fake_quant_activation(out, *ranges[node.name])
             return out
 
     interpreter = Interpreter(module)
-    return [_flat(interpreter.run(*sample)) for sample in samples], seen
+    with torch.no_grad():
+        return [_flat(interpreter.run(*sample)) for sample in samples], seen

@@ -31,8 +31,10 @@ class OnnxExport:
 
 
 def resolve_inputs(model: LoadedModel, sample_shapes: dict[str, tuple[int, ...]] | None,
-                   input_shape: tuple[int, ...] | None = None) -> tuple[TensorSpec, ...]:
-    """The model's inputs with batch 1: from the model itself where it says, else from the data or --input-shape."""
+                   input_shape: tuple[int, ...] | None = None,
+                   sample_dtypes: dict[str, str] | None = None) -> tuple[TensorSpec, ...]:
+    """The model's inputs with batch 1: from the model itself where it says, else from the data (shape and dtype:
+    matched by input name when the data names every input, else in order) or --input-shape."""
     if model.inputs:
         return tuple(_fill(spec, sample_shapes) for spec in model.inputs)
     if input_shape is not None:
@@ -42,8 +44,9 @@ def resolve_inputs(model: LoadedModel, sample_shapes: dict[str, tuple[int, ...]]
         raise ModelError(f"cannot tell the input shape of {model.source}",
                          hint="give calibration data or --input-shape 1,3,224,224")
     names = forward_input_names(model.module, len(sample_shapes))
-    shapes = list(sample_shapes.values())
-    return tuple(TensorSpec(n, (1, *s)) for n, s in zip(names, shapes))
+    keys = names if set(sample_shapes) == set(names) else list(sample_shapes)
+    dtypes = sample_dtypes or {}
+    return tuple(TensorSpec(n, (1, *sample_shapes[k]), dtypes.get(k, "float32")) for n, k in zip(names, keys))
 
 
 def _fill(spec: TensorSpec, sample_shapes: dict[str, tuple[int, ...]] | None) -> TensorSpec:
