@@ -84,14 +84,28 @@ def test_the_message_names_node_op_and_module():
 
 
 @pytest.mark.slow
-def test_a_wrong_float32_conversion_stops_the_build_with_exit_2(tmp_path: Path):
+def test_a_wrong_float32_conversion_stops_an_explicit_converter_with_exit_2(tmp_path: Path):
     with pytest.raises(edgekit.errors.UnsupportedError) as info:
         edgekit.build(wrong_conversion_net(), "android-arm64-int8", calibration=samples(48, 0),
-                      out=tmp_path / "b", emulator="host")
+                      out=tmp_path / "b", emulator="host", converter="onnx2tf")
     assert info.value.exit_code == 2
     assert "first diverging ONNX node node_mul (Mul) from PyTorch module scale" in info.value.message
     assert "--accept-conversion-error" in info.value.hint
     assert not (tmp_path / "b").exists()
+
+
+def test_the_default_converter_gives_way_to_the_exact_one(tmp_path: Path):
+    """No --converter: onnx2tf (the target's default) gets this model wrong, so litert-torch's exact model ships,
+    and the summary, the report and the manifest say why."""
+    result = edgekit.build(wrong_conversion_net(), "android-arm64-int8", calibration=samples(48, 0),
+                           out=tmp_path / "b", emulator="host")
+    assert result.report["runtime"]["converter"] == "litert-torch"
+    assert min(o["sqnr_db"] for o in result.report["conversion"]["outputs"]) > 80
+    [warning] = [w for w in result.report["warnings"] if w.startswith("converter: onnx2tf, the target's default")]
+    assert "first diverging ONNX node node_mul (Mul)" in warning and "built with litert-torch instead" in warning
+    record = result.manifest["device"]["converter"]
+    assert (record["requested"], record["name"]) == ("onnx2tf", "litert-torch")
+    assert record["reason"].startswith("the target's default onnx2tf converts the float32 model wrongly")
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from edgekit.steps.export_onnx import OnnxExport
 ROUTES = ("onnx2tf", "litert-torch")
 FAITHFUL_DB = 80.0  # float32 vs PyTorch at or above this: the converter is exact within float rounding
 TIE_DB = 1.0  # closer than this, two conversions are equally faithful
+WRONG_FLOAT = "float32 conversion is wrong"  # how fidelity.py's refusal of a wrong float32 model begins
 
 
 @dataclass(frozen=True)
@@ -103,14 +104,45 @@ def _route(name: str) -> Callable[[Plan, OnnxExport, Path], DeviceModel]:
 
 
 def build_android(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
-    """Build with the requested converter, or with `auto`'s choice; the manifest records which and why."""
+    """Build with the requested converter, or with `auto`'s choice; the manifest records which and why. Without
+    --converter, a target default whose float32 model is wrong beyond rounding gives way to the other installed
+    converter when that one converts exactly (an explicit --converter is obeyed: exit 2 as the check says)."""
     name = requested(plan)
     if name == "auto":
         return _auto(plan, export, workdir)
-    device = _route(name)(plan, export, workdir)
+    try:
+        device = _route(name)(plan, export, workdir)
+    except UnsupportedError as exc:
+        if plan.options.converter or not exc.message.startswith(WRONG_FLOAT):
+            raise
+        return _instead_of_default(plan, export, workdir, name, exc)
     why = "asked for with --converter" if plan.options.converter else f"the default of target {plan.target.name}"
     return _recorded(device, {"requested": name, "name": name, "version": device.runtime["converter_version"],
                               "reason": why, "candidates": []}, [])
+
+
+def _instead_of_default(plan: Plan, export: OnnxExport, workdir: Path, name: str,
+                        exc: UnsupportedError) -> DeviceModel:
+    """The target's default converter got the float32 model wrong: the other one, if it is installed and exact."""
+    from edgekit.runners.reference import reference_runner
+
+    other = next(route for route in ROUTES if route != name)
+    if other in _unavailable(plan):
+        raise exc
+    candidate = _attempt(other, plan, export, workdir / other)
+    if candidate.device is None:
+        raise exc
+    with reference_runner(plan, export) as runner:
+        candidate = _scored(candidate, plan, runner.run(plan.evaluation.inputs))
+    if _db(candidate) < FAITHFUL_DB:
+        raise UnsupportedError(f"{exc.message}; {other} is not exact either ({_show(candidate)})", hint=exc.hint)
+    reason = (f"the target's default {name} converts the float32 model wrongly ({exc.message}); {other} converts "
+              f"it exactly ({_show(candidate)} vs PyTorch)")
+    record = {"requested": name, "name": other, "version": candidate.version, "reason": reason,
+              "candidates": [Candidate(name, error=_describe(exc)).to_dict(), candidate.to_dict()]}
+    warning = (f"converter: {name}, the target's default, converts this model wrongly beyond rounding "
+               f"({exc.message}); built with {other} instead, exact within rounding ({_show(candidate)})")
+    return _recorded(candidate.device, record, [warning])
 
 
 def _recorded(device: DeviceModel, record: dict, warnings: list[str]) -> DeviceModel:
