@@ -98,7 +98,7 @@ def _torch_export(model: LoadedModel, inputs: tuple[TensorSpec, ...]):
         except Exception as exc:
             raise _export_error(exc, model) from exc
     proto = program.model_proto if dynamo else onnx.load_from_string(buffer.getvalue())
-    proto = _name_outputs(proto)
+    proto = _name_outputs(proto, _output_names(model, example, len(proto.graph.output)))
     _record_modules(proto)
     return proto
 
@@ -148,13 +148,41 @@ def _export_error(exc: Exception, model: LoadedModel) -> Exception:
                       hint="check that the model runs on the calibration data and is in eval mode")
 
 
-def _name_outputs(proto):
-    """Name outputs `output` (or output_0..k) so reports and bundles read the same for every model."""
+def _name_outputs(proto, names: list[str] | None = None):
+    """Name outputs by the model's own names (dict keys, namedtuple fields) when it has them, else `output` (or
+    output_0..k), so reports, manifests and golden files read the same for every model."""
     outputs = list(proto.graph.output)
-    names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
+    if names is None:
+        names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
     for value, new in zip(outputs, names):
-        _rename_tensor(proto.graph, value.name, new)
+        if value.name != new:
+            _rename_tensor(proto.graph, value.name, new)
     return proto
+
+
+def _output_names(model: LoadedModel, example: tuple, count: int) -> list[str] | None:
+    """Names for the flattened outputs from the structure the model returns: `bbox_reg` for a dict key or a
+    namedtuple field, `heads.0` inside them; None when the outputs carry no names (a tensor, a plain tuple)."""
+    import torch
+    from torch.utils import _pytree as pytree
+
+    module = model.program.module() if model.program is not None else model.module
+    try:
+        with torch.no_grad():
+            result = module(*example)
+    except Exception:  # the export ran the same forward: default names, never a failed build over naming
+        return None
+    leaves = [(path, v) for path, v in pytree.tree_flatten_with_path(result)[0] if isinstance(v, torch.Tensor)]
+    named = any(isinstance(k, (pytree.MappingKey, pytree.GetAttrKey)) for path, _ in leaves for k in path)
+    if len(leaves) != count or not named:
+        return None
+    names = []
+    for path, _ in leaves:
+        parts = [str(k.key) if isinstance(k, pytree.MappingKey) else k.name if isinstance(k, pytree.GetAttrKey)
+                 else str(getattr(k, "idx", k)) for k in path]
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", ".".join(parts)) or "output"
+        names.append(name if name not in names else f"{name}_{len(names)}")
+    return names
 
 
 def _rename_tensor(graph, old: str, new: str) -> None:
