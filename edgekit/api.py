@@ -14,7 +14,7 @@ from edgekit import outdir
 from edgekit.build_compression import baseline_float_gzip, compress_model, device_columns
 from edgekit.config import BuildOptions, Calibration, Cluster, Prune
 from edgekit.device import DeviceModel
-from edgekit.drift import Thresholds, class_output, drift_block, failure_reasons, output_metrics
+from edgekit.drift import Thresholds, drift_block, failure_reasons, output_metrics
 from edgekit.errors import DriftError, EdgekitError, UnsupportedError
 from edgekit.fallback import run_fallback
 from edgekit.plan import Plan, make_plan
@@ -24,6 +24,7 @@ from edgekit.runners.reference import reference_runner
 from edgekit.steps.equalize import check_request as check_equalize
 from edgekit.steps.equalize import equalize_applies, equalize_model
 from edgekit.steps.export_onnx import OnnxExport, export_onnx
+from edgekit.tasks import output_tasks
 
 LAYER_SAMPLES = 32
 
@@ -56,7 +57,8 @@ def build(model: Any, target: str = "android-arm64-int8", calibration: Any = Non
           emulator: str | None = None, emulator_samples: int = 64, input_shape: tuple[int, ...] | None = None,
           io: str | None = None, seed: int = 0, force: bool = False, progress: Listener | None = None,
           accept_conversion_error: bool = False, ignore_index: int | None = None,
-          allow_small_calibration: bool = False) -> BuildResult:
+          allow_small_calibration: bool = False, task: str | None = None,
+          outputs: dict[str, str] | str | Path | None = None, min_sqnr: float | None = None) -> BuildResult:
     """Build a device bundle for `target` and measure its drift; see docs/design.md for every argument.
     `accept_conversion_error`: ship a float32 conversion wrong beyond rounding (else exit 2), with a warning."""
     method = calibration_method if isinstance(calibration_method, Calibration) else Calibration(calibration_method)
@@ -65,7 +67,8 @@ def build(model: Any, target: str = "android-arm64-int8", calibration: Any = Non
                            emulator=emulator,
                            emulator_samples=emulator_samples, io=io, seed=seed,
                            accept_conversion_error=accept_conversion_error, ignore_index=ignore_index,
-                           allow_small_calibration=allow_small_calibration)
+                           allow_small_calibration=allow_small_calibration, task=task,
+                           outputs=_outputs_option(outputs), min_sqnr=min_sqnr)
     _refuse_unimplemented(options)
     steps = Steps(progress)
     with steps.step("plan", "checking model, data and target"):
@@ -106,6 +109,13 @@ def _build_in_place(plan: Plan, steps: Steps) -> bundle_io.Written:
     return result
 
 
+def _outputs_option(outputs: dict[str, str] | str | Path | None) -> dict[str, str] | None:
+    """`outputs`: a dict, or the path of an --outputs TOML file."""
+    from edgekit.tasks import load_outputs_file
+
+    return load_outputs_file(outputs) if isinstance(outputs, (str, Path)) else outputs
+
+
 def _refuse_unimplemented(options: BuildOptions) -> None:
     """Options that would otherwise be silently ignored stop the build (exit 2)."""
     if options.recover and options.prune is None and options.cluster is None:
@@ -126,26 +136,31 @@ def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Wr
             equalization = equalized
     with steps.step("export", "exporting to ONNX"):
         export = export_onnx(device_plan.model, plan.inputs, workdir / "reference.onnx")
+        tasks, notes = output_tasks({o.name: o.shape for o in export.outputs}, plan.evaluation.labels,
+                                    plan.options.task, plan.options.outputs)
+    for note in notes:
+        steps.note(note)
+        plan.warnings.append(note)
     with steps.step("convert", f"converting for {plan.target.name}"):
         device = plan.route.build(device_plan, export, workdir)
     with steps.step("verify", f"measuring drift on {plan.evaluation.size} {plan.eval_source} samples"):
-        measured = _evaluate(plan, export, device, device_plan)
+        measured = _evaluate(plan, export, device, device_plan, tasks)
     if compression is not None:
         with steps.step("preservation", "checking sparsity and clusters in the device model"):
             measured = _with_compression(plan, device_plan, device, measured, compression, workdir)
     if plan.options.fallback == "auto" and not measured.drift["passed"]:
         with steps.step("fallback", "keeping the most sensitive layers in float"):
             device, measured = run_fallback(plan.route, device, measured,
-                                            lambda candidate: _evaluate(plan, export, candidate, device_plan))
+                                            lambda candidate: _evaluate(plan, export, candidate, device_plan, tasks))
     if plan.emulator == "arm64":
         count = min(plan.options.emulator_samples, plan.evaluation.size)
         with steps.step("emulator", f"running {count} samples in the ARM64 emulator ({plan.target.cpu})"):
-            measured = _measure_emulated(plan, export, device, measured, count)
+            measured = _measure_emulated(plan, device, measured, count, tasks)
     if equalization is not None:
         notes = [equalization.note] if equalization.note else []
         measured = replace(measured, equalization=equalization.block, warnings=[*measured.warnings, *notes])
     with steps.step("bundle", "writing the bundle"):
-        return bundle_io.write(staging, plan, export, device, measured, steps.timings_s)
+        return bundle_io.write(staging, plan, export, device, measured, steps.timings_s, tasks)
 
 
 def _with_compression(plan: Plan, device_plan: Plan, device: DeviceModel, measured: bundle_io.Measured,
@@ -156,9 +171,10 @@ def _with_compression(plan: Plan, device_plan: Plan, device: DeviceModel, measur
                    baseline_float_gzip_bytes=baseline_float_gzip(plan, workdir))
 
 
-def _evaluate(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: Plan) -> bundle_io.Measured:
+def _evaluate(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: Plan,
+              tasks: dict[str, str]) -> bundle_io.Measured:
     """Drift on the eval data, plus per-layer drift where the route can measure it."""
-    measured = _measure(plan, export, device, device_plan)
+    measured = _measure(plan, export, device, device_plan, tasks)
     if device.per_layer is None:
         return measured
     samples = {k: v[:LAYER_SAMPLES] for k, v in plan.evaluation.inputs.items()}
@@ -166,7 +182,13 @@ def _evaluate(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: 
     return replace(measured, layers=rows)
 
 
-def _measure(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: Plan) -> bundle_io.Measured:
+def _thresholds(plan: Plan) -> Thresholds:
+    floor = plan.options.min_sqnr if plan.options.min_sqnr is not None else plan.target.min_sqnr_db
+    return Thresholds(plan.options.max_drop, plan.options.min_agreement, floor)
+
+
+def _measure(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: Plan,
+             tasks: dict[str, str]) -> bundle_io.Measured:
     """Drift against the original model; the converter's error against the model that was converted (the
     compressed one, when compressing), so compression, conversion and quantization errors stay apart."""
     data = plan.evaluation
@@ -181,9 +203,7 @@ def _measure(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: P
     with device.open_runner(device.path) as runner:
         outputs = runner.run(data.inputs)
         latency = runner.median_latency_ms()
-    thresholds = Thresholds(plan.options.max_drop, plan.options.min_agreement, plan.target.min_sqnr_db)
-    scores = class_output({o.name: o.shape for o in export.outputs})
-    drift = drift_block(reference, outputs, data.labels, scores, thresholds, plan.options.ignore_index)
+    drift = drift_block(reference, outputs, data.labels, tasks, _thresholds(plan), plan.options.ignore_index)
     quantized = plan.target.precision != "fp32"
     return bundle_io.Measured(
         reference=reference, device=outputs, conversion=output_metrics(converted, floats),
@@ -191,14 +211,13 @@ def _measure(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: P
         latency_ms={"host": latency}, warnings=_warnings(plan, drift, reference, outputs) + device.notes)
 
 
-def _measure_emulated(plan: Plan, export: OnnxExport, device: DeviceModel, measured: bundle_io.Measured,
-                      count: int) -> bundle_io.Measured:
+def _measure_emulated(plan: Plan, device: DeviceModel, measured: bundle_io.Measured, count: int,
+                      tasks: dict[str, str]) -> bundle_io.Measured:
     from edgekit.emulator_drift import measure
 
-    thresholds = Thresholds(plan.options.max_drop, plan.options.min_agreement, plan.target.min_sqnr_db)
     inputs = {k: v[:count] for k, v in plan.evaluation.inputs.items()}
-    block = measure(device.path, device.bindings, inputs, measured.reference, measured.device,
-                    class_output({o.name: o.shape for o in export.outputs}), thresholds, plan.target.cpu)
+    block = measure(device.path, device.bindings, inputs, measured.reference, measured.device, tasks,
+                    _thresholds(plan), plan.target.cpu)
     warnings = list(measured.warnings)
     if block["error"]:
         warnings.append(f"emulator run failed: {block['error']}")

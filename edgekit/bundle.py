@@ -13,11 +13,11 @@ import numpy as np
 
 from edgekit import check_script, lineage, monitor
 from edgekit.device import DeviceModel, tolerances
-from edgekit.drift import class_output
 from edgekit.plan import Plan
 from edgekit.report import make_report, validate_report
 from edgekit.report_html import Evidence, render_html
 from edgekit.steps.export_onnx import OnnxExport
+from edgekit.tasks import scores_output
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def gzip_size(path: Path) -> int:
 
 
 def write(staging: Path, plan: Plan, export: OnnxExport, device: DeviceModel, measured: Measured,
-          timings_s: dict[str, float]) -> Written:
+          timings_s: dict[str, float], tasks: dict[str, str]) -> Written:
     """Fill the staging folder; nothing here touches the final OUT."""
     shutil.copyfile(device.path, staging / device.bundle_name)
     shutil.copyfile(export.path, staging / "reference.onnx")
@@ -68,8 +68,8 @@ def write(staging: Path, plan: Plan, export: OnnxExport, device: DeviceModel, me
     report = make_report(plan, device, measured, timings_s, sizes)
     validate_report(report)
     (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    manifest = _manifest(plan, export, device, golden)
-    scores = class_output({o.name: o.shape for o in export.outputs})
+    manifest = _manifest(plan, export, device, golden, tasks)
+    scores = scores_output(tasks)
     evidence = _evidence(measured, plan.evaluation.labels, scores, plan.options.ignore_index)
     (staging / "report.html").write_text(render_html(report, manifest, evidence))
     manifest["files"] = lineage.file_hashes(staging)
@@ -110,9 +110,8 @@ def _write_golden(staging: Path, plan: Plan, measured: Measured) -> dict[str, np
     return {k: v[:count] for k, v in measured.device.items()}
 
 
-def _manifest(plan: Plan, export: OnnxExport, device: DeviceModel, golden: dict[str, np.ndarray]) -> dict:
-    from edgekit.drift import class_output
-
+def _manifest(plan: Plan, export: OnnxExport, device: DeviceModel, golden: dict[str, np.ndarray],
+              tasks: dict[str, str]) -> dict:
     config = {"target": plan.target.name, "options": plan.options.to_dict(), "io": plan.io}
     return {
         "schema": lineage.MANIFEST_SCHEMA, "created": lineage.now_utc(), "git_sha": lineage.git_sha(),
@@ -128,7 +127,7 @@ def _manifest(plan: Plan, export: OnnxExport, device: DeviceModel, golden: dict[
             "io": plan.io, **device.bindings,
             "signature": _signature(plan, export, device),
             "tolerances": {"atol": tolerances(device, plan.target.precision, golden),
-                           "class_output": class_output({o.name: o.shape for o in export.outputs})},
+                           "class_output": scores_output(tasks), "tasks": dict(tasks)},
         },
     }
 

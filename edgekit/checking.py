@@ -138,7 +138,9 @@ def _drift_on(opened: OpenedBundle, eval_data: Any, recipe: Path | str | None) -
     config = opened.manifest.get("config")
     ignore = ((config or {}).get("options") or {}).get("ignore_index") if isinstance(config, dict) else None
     ignore = ignore if type(ignore) is int else None  # the manifest is data: an int or nothing
-    return drift_block(reference, outputs, data.labels, device["tolerances"].get("class_output"), thresholds, ignore)
+    tasks = device["tolerances"].get("tasks")
+    tasks = tasks if isinstance(tasks, dict) else device["tolerances"].get("class_output")  # older manifests
+    return drift_block(reference, outputs, data.labels, tasks, thresholds, ignore)
 
 
 def result_lines(result: dict) -> list[str]:

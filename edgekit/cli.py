@@ -157,6 +157,11 @@ def _shape(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 @click.option("--accept-conversion-error", is_flag=True,
               help="build even when the float32 conversion is wrong beyond rounding (else exit 2); warned")
 @click.option("--ignore-index", type=int, help="an eval label left out of accuracy, e.g. -100 (segmentation)")
+@click.option("--task", type=click.Choice(["classify", "regress", "embed"]),
+              help="what every output is (default: edgekit decides per output, see docs/outputs.md)")
+@click.option("--outputs", "outputs_file", type=click.Path(path_type=Path),
+              help='TOML with [outputs] name = "classify" | "regress" | "embed", per output')
+@click.option("--min-sqnr", type=float, help="SQNR floor in dB for regress/embed outputs (default: the target's)")
 @click.option("--allow-small-calibration", is_flag=True,
               help="calibrate on fewer than 8 samples (else exit 2); warned in the report")
 @click.option("--json", "as_json", is_flag=True, help="print report.json on stdout (progress stays on stderr)")
@@ -166,7 +171,8 @@ def build_command(model: str, target: str, out: Path | None, force: bool, calibr
                   prune: float | None, prune_mode: str, clusters: int | None, recover: int, max_drop: float,
                   min_agreement: float, fallback: str, equalize: str, converter: str | None, emulator: str | None,
                   emulator_samples: int, input_shape: tuple[int, ...] | None, io: str | None, seed: int,
-                  accept_conversion_error: bool, ignore_index: int | None, allow_small_calibration: bool,
+                  accept_conversion_error: bool, ignore_index: int | None, task: str | None,
+                  outputs_file: Path | None, min_sqnr: float | None, allow_small_calibration: bool,
                   as_json: bool) -> int:
     """Build a device bundle for MODEL and measure its drift (exit 3 when over a threshold)."""
     import edgekit
@@ -181,7 +187,8 @@ def build_command(model: str, target: str, out: Path | None, force: bool, calibr
         min_agreement=min_agreement, fallback=fallback, equalize=equalize, converter=converter, emulator=emulator,
         emulator_samples=emulator_samples, input_shape=input_shape, io=io, seed=seed, force=force,
         recover=recover, progress=_progress(console), accept_conversion_error=accept_conversion_error,
-        ignore_index=ignore_index, allow_small_calibration=allow_small_calibration)
+        ignore_index=ignore_index, allow_small_calibration=allow_small_calibration, task=task, outputs=outputs_file,
+        min_sqnr=min_sqnr)
     if as_json:
         click.echo(json.dumps(result.report, indent=2))
     for line in summary_lines(result.report):

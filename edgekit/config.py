@@ -19,6 +19,7 @@ CONVERTERS = ("onnx2tf", "litert-torch", "auto", "ort-quant", "none")
 EMULATORS = ("host", "arm64")
 FALLBACKS = ("none", "auto")
 EQUALIZE = ("auto", "on", "off")
+TASKS = ("classify", "regress", "embed")
 PRUNE_MODES = ("unstructured", "structured")
 
 
@@ -302,6 +303,9 @@ class BuildOptions:
     ignore_index: int | None = None  # an eval label left out of accuracy (segmentation's -100)
     allow_small_calibration: bool = False  # calibrate on fewer than MIN_CALIBRATION_FLOOR samples (warned)
     equalize: str = "auto"  # cross-layer equalization before INT8: auto keeps it when it measures better
+    task: str | None = None  # every output's task (classify | regress | embed); None: edgekit decides (tasks.py)
+    outputs: dict[str, str] | None = None  # per output name, its task (--outputs FILE.toml)
+    min_sqnr: float | None = None  # SQNR floor (dB) for regress/embed outputs; None: the target's min_sqnr_db
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.max_drop) <= 100.0:
@@ -310,6 +314,12 @@ class BuildOptions:
         _fraction("min_agreement", self.min_agreement)
         _choice("fallback", self.fallback, FALLBACKS)
         _choice("equalize", self.equalize, EQUALIZE)
+        if self.task is not None:
+            _choice("task", self.task, TASKS)
+        for name, task in (self.outputs or {}).items():
+            _choice(f"task of output {name}", task, TASKS)
+        if self.min_sqnr is not None and not -200.0 <= float(self.min_sqnr) <= 200.0:
+            raise ConfigError(f"min_sqnr = {self.min_sqnr} dB is outside -200..200", hint="e.g. --min-sqnr 30")
         if self.converter is not None:
             _choice("converter", self.converter, CONVERTERS)
         if self.emulator is not None:

@@ -66,26 +66,49 @@ def class_output(shapes: dict[str, tuple[int | None, ...]]) -> str | None:
 
 
 def drift_block(reference: dict[str, np.ndarray], device: dict[str, np.ndarray], labels: np.ndarray | None,
-                scores: str | None, thresholds: Thresholds, ignore_index: int | None = None) -> dict:
-    """The report's `drift` block; zero samples never pass. Samples labelled `ignore_index` count for agreement
-    and output errors, not for accuracy."""
+                tasks: dict[str, str] | str | None, thresholds: Thresholds, ignore_index: int | None = None) -> dict:
+    """The report's `drift` block; zero samples never pass. `tasks`: {output: classify | regress | embed}
+    (edgekit/tasks.py; a single name means that output classifies and the others regress). Classify outputs are
+    gated by top-1 agreement (the lowest over them) and, with labels, the accuracy drop of the first one; regress
+    and embed outputs by SQNR. Samples labelled `ignore_index` count for agreement and output errors, not for
+    accuracy."""
+    tasks = as_tasks(tasks, list(reference))
     samples = len(next(iter(reference.values()))) if reference else 0
-    outputs = output_metrics(reference, device) if samples else []
+    outputs = [{**row, **_task_metrics(tasks[row["name"]], reference[row["name"]], device[row["name"]])}
+               for row in output_metrics(reference, device)] if samples else []
     ref_acc = dev_acc = drop = agreement = None
-    if samples and scores is not None:
+    classify = [name for name in reference if tasks[name] == "classify"]
+    if samples and classify:
+        agreement = min(float(np.mean(reference[n].argmax(1) == device[n].argmax(1))) for n in classify)
+        scores = classify[0]
         ref_top, dev_top = reference[scores].argmax(1), device[scores].argmax(1)
-        agreement = float(np.mean(ref_top == dev_top))
         keep = labels != ignore_index if labels is not None and ignore_index is not None else slice(None)
-        if labels is not None and np.size(labels[keep]):
+        if labels is not None and ref_top.ndim == 1 and np.size(labels[keep]):
             ref_acc = float(np.mean(ref_top[keep] == labels[keep]))
             dev_acc = float(np.mean(dev_top[keep] == labels[keep]))
             drop = round((ref_acc - dev_acc) * 100.0, 6)
-    passed = _passed(samples, outputs, drop, agreement, scores, thresholds)
+    passed = _passed(samples, outputs, drop, agreement, thresholds)
     return {"samples": samples, "reference_accuracy": ref_acc, "device_accuracy": dev_acc, "accuracy_drop": drop,
             "top1_agreement": agreement, "outputs": outputs, "thresholds": thresholds.to_dict(), "passed": passed}
 
 
-def _passed(samples: int, outputs: list[dict], drop: float | None, agreement: float | None, scores: str | None,
+def as_tasks(tasks: dict[str, str] | str | None, names: list[str]) -> dict[str, str]:
+    """A task per output; a single output name (older manifests' `class_output`) classifies, the rest regress."""
+    if isinstance(tasks, dict):
+        return {name: tasks.get(name, "regress") for name in names}
+    return {name: "classify" if name == tasks else "regress" for name in names}
+
+
+def _task_metrics(task: str, reference: np.ndarray, device: np.ndarray) -> dict:
+    """The output's task, and for embeddings the per-sample cosine (min and mean)."""
+    if task != "embed" or not np.all(np.isfinite(device)):
+        return {"task": task}
+    per_sample = [cosine(r, d) for r, d in zip(reference, device)]
+    return {"task": task, "cosine_min": round(float(np.min(per_sample)), 8),
+            "cosine_mean": round(float(np.mean(per_sample)), 8)}
+
+
+def _passed(samples: int, outputs: list[dict], drop: float | None, agreement: float | None,
             thresholds: Thresholds) -> bool:
     if samples == 0 or any(o["sqnr_db"] is None for o in outputs):
         return False
@@ -93,9 +116,7 @@ def _passed(samples: int, outputs: list[dict], drop: float | None, agreement: fl
         return False
     if agreement is not None and agreement < thresholds.min_agreement:
         return False
-    if scores is None:
-        return all(o["sqnr_db"] >= thresholds.min_sqnr_db for o in outputs)
-    return True
+    return all(o["sqnr_db"] >= thresholds.min_sqnr_db for o in outputs if o["task"] != "classify")
 
 
 def failure_reasons(drift: dict) -> list[str]:
@@ -110,6 +131,7 @@ def failure_reasons(drift: dict) -> list[str]:
     for row in drift["outputs"]:
         if row["sqnr_db"] is None:
             reasons.append(f"output {row['name']} has NaN/inf values on the device")
-        elif drift["top1_agreement"] is None and row["sqnr_db"] < t["min_sqnr_db"]:
+        elif row.get("task", "regress" if drift["top1_agreement"] is None else "classify") != "classify" and \
+                row["sqnr_db"] < t["min_sqnr_db"]:
             reasons.append(f"output {row['name']} SQNR {row['sqnr_db']:.1f} dB < min {t['min_sqnr_db']} dB")
     return reasons

@@ -46,7 +46,7 @@ def run_bindings(model: Path, device: dict, inputs: dict[str, np.ndarray], cpu: 
 
 
 def measure(model: Path, device: dict, inputs: dict[str, np.ndarray], reference: dict[str, np.ndarray],
-            host: dict[str, np.ndarray], scores: str | None, thresholds: Thresholds, cpu: str) -> dict:
+            host: dict[str, np.ndarray], tasks: dict[str, str], thresholds: Thresholds, cpu: str) -> dict:
     """The report's `emulator` block; an emulator failure is recorded (passed false), never raised."""
     where = f"qemu-aarch64 {cpu}"
     count = len(next(iter(inputs.values())))
@@ -55,7 +55,7 @@ def measure(model: Path, device: dict, inputs: dict[str, np.ndarray], reference:
     except EdgekitError as exc:
         return {"where": where, "samples": 0, "bit_exact_with_host": None, "top1_agreement": None,
                 "passed": False, "error": str(exc)}
-    block = drift_block({k: v[:count] for k, v in reference.items()}, outputs, None, scores, thresholds)
+    block = drift_block({k: v[:count] for k, v in reference.items()}, outputs, None, tasks, thresholds)
     diffs = {k: float(np.max(np.abs(outputs[k] - host[k][:count]))) for k in outputs}
     return {"where": where, "samples": count,
             "bit_exact_with_host": all(np.array_equal(outputs[k], host[k][:count]) for k in outputs),

@@ -4,6 +4,7 @@ manifest.json and the golden files; a plain tuple gets output_0..k."""
 from __future__ import annotations
 
 import collections
+import json
 from pathlib import Path
 
 import numpy as np
@@ -51,3 +52,75 @@ def test_output_names_come_from_the_model(kind, target, names, tmp_path: Path):
     assert [o["name"] for o in result.manifest["device"]["signature"]["outputs"]] == names
     with np.load(tmp_path / kind / "golden" / "outputs.npz") as golden:
         assert sorted(golden) == sorted(f"{side}/{n}" for side in ("reference", "device") for n in names)
+
+
+def test_tasks_are_decided_by_name_then_shape_and_ambiguity_is_said():
+    from edgekit.tasks import output_tasks
+
+    assert output_tasks({"bbox_reg": (1, 4), "scores": (1, 5)}, None)[0] == {"bbox_reg": "regress",
+                                                                           "scores": "classify"}
+    assert output_tasks({"output": (1, 10)}, None)[0] == {"output": "classify"}
+    assert output_tasks({"output_0": (1, 3234, 4), "output_1": (1, 3234, 91)}, None)[0] == {
+        "output_0": "regress", "output_1": "regress"}
+    assert output_tasks({"embedding": (1, 128)}, None)[0] == {"embedding": "embed"}
+    # an unnamed face model: box regression (4 values) beside a face probability (2): nothing tells them apart
+    tasks, [warning] = output_tasks({"output_0": (1, 4), "output_1": (1, 2)}, np.array([0, 1, 1]))
+    assert tasks == {"output_0": "regress", "output_1": "regress"}
+    assert warning.startswith("outputs output_0, output_1 could each be class scores: none is gated by top-1")
+    # labels up to 7 fit only the 10-class output
+    assert output_tasks({"output_0": (1, 4), "output_1": (1, 10)}, np.array([7, 2]))[0]["output_1"] == "classify"
+    asked = output_tasks({"output_0": (1, 4), "output_1": (1, 2)}, None, per_output={"output_1": "classify"})[0]
+    assert asked == {"output_0": "regress", "output_1": "classify"}
+    assert set(output_tasks({"a": (1, 4), "b": (1, 8)}, None, task="embed")[0].values()) == {"embed"}
+
+
+def test_unknown_or_impossible_tasks_are_refused(tmp_path: Path):
+    from edgekit.errors import ConfigError
+    from edgekit.tasks import load_outputs_file, output_tasks
+
+    with pytest.raises(ConfigError, match="--outputs names box, which the model does not have") as info:
+        output_tasks({"bbox_reg": (1, 4)}, None, per_output={"box": "regress"})
+    assert info.value.exit_code == 2 and "bbox_reg" in info.value.hint
+    with pytest.raises(ConfigError, match=r"output out has shape \(1,\): class scores need an axis 1"):
+        output_tasks({"out": (1,)}, None, task="classify")
+    (tmp_path / "o.toml").write_text('[outputs]\nbbox_reg = "regression"\n')
+    with pytest.raises(ConfigError, match="bbox_reg = 'regression' is not one of classify, regress, embed"):
+        load_outputs_file(tmp_path / "o.toml")
+
+
+def test_regress_outputs_are_gated_by_sqnr_beside_the_classify_one(tmp_path: Path):
+    """bbox_reg (regress) must reach --min-sqnr while scores (classify) is gated by agreement: an unreachable
+    floor fails the build on the box output alone, named in the reason."""
+    x = np.random.default_rng(0).standard_normal((40, 3, 16, 16)).astype(np.float32)
+    result = edgekit.build(_model("dict"), "onnxruntime-arm64-int8", x[:32], x[32:], tmp_path / "b",
+                           emulator="host", min_agreement=0.0, min_sqnr=150.0)
+    rows = {o["name"]: o for o in result.report["drift"]["outputs"]}
+    assert (rows["bbox_reg"]["task"], rows["scores"]["task"]) == ("regress", "classify")
+    assert result.report["drift"]["top1_agreement"] is not None and not result.passed
+    reasons = edgekit.drift.failure_reasons(result.report["drift"])
+    assert reasons == [f"output bbox_reg SQNR {rows['bbox_reg']['sqnr_db']:.1f} dB < min 150.0 dB"]
+    assert result.manifest["device"]["tolerances"]["tasks"] == {"bbox_reg": "regress", "scores": "classify"}
+
+
+def test_outputs_file_and_embed_task_through_the_cli(tmp_path: Path):
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    x = np.random.default_rng(0).standard_normal((40, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x[:32])
+    np.savez(tmp_path / "eval.npz", x=x[32:])
+    (tmp_path / "outputs.toml").write_text('[outputs]\nbbox_reg = "embed"\nscores = "regress"\n')
+    done = CliRunner().invoke(main, ["build", "tests.test_outputs:dict_heads", "--target", "onnxruntime-arm64-fp32",
+                                     "--calibration", str(tmp_path / "calib.npz"), "--eval", str(tmp_path / "eval.npz"),
+                                     "--outputs", str(tmp_path / "outputs.toml"), "--out", str(tmp_path / "b"),
+                                     "--emulator", "host", "--json"], catch_exceptions=False)
+    assert done.exit_code == 0, done.output
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    rows = {o["name"]: o for o in report["drift"]["outputs"]}
+    assert (rows["bbox_reg"]["task"], rows["scores"]["task"]) == ("embed", "regress")
+    assert rows["bbox_reg"]["cosine_min"] > 0.9999 and report["drift"]["top1_agreement"] is None
+
+
+def dict_heads() -> Heads:
+    return _model("dict")
