@@ -177,9 +177,21 @@ def _evaluate(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: 
     measured = _measure(plan, export, device, device_plan, tasks)
     if device.per_layer is None:
         return measured
-    samples = {k: v[:LAYER_SAMPLES] for k, v in plan.evaluation.inputs.items()}
+    from edgekit.layers import layer_samples
+
+    count = layer_samples(export.path, min(LAYER_SAMPLES, plan.evaluation.size))
+    samples = {k: v[:count] for k, v in plan.evaluation.inputs.items()}
     rows = [{**row, "precision": "int8", "chosen_because": "INT8 by default"} for row in device.per_layer(samples)]
-    return replace(measured, layers=rows)
+    notes = [] if count >= min(LAYER_SAMPLES, plan.evaluation.size) else [
+        f"per-layer drift on {count} samples: the model's activations take "
+        f"{activation_bytes_mb(export.path):.0f} MB a sample"]
+    return replace(measured, layers=rows, warnings=[*measured.warnings, *notes])
+
+
+def activation_bytes_mb(path: Path) -> float:
+    from edgekit.layers import activation_bytes
+
+    return activation_bytes(path) / 1e6
 
 
 def _thresholds(plan: Plan) -> Thresholds:

@@ -20,7 +20,30 @@ from edgekit.mapping import layout_candidates, relative_error
 from edgekit.runners.litert import Binding
 
 MATCH_ERROR = 1e-3
+LAYER_BUDGET_BYTES = 512 * 2**20  # every activation of the float and the device model, kept over the samples
+MIN_LAYER_SAMPLES = 4
 FOLDED_ACTIVATIONS = ("Relu", "Clip")  # quantizers fold these into the op before them
+
+
+def activation_bytes(path: Path) -> int:
+    """Bytes of every intermediate tensor of one batch-1 sample of an ONNX model (shapes inferred)."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
+    total = 0
+    for value in model.graph.value_info:
+        dims = [d.dim_value for d in value.type.tensor_type.shape.dim]
+        if dims and all(d > 0 for d in dims):
+            total += int(np.prod(dims)) * 4
+    return total
+
+
+def layer_samples(path: Path, wanted: int) -> int:
+    """How many samples per-layer drift runs: `wanted`, fewer when keeping every activation of the float and the
+    device model for them would pass LAYER_BUDGET_BYTES (mobilenet_v2 at 224x224: 104 MB a sample), at least
+    MIN_LAYER_SAMPLES."""
+    per_sample = 2 * max(activation_bytes(path), 1)
+    return max(min(wanted, MIN_LAYER_SAMPLES), min(wanted, LAYER_BUDGET_BYTES // per_sample))
 
 
 def onnx_activations(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
