@@ -53,9 +53,9 @@ def build(model: Any, target: str = "android-arm64-int8", calibration: Any = Non
           out: str | Path | None = None, *, recipe: str | Path | None = None, prune: Prune | None = None,
           cluster: Cluster | None = None, recover: int = 0, calibration_method: str | Calibration = "minmax",
           max_drop: float = 1.0, min_agreement: float = 0.99, fallback: str = "none", equalize: str = "auto",
-          converter: str | None = None,
-          emulator: str | None = None, emulator_samples: int = 64, input_shape: tuple[int, ...] | None = None,
-          io: str | None = None, seed: int = 0, force: bool = False, progress: Listener | None = None,
+          converter: str | None = None, emulator: str | None = None, emulator_samples: int = 64,
+          emulator_seconds: float = 60.0, input_shape: tuple[int, ...] | None = None, io: str | None = None,
+          seed: int = 0, force: bool = False, progress: Listener | None = None,
           accept_conversion_error: bool = False, ignore_index: int | None = None,
           allow_small_calibration: bool = False, task: str | None = None,
           outputs: dict[str, str] | str | Path | None = None, min_sqnr: float | None = None) -> BuildResult:
@@ -65,7 +65,7 @@ def build(model: Any, target: str = "android-arm64-int8", calibration: Any = Non
     options = BuildOptions(max_drop=max_drop, min_agreement=min_agreement, calibration=method, prune=prune,
                            cluster=cluster, recover=recover, fallback=fallback, equalize=equalize, converter=converter,
                            emulator=emulator,
-                           emulator_samples=emulator_samples, io=io, seed=seed,
+                           emulator_samples=emulator_samples, emulator_seconds=emulator_seconds, io=io, seed=seed,
                            accept_conversion_error=accept_conversion_error, ignore_index=ignore_index,
                            allow_small_calibration=allow_small_calibration, task=task,
                            outputs=_outputs_option(outputs), min_sqnr=min_sqnr)
@@ -154,7 +154,8 @@ def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Wr
                                             lambda candidate: _evaluate(plan, export, candidate, device_plan, tasks))
     if plan.emulator == "arm64":
         count = min(plan.options.emulator_samples, plan.evaluation.size)
-        with steps.step("emulator", f"running {count} samples in the ARM64 emulator ({plan.target.cpu})"):
+        with steps.step("emulator", f"running up to {count} samples in the ARM64 emulator ({plan.target.cpu}, "
+                                    f"budget {plan.options.emulator_seconds:g} s)"):
             measured = _measure_emulated(plan, device, measured, count, tasks)
     if equalization is not None:
         notes = [equalization.note] if equalization.note else []
@@ -229,7 +230,7 @@ def _measure_emulated(plan: Plan, device: DeviceModel, measured: bundle_io.Measu
 
     inputs = {k: v[:count] for k, v in plan.evaluation.inputs.items()}
     block = measure(device.path, device.bindings, inputs, measured.reference, measured.device, tasks,
-                    _thresholds(plan), plan.target.cpu)
+                    _thresholds(plan), plan.target.cpu, plan.options.emulator_seconds)
     warnings = list(measured.warnings)
     if block["error"]:
         warnings.append(f"emulator run failed: {block['error']}")

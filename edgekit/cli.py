@@ -150,7 +150,10 @@ def _shape(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
               help="cross-layer equalization before INT8 (auto: kept when it measures better)")
 @click.option("--converter", type=click.Choice(["onnx2tf", "litert-torch", "auto"]))
 @click.option("--emulator", type=click.Choice(["host", "arm64"]))
-@click.option("--emulator-samples", type=int, default=64, show_default=True)
+@click.option("--emulator-samples", type=int, default=64, show_default=True,
+              help="the most samples the ARM64 emulator runs")
+@click.option("--emulator-seconds", type=float, default=60.0, show_default=True,
+              help="time budget of the emulator run: beyond the first 8 samples, as many as fit")
 @click.option("--input-shape", callback=_shape, help="input shape when the data cannot tell, e.g. 1,3,224,224")
 @click.option("--io", type=click.Choice(["float32", "int8"]), help="device I/O type (default: the target's)")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -170,7 +173,8 @@ def build_command(model: str, target: str, out: Path | None, force: bool, calibr
                   eval_data: str | None, recipe: Path | None, calibration_method: str, percentile: float,
                   prune: float | None, prune_mode: str, clusters: int | None, recover: int, max_drop: float,
                   min_agreement: float, fallback: str, equalize: str, converter: str | None, emulator: str | None,
-                  emulator_samples: int, input_shape: tuple[int, ...] | None, io: str | None, seed: int,
+                  emulator_samples: int, emulator_seconds: float, input_shape: tuple[int, ...] | None,
+                  io: str | None, seed: int,
                   accept_conversion_error: bool, ignore_index: int | None, task: str | None,
                   outputs_file: Path | None, min_sqnr: float | None, allow_small_calibration: bool,
                   as_json: bool) -> int:
@@ -185,7 +189,8 @@ def build_command(model: str, target: str, out: Path | None, force: bool, calibr
         cluster=edgekit.Cluster(clusters) if clusters is not None else None,
         calibration_method=edgekit.Calibration(calibration_method, percentile), max_drop=max_drop,
         min_agreement=min_agreement, fallback=fallback, equalize=equalize, converter=converter, emulator=emulator,
-        emulator_samples=emulator_samples, input_shape=input_shape, io=io, seed=seed, force=force,
+        emulator_samples=emulator_samples, emulator_seconds=emulator_seconds, input_shape=input_shape, io=io,
+        seed=seed, force=force,
         recover=recover, progress=_progress(console), accept_conversion_error=accept_conversion_error,
         ignore_index=ignore_index, allow_small_calibration=allow_small_calibration, task=task, outputs=outputs_file,
         min_sqnr=min_sqnr)

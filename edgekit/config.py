@@ -294,7 +294,8 @@ class BuildOptions:
     fallback: str = "none"
     converter: str | None = None
     emulator: str | None = None
-    emulator_samples: int = 64
+    emulator_samples: int = 64  # the upper bound of the emulator run
+    emulator_seconds: float = 60.0  # its time budget: samples beyond the first 8 run only as far as it goes
     io: str | None = None
     seed: int = 0
     golden_samples: int = 16
@@ -314,6 +315,9 @@ class BuildOptions:
         _fraction("min_agreement", self.min_agreement)
         _choice("fallback", self.fallback, FALLBACKS)
         _choice("equalize", self.equalize, EQUALIZE)
+        if not 0 < float(self.emulator_seconds) <= 86400:
+            raise ConfigError(f"emulator_seconds = {self.emulator_seconds} is not a time budget in seconds",
+                              hint="e.g. --emulator-seconds 60 (at least 8 samples always run)")
         if self.task is not None:
             _choice("task", self.task, TASKS)
         for name, task in (self.outputs or {}).items():

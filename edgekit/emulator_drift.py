@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from edgekit.routes import Route
 
 EMULATED_RUNTIMES = ("litert", "onnxruntime", "openvino")  # what the emulator's guest python can run
+MIN_EMULATED = 8  # samples that always run in the emulator, whatever the time budget
 CPU_NAME = re.compile(r"[a-z0-9-]+")  # a QEMU CPU model read from a manifest is data: a plain name or the default
 NOT_SET_UP_NOTE = ("drift measured on the host (x86_64): the ARM64 emulator is not set up; "
                    "run `edgekit emulator setup` to measure where the model runs")
@@ -46,21 +47,42 @@ def run_bindings(model: Path, device: dict, inputs: dict[str, np.ndarray], cpu: 
 
 
 def measure(model: Path, device: dict, inputs: dict[str, np.ndarray], reference: dict[str, np.ndarray],
-            host: dict[str, np.ndarray], tasks: dict[str, str], thresholds: Thresholds, cpu: str) -> dict:
-    """The report's `emulator` block; an emulator failure is recorded (passed false), never raised."""
+            host: dict[str, np.ndarray], tasks: dict[str, str], thresholds: Thresholds, cpu: str,
+            budget_s: float = 60.0) -> dict:
+    """The report's `emulator` block; an emulator failure is recorded (passed false), never raised. `inputs` holds
+    at most --emulator-samples samples; MIN_EMULATED run first, and the rest only as many as the time budget fits
+    at the per-sample time those took (start-up included, so the estimate errs on the safe side)."""
     where = f"qemu-aarch64 {cpu}"
-    count = len(next(iter(inputs.values())))
+    upper = len(next(iter(inputs.values())))
     try:
-        outputs = run_bindings(model, device, inputs, cpu)
+        outputs, seconds = _budgeted(model, device, inputs, cpu, upper, budget_s)
     except EdgekitError as exc:
         return {"where": where, "samples": 0, "bit_exact_with_host": None, "top1_agreement": None,
-                "passed": False, "error": str(exc)}
+                "passed": False, "error": str(exc), "budget_s": budget_s, "seconds": None}
+    count = len(next(iter(outputs.values())))
     block = drift_block({k: v[:count] for k, v in reference.items()}, outputs, None, tasks, thresholds)
     diffs = {k: float(np.max(np.abs(outputs[k] - host[k][:count]))) for k in outputs}
     return {"where": where, "samples": count,
             "bit_exact_with_host": all(np.array_equal(outputs[k], host[k][:count]) for k in outputs),
             "max_abs_diff_vs_host": diffs, "top1_agreement": block["top1_agreement"],
-            "outputs": block["outputs"], "passed": block["passed"], "error": None}
+            "outputs": block["outputs"], "passed": block["passed"], "error": None, "budget_s": budget_s,
+            "seconds": round(seconds, 2)}
+
+
+def _budgeted(model: Path, device: dict, inputs: dict[str, np.ndarray], cpu: str, upper: int,
+              budget_s: float) -> tuple[dict[str, np.ndarray], float]:
+    """Outputs of the first samples that fit the budget (at least MIN_EMULATED), and the seconds it took."""
+    import time
+
+    first = min(MIN_EMULATED, upper)
+    start = time.perf_counter()
+    outputs = run_bindings(model, device, {k: v[:first] for k, v in inputs.items()}, cpu)
+    spent = time.perf_counter() - start
+    more = min(upper - first, int(max(budget_s - spent, 0.0) / (spent / first)))
+    if more > 0:
+        rest = run_bindings(model, device, {k: v[first:first + more] for k, v in inputs.items()}, cpu)
+        outputs = {k: np.concatenate([outputs[k], rest[k]]) for k in outputs}
+    return outputs, time.perf_counter() - start
 
 
 def check_golden_in_emulator(verified: check_script.Verified) -> dict:

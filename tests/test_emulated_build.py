@@ -35,7 +35,20 @@ def test_int8_in_the_emulator_is_bit_exact_with_the_host(arm64_bundle):
 
 
 def test_emulator_timing_is_recorded(arm64_bundle):
-    assert 0 < arm64_bundle.report["timings_s"]["emulator"] < 60
+    assert arm64_bundle.report["timings_s"]["emulator"] > 0
+    block = arm64_bundle.report["emulator"]
+    assert block["budget_s"] == 60.0 and 0 < block["seconds"] <= arm64_bundle.report["timings_s"]["emulator"]
+
+
+def test_the_emulator_run_fits_its_time_budget(emulator_root, digits_files, tmp_path: Path):
+    """--emulator-seconds: beyond the first 8 samples, only as many as the budget fits at the measured per-sample
+    time; --emulator-samples stays the upper bound. A budget the first 8 already spend runs those 8."""
+    result = edgekit.build(digits_files["pt2"], "onnxruntime-arm64-int8", calibration=digits_files["calib"],
+                           eval_data=digits_files["eval"], out=tmp_path / "b", emulator="arm64",
+                           emulator_samples=100, emulator_seconds=0.01)
+    block = result.report["emulator"]
+    assert block["samples"] == 8 and block["budget_s"] == 0.01 and block["passed"] is True
+    assert block["bit_exact_with_host"] is True
 
 
 def test_check_py_runs_unchanged_on_arm64(arm64_bundle):
