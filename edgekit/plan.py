@@ -88,6 +88,10 @@ def make_plan(model: Any, target: str | Path | Target, calibration: Any, eval_da
         check_labels(evaluation, class_count(loaded, inputs, calib), options.ignore_index, "eval data")
     notes = ([note] if note else []) + calibration_warnings(calib, evaluation, eval_source == "eval",
                                                                     options.ignore_index)
+    dynamic = [s.name for s in loaded.inputs or () if s.shape and s.shape[0] is None]
+    if dynamic:
+        notes.append(f"{loaded.source} has a dynamic batch dimension ({', '.join(dynamic)}): built at batch 1, the "
+                     "shape apps run on phones and edge boards")
     if calib.size < MIN_CALIBRATION_FLOOR:
         notes.append(f"--allow-small-calibration: INT8 ranges from only {calib.size} calibration samples")
     return Plan(target, options, loaded, inputs, calib, evaluation, eval_source, out, force, emulator_mode,
