@@ -64,8 +64,8 @@ def build(model: Any, target: str = "android-arm64-int8", calibration: Any = Non
     method = calibration_method if isinstance(calibration_method, Calibration) else Calibration(calibration_method)
     options = BuildOptions(max_drop=max_drop, min_agreement=min_agreement, calibration=method, prune=prune,
                            cluster=cluster, recover=recover, fallback=fallback, equalize=equalize, converter=converter,
-                           emulator=emulator,
-                           emulator_samples=emulator_samples, emulator_seconds=emulator_seconds, io=io, seed=seed,
+                           emulator=emulator, emulator_samples=emulator_samples, emulator_seconds=emulator_seconds,
+                           io=io, seed=seed,
                            accept_conversion_error=accept_conversion_error, ignore_index=ignore_index,
                            allow_small_calibration=allow_small_calibration, task=task,
                            outputs=_outputs_option(outputs), min_sqnr=min_sqnr)
@@ -178,21 +178,15 @@ def _evaluate(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: 
     measured = _measure(plan, export, device, device_plan, tasks)
     if device.per_layer is None:
         return measured
-    from edgekit.layers import layer_samples
+    from edgekit.layers import activation_bytes, layer_samples
 
     count = layer_samples(export.path, min(LAYER_SAMPLES, plan.evaluation.size))
     samples = {k: v[:count] for k, v in plan.evaluation.inputs.items()}
     rows = [{**row, "precision": "int8", "chosen_because": "INT8 by default"} for row in device.per_layer(samples)]
     notes = [] if count >= min(LAYER_SAMPLES, plan.evaluation.size) else [
         f"per-layer drift on {count} samples: the model's activations take "
-        f"{activation_bytes_mb(export.path):.0f} MB a sample"]
+        f"{activation_bytes(export.path) / 1e6:.0f} MB a sample"]
     return replace(measured, layers=rows, warnings=[*measured.warnings, *notes])
-
-
-def activation_bytes_mb(path: Path) -> float:
-    from edgekit.layers import activation_bytes
-
-    return activation_bytes(path) / 1e6
 
 
 def _thresholds(plan: Plan) -> Thresholds:

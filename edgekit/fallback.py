@@ -36,6 +36,8 @@ def run_fallback(route: Route, device: DeviceModel, measured, evaluate: Callable
             f"op(s) out of INT8: accuracy drop {_pts(measured.drift['accuracy_drop'])} -> "
             f"{_pts(after.drift['accuracy_drop'])} points, agreement {_frac(measured.drift['top1_agreement'])} "
             f"-> {_frac(after.drift['top1_agreement'])}; {'passes' if after.drift['passed'] else 'still fails'}")
+    if not after.drift["passed"] and candidate is not device:  # neither passes: ship the per-layer one, say both
+        return candidate, replace(result, warnings=[*result.warnings, note])
     return own, replace(after, warnings=[*after.warnings, *_ladder_notes(result), note])
 
 
