@@ -106,8 +106,13 @@ def match_to_onnx(activations: list[dict], onnx_values: dict[str, np.ndarray]) -
 
 
 def _to_layout(values: np.ndarray, reference: np.ndarray) -> np.ndarray | None:
+    """`values` in the reference's layout, or None. Tensors whose first axis is not the sample axis (a (3, 1, ...)
+    stack of q, k, v) stack differently over samples: only the same total size can match."""
+    if values.size != reference.size:
+        return None
     for perm in layout_candidates((1, *reference.shape[1:]), (1, *values.shape[1:])):
-        return values.transpose(np.argsort(perm)) if perm else values
+        converted = values.transpose(np.argsort(perm)) if perm else values
+        return converted if converted.shape == reference.shape else None
     return None
 
 

@@ -61,3 +61,15 @@ def test_per_layer_samples_shrink_with_the_activation_size(digits, int8_bundle, 
                            eval_data=(data["x_eval"], data["y_eval"]), out=tmp_path / "b", emulator="host")
     assert result.report["layers"] and any(w.startswith("per-layer drift on 4 samples: the model's activations take")
                                            for w in result.report["warnings"])
+
+
+def test_tensors_stacked_on_another_axis_are_not_matched_by_mistake():
+    """A ViT's (3, 1, heads, tokens, dim) q/k/v stack concatenates to 3x the samples on axis 0; a TFLite tensor of
+    the same per-sample shape but 1x must not be compared with it (it crashed the deit_tiny build)."""
+    from edgekit.layers import match_to_onnx
+
+    rng = np.random.default_rng(0)
+    device = rng.random((4, 1, 3, 5, 2)).astype(np.float32)
+    onnx_values = {"qkv": rng.random((12, 1, 3, 5, 2)).astype(np.float32), "same": device.copy()}
+    assert match_to_onnx([{"name": "t", "values": device}], onnx_values) == {"t": "same"}
+    assert match_to_onnx([{"name": "t", "values": device}], {"qkv": onnx_values["qkv"]}) == {}
