@@ -49,16 +49,14 @@ def layer_samples(path: Path, wanted: int) -> int:
 def onnx_activations(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every intermediate tensor of an ONNX model (graph optimisations off), stacked over the samples."""
     import onnx
-    import onnxruntime as ort
+
+    from edgekit.runners.onnxrt import cpu_session
 
     model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
     known = {o.name for o in model.graph.output}
     produced = {name for node in model.graph.node for name in node.output}  # value_info may name removed tensors
     model.graph.output.extend(v for v in model.graph.value_info if v.name not in known and v.name in produced)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = cpu_session(model.SerializeToString(), optimize=False)
     names = [o.name for o in session.get_outputs()]
     rows = [session.run(names, {k: v[i:i + 1] for k, v in inputs.items()}) for i in range(len(next(iter(
         inputs.values()))))]

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.config import TASKS
 from edgekit.errors import ConfigError
 
-TASKS = ("classify", "regress", "embed")
 HINTS = (  # first match wins, on the lowercased output name split at non-letters
     ("regress", re.compile(r"box|bbox|landmark|reg|offset|coord|heatmap|depth|mask|delta|keypoint")),
     ("embed", re.compile(r"emb|feat|vector|hidden")),

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from edgekit.fxgraph import node_op
 from edgekit.routes import Route
 from edgekit.runners.executorch import quiet_imports
 
@@ -43,10 +44,7 @@ class ExecuTorchRoute(Route):
                                    f"{plan.model.kind} model", hint="give the model as .pt2 or module:factory")
         super().check_request(plan)
 
-    def build(self, plan, export, workdir: Path, float_tensors: frozenset[str] = frozenset()):
-        """`float_tensors`: activations (graph node names) whose writers and readers stay float: the fallback."""
-        import dataclasses
-
+    def build(self, plan, export, workdir: Path):
         import torch
 
         from edgekit.device import DeviceModel, onnx_bindings
@@ -63,16 +61,25 @@ class ExecuTorchRoute(Route):
         if plan.target.precision != "int8":
             return device
         graph = torch.export.export(plan.model.module, example).module()
+        return self._quantized(plan, device, graph, workdir, frozenset())
+
+    def _quantized(self, plan, float_device, graph, workdir: Path, float_tensors: frozenset[str]):
+        """The INT8 program; `float_tensors`: activations (graph node names) whose writers and readers stay float
+        (the fallback, which reuses the float program and the exported graph)."""
+        import dataclasses
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        example, names = _example(plan), [s.name for s in plan.inputs]
         skipped = float_nodes(graph, float_tensors)
         converted = quantize(plan, example, graph, skipped)
         path, notes = lower(converted, example, workdir / BUNDLE_NAME)
         return dataclasses.replace(
-            device, path=path, runtime=_runtime(True), notes=[*notes, SIMULATED],
+            float_device, path=path, runtime=_runtime(True), notes=[*notes, SIMULATED],
             float_modules=tuple(dict.fromkeys(m for m in (_module(n) for n in graph.graph.nodes if n.name in skipped)
                                               if m)),
             per_layer=lambda samples: layer_drift(graph, converted, names, samples),
-            with_float=lambda rows: self.build(plan, export, workdir / f"fallback-{len(rows)}",
-                                               frozenset(r["tensor"] for r in rows)))
+            with_float=lambda rows: self._quantized(plan, float_device, graph, workdir / f"fallback-{len(rows)}",
+                                                    frozenset(r["tensor"] for r in rows)))
 
 
 def _example(plan) -> tuple:
@@ -135,11 +142,8 @@ def float_nodes(graph, tensors: frozenset[str]) -> frozenset[str]:
         if node is None:
             continue
         found.update(user.name for user in node.users)
-        while node is not None and node.op == "call_function":
-            found.add(node.name)
-            if _op(node) not in FOLDED or not node.args or not hasattr(node.args[0], "op"):
-                break
-            node = node.args[0]
+        if node.op == "call_function":
+            found.update(writer.name for writer in _writers(node))
     return frozenset(found)
 
 
@@ -149,7 +153,7 @@ def layer_drift(graph, converted, names: list[str], samples: dict) -> list[dict]
     from edgekit.drift import sqnr_db
     from edgekit.layers import local_sqnr_db
 
-    quantizers = [n for n in converted.graph.nodes if _op(n) == "quantize_per_tensor"
+    quantizers = [n for n in converted.graph.nodes if node_op(n) == "quantize_per_tensor"
                   and getattr(n.args[0], "op", None) == "call_function"]
     watched = {q.args[0].name for q in quantizers}
     dequantized = {next(iter(q.users)).name: q for q in quantizers if len(q.users) == 1}
@@ -176,38 +180,39 @@ def _values(module, names: list[str], samples: dict, wanted: set[str]) -> dict:
     import numpy as np
     import torch
 
+    from edgekit.fxgraph import run_nodes
+
     seen: dict[str, list] = {name: [] for name in wanted}
 
-    class Recorder(torch.fx.Interpreter):
-        def run_node(self, node):
-            out = super().run_node(node)
-            if node.name in seen:
-                seen[node.name].append(out.detach().float().numpy().copy())
-            return out
+    def hook(node, out):
+        if node.name in seen:
+            seen[node.name].append(out.detach().float().numpy().copy())
+        return out
 
-    recorder = Recorder(module)
-    with torch.no_grad():
-        for i in range(len(samples[names[0]])):
-            recorder.run(*(torch.from_numpy(np.ascontiguousarray(samples[n][i:i + 1])) for n in names))
+    count = len(samples[names[0]])
+    run_nodes(module, [tuple(torch.from_numpy(np.ascontiguousarray(samples[n][i:i + 1])) for n in names)
+                       for i in range(count)], hook)
     return {name: np.concatenate(values) for name, values in seen.items() if values}
+
+
+def _writers(node) -> list:
+    """The node, then back through the ops a quantizer fuses into the op before them (ReLU, batch norm), the ops
+    that feed it: everything that computes this activation on the device."""
+    chain = [node]
+    while node_op(chain[-1]) in FOLDED and chain[-1].args and getattr(chain[-1].args[0], "op", None) == \
+            "call_function":
+        chain.append(chain[-1].args[0])
+    return chain
 
 
 def _group(node) -> list[str]:
     """The modules of the ops fused into this activation, first to last."""
-    chain = [node]
-    while _op(chain[-1]) in FOLDED and chain[-1].args and hasattr(chain[-1].args[0], "op") and \
-            chain[-1].args[0].op == "call_function":
-        chain.append(chain[-1].args[0])
-    return list(dict.fromkeys(m for m in (_module(n) for n in reversed(chain)) if m))
+    return list(dict.fromkeys(m for m in (_module(n) for n in reversed(_writers(node))) if m))
 
 
 def _module(node) -> str | None:
     stack = node.meta.get("nn_module_stack") or {}
     return list(stack.values())[-1][0] if stack else None
-
-
-def _op(node) -> str:
-    return getattr(getattr(node.target, "_overloadpacket", None), "__name__", str(node.target))
 
 
 def lower(module, example: tuple, out: Path) -> tuple[Path, list[str]]:

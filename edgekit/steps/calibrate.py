@@ -37,7 +37,6 @@ def quiet_quantization() -> Iterator[None]:
 
 # --- activation ranges: one implementation for every route -------------------------------------------------------
 
-METHODS = ("minmax", "percentile", "entropy", "mse")
 HISTOGRAM_BINS = 2048  # TensorRT's and onnxruntime's histogram calibrators: 2048 bins, 128 quantized bins
 ENTROPY_QUANTIZED_BINS = 128
 MSE_STEPS = 200  # clipping candidates per tensor: a * range, a in (0, 1]
@@ -56,21 +55,22 @@ class RangeCollector:
         from onnxruntime.quantization.calibrate import HistogramCollector
 
         self.method, self.symmetric = method, symmetric
-        self.extremes: dict[str, tuple[float, float]] = {}
+        self.extremes: dict[str, tuple[float, float]] = {}  # minmax only: the histograms keep their own
         self.histograms = None if method == "minmax" else HistogramCollector(
             method="entropy" if method == "mse" else method, symmetric=symmetric, num_bins=HISTOGRAM_BINS,
             num_quantized_bins=ENTROPY_QUANTIZED_BINS, percentile=percentile, scenario="same")
 
     def collect(self, values: dict[str, np.ndarray]) -> None:
         """`values`: each tensor's float values over some samples (any shape)."""
-        for name, value in values.items():
-            if value.size:
-                low, high = float(value.min()), float(value.max())
-                old = self.extremes.get(name, (low, high))
-                self.extremes[name] = (min(old[0], low), max(old[1], high))
+        values = {k: v for k, v in values.items() if v.size}
         if self.histograms is not None:
             with quiet_quantization():
-                self.histograms.collect({k: v.ravel() for k, v in values.items() if v.size})
+                self.histograms.collect({k: v.ravel() for k, v in values.items()})
+            return
+        for name, value in values.items():
+            low, high = float(value.min()), float(value.max())
+            old = self.extremes.get(name, (low, high))
+            self.extremes[name] = (min(old[0], low), max(old[1], high))
 
     def ranges(self) -> dict[str, tuple[float, float]]:
         """(low, high) per tensor; symmetric ranges are (-amax, amax)."""
@@ -84,9 +84,9 @@ class RangeCollector:
                 result = self.histograms.compute_collection_result()
             found = {name: (float(np.asarray(r[0]).reshape(())), float(np.asarray(r[1]).reshape(())))
                      for name, r in result.items()}
-        if self.symmetric:
-            return {name: (-amax, amax) for name, amax in ((n, max(abs(lo), abs(hi))) for n, (lo, hi) in found.items())}
-        return found
+        if not self.symmetric:
+            return found
+        return {name: (-max(abs(low), abs(high)), max(abs(low), abs(high))) for name, (low, high) in found.items()}
 
 
 def mse_range(hist: np.ndarray, edges: np.ndarray, low: float, high: float, symmetric: bool = False,
@@ -118,15 +118,13 @@ def mse_range(hist: np.ndarray, edges: np.ndarray, low: float, high: float, symm
 def onnx_values(model_path, inputs: dict[str, np.ndarray], names: set[str], chunk: int = 32):
     """The float values of the `names` tensors of an ONNX model, `chunk` samples at a time (batch 1 each)."""
     import onnx
-    import onnxruntime as ort
+
+    from edgekit.runners.onnxrt import cpu_session
 
     model = onnx.load(str(model_path))
     present = {o.name for o in model.graph.output}
     model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in sorted(names - present))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = cpu_session(model.SerializeToString(), optimize=False)
     wanted = [o.name for o in session.get_outputs() if o.name in names]
     count = len(next(iter(inputs.values())))
     for start in range(0, count, chunk):

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekit.errors import UnsupportedError, first_line
+from edgekit.fxgraph import node_op, run_nodes
 from edgekit.model import LoadedModel
 
 if TYPE_CHECKING:
@@ -90,9 +91,8 @@ def equalize_model(plan: Plan) -> Equalized:
         if mode == "on":
             raise UnsupportedError(f"--equalize on could not trace the model: {first_line(exc)}",
                                    hint="drop --equalize") from None
-        block = {"mode": mode, "applied": False, "pairs": [], "sqnr_db": None}
-        return Equalized(plan.model, block, f"equalize auto: not applied, the model did not trace "
-                                            f"({first_line(exc)})")
+        return Equalized(plan.model, _not_applied(mode), f"equalize auto: not applied, the model did not trace "
+                                                         f"({first_line(exc)})")
 
 
 def equalize(model: LoadedModel, mode: str, inputs: dict[str, np.ndarray], names: list[str]) -> Equalized:
@@ -102,9 +102,8 @@ def equalize(model: LoadedModel, mode: str, inputs: dict[str, np.ndarray], names
     program = _program(model, inputs, names)
     pairs = find_pairs(program)
     if not pairs:
-        block = {"mode": mode, "applied": False, "pairs": [], "sqnr_db": None}
         # asked for (on), the user hears why nothing changed; auto stays quiet (report.json says it all)
-        return Equalized(model, block, "equalize on: no pair of consecutive weighted layers to equalize"
+        return Equalized(model, _not_applied(mode), "equalize on: no pair of consecutive weighted layers to equalize"
                          if mode == "on" else None)
     params = {k: v.detach().clone() for k, v in program.state_dict.items() if isinstance(v, torch.Tensor)}
     scaled, totals = scale_pairs(params, pairs)
@@ -129,6 +128,10 @@ def equalize(model: LoadedModel, mode: str, inputs: dict[str, np.ndarray], names
     return Equalized(_with_parameters(model, scaled, pairs), block, note)
 
 
+def _not_applied(mode: str) -> dict:
+    return {"mode": mode, "applied": False, "pairs": [], "sqnr_db": None}
+
+
 def find_pairs(program: Any) -> list[Pair]:
     """Consecutive weighted layers of an ExportedProgram whose in-between tensor feeds nothing else."""
     to_param = dict(program.graph_signature.inputs_to_parameters)
@@ -145,7 +148,7 @@ def find_pairs(program: Any) -> list[Pair]:
 
 def _weighted(node: Any, to_param: dict[str, str]) -> str | None:
     """The module path of a conv/linear node whose weight is a parameter, else None."""
-    if node.op != "call_function" or _op(node) not in _WEIGHTED or len(node.args) < 2:
+    if node.op != "call_function" or node_op(node) not in _WEIGHTED or len(node.args) < 2:
         return None
     weight = node.args[1]
     fqn = to_param.get(getattr(weight, "name", None))
@@ -157,14 +160,14 @@ def _follow(node: Any, first: str, to_param: dict[str, str]) -> Pair | None:
     current = node
     while len(current.users) == 1:
         user = next(iter(current.users))
-        op = _op(user)
-        if op == "batch_norm" and norm is None and current is node and _norm_params(user, to_param):
-            norm = _norm_params(user, to_param)
+        op = node_op(user)
+        if op == "batch_norm" and current is node and (found := _norm_params(user, to_param)):
+            norm = found
         elif op in _THROUGH and user.args[0] is current:
             pass
         elif op in _WEIGHTED and user.args[0] is current and _groups(user) == 1:
             second = _weighted(user, to_param)
-            axis = -1 if _op(node) == "linear" else 1
+            axis = -1 if node_op(node) == "linear" else 1
             return Pair(first, second, norm, current.name, axis) if second and second != first else None
         else:
             return None
@@ -180,13 +183,9 @@ def _norm_params(node: Any, to_param: dict[str, str]) -> str | None:
 
 
 def _groups(node: Any) -> int:
-    if _op(node) == "linear":
+    if node_op(node) == "linear":
         return 1
     return int(node.args[6]) if len(node.args) > 6 else int(node.kwargs.get("groups", 1))
-
-
-def _op(node: Any) -> str:
-    return getattr(getattr(node.target, "_overloadpacket", None), "__name__", str(node.target))
 
 
 def scale_pairs(params: dict[str, Any], pairs: list[Pair]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -243,10 +242,16 @@ def _program(model: LoadedModel, inputs: dict[str, np.ndarray], names: list[str]
         return torch.export.export(model.module.eval(), args)
 
 
+def _changed(pairs: list[Pair]) -> list[str]:
+    """The parameters equalization rewrites: the first layer's (or its batch norm's) weight and bias, the second
+    layer's weight."""
+    return sorted({f"{p.norm or p.first}.{n}" for p in pairs for n in ("weight", "bias")} |
+                  {f"{p.second}.weight" for p in pairs})
+
+
 def _with_parameters(model: LoadedModel, values: dict[str, Any], pairs: list[Pair]) -> LoadedModel:
     """A copy of the model with the equalized parameters (the user's model is never touched)."""
-    changed = sorted({f"{p.norm or p.first}.{n}" for p in pairs for n in ("weight", "bias")} |
-                     {f"{p.second}.weight" for p in pairs})
+    changed = _changed(pairs)
     if model.kind == "exported_program":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecation, raised by deepcopy
@@ -288,8 +293,9 @@ def _simulated_sqnr(program: Any, values: dict[str, Any], pairs: list[Pair], sam
     graph_module = program.module()  # its tensors are the program's own: replaced, never written into
     weights = {f"{p.first}.weight" for p in pairs} | {f"{p.second}.weight" for p in pairs}
     with torch.no_grad():
-        for key, value in values.items():
-            _assign(graph_module, key, _fake_quant_weight(value) if key in weights else value)
+        for key in sorted(weights | set(_changed(pairs))):  # the rest is the program's own, unchanged
+            if key in values:
+                _assign(graph_module, key, _fake_quant_weight(values[key]) if key in weights else values[key])
         quantized, _ = _interpret(graph_module, samples, {}, ranges)
     signal = sum(float((c ** 2).sum()) for c in clean)
     noise = sum(float(((c - q) ** 2).sum()) for c, q in zip(clean, quantized))
@@ -329,18 +335,12 @@ def _interpret(module: Any, samples: list[tuple], record: dict[str, int],
 
     seen: dict[str, tuple[Any, Any]] = {}
 
-    class Interpreter(torch.fx.Interpreter):
-        def run_node(self, node):
-            out = super().run_node(node)
-            if node.name in record:
-                channels = out.movedim(record[node.name], 0).reshape(out.shape[record[node.name]], -1)
-                low, high = channels.amin(1), channels.amax(1)
-                old = seen.get(node.name, (low, high))
-                seen[node.name] = (torch.minimum(old[0], low), torch.maximum(old[1], high))
-            if node.name in ranges:
-                out = _fake_quant_activation(out, *ranges[node.name])
-            return out
+    def hook(node, out):
+        if node.name in record:
+            channels = out.movedim(record[node.name], 0).reshape(out.shape[record[node.name]], -1)
+            low, high = channels.amin(1), channels.amax(1)
+            old = seen.get(node.name, (low, high))
+            seen[node.name] = (torch.minimum(old[0], low), torch.maximum(old[1], high))
+        return _fake_quant_activation(out, *ranges[node.name]) if node.name in ranges else out
 
-    interpreter = Interpreter(module)
-    with torch.no_grad():
-        return [_flat(interpreter.run(*sample)) for sample in samples], seen
+    return [_flat(result) for result in run_nodes(module, samples, hook)], seen

@@ -17,8 +17,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from edgekit.config import CALIBRATION_METHODS as METHODS
 from edgekit.errors import ConfigError, ToolError, UnsupportedError
-from edgekit.steps.calibrate import METHODS
 
 CHUNK = 16  # samples per histogram update
 _VALID = 3e38  # beyond this a value is a padding sentinel (-inf in PADV2), not data: as ai-edge-quantizer does
