@@ -66,7 +66,7 @@ def measure(model: Path, device: dict, inputs: dict[str, np.ndarray], reference:
             "bit_exact_with_host": all(np.array_equal(outputs[k], host[k][:count]) for k in outputs),
             "max_abs_diff_vs_host": diffs, "top1_agreement": block["top1_agreement"],
             "outputs": block["outputs"], "passed": block["passed"], "error": None, "budget_s": budget_s,
-            "seconds": round(seconds, 2)}
+            "seconds": round(seconds, 3)}
 
 
 def _budgeted(model: Path, device: dict, inputs: dict[str, np.ndarray], cpu: str, upper: int,
