@@ -125,15 +125,15 @@ def _refuse_unimplemented(options: BuildOptions) -> None:
 
 def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Written:
     device_plan, compression, equalization = plan, None, None
-    if plan.options.prune is not None or plan.options.cluster is not None:
-        with steps.step("compress", "compressing the PyTorch model"):
-            compressed, compression = compress_model(plan)
-            device_plan = replace(plan, model=compressed)
-    if equalize_applies(plan):
+    if equalize_applies(plan):  # before compression: its per-channel scaling would undo clustered values
         with steps.step("equalize", "cross-layer equalization of consecutive layers"):
             equalized = equalize_model(device_plan)
             device_plan = replace(device_plan, model=equalized.model)
             equalization = equalized
+    if plan.options.prune is not None or plan.options.cluster is not None:
+        with steps.step("compress", "compressing the PyTorch model"):
+            compressed, compression = compress_model(device_plan, workdir)
+            device_plan = replace(device_plan, model=compressed)
     with steps.step("export", "exporting to ONNX"):
         export = export_onnx(device_plan.model, plan.inputs, workdir / "reference.onnx")
         tasks, notes = output_tasks({o.name: o.shape for o in export.outputs}, plan.evaluation.labels,
@@ -166,7 +166,7 @@ def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Wr
 
 def _with_compression(plan: Plan, device_plan: Plan, device: DeviceModel, measured: bundle_io.Measured,
                       block: dict, workdir: Path) -> bundle_io.Measured:
-    block, notes = device_columns(block, device.path, plan.target.format, device_plan.model.module)
+    block, notes = device_columns(block, device.path, plan.target.format, device_plan.model)
     unmatched = [f"compression rule matched no layer: {rule}" for rule in block.get("unmatched_rules", [])]
     return replace(measured, compression=block, warnings=[*measured.warnings, *notes, *unmatched],
                    baseline_float_gzip_bytes=baseline_float_gzip(plan, workdir))

@@ -6,35 +6,70 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from edgekit.errors import UnsupportedError
+from edgekit.errors import UnsupportedError, first_line
 from edgekit.model import LoadedModel
 from edgekit.plan import Plan
 
 
-def compress_model(plan: Plan) -> tuple[LoadedModel, dict]:
-    """A LoadedModel of the compressed copy and the report's `compression` block (device columns come later)."""
+def compress_model(plan: Plan, workdir: Path) -> tuple[LoadedModel, dict]:
+    """A LoadedModel of the compressed copy and the report's `compression` block (device columns come later).
+
+    An `nn.Module` is compressed as it is; a `.pt2` or TorchScript model through its lifted graph
+    (`steps/lift.py`); an ONNX model on its weight initializers (`steps/compress_onnx.py`)."""
     from edgekit.steps.compress import compress
 
     model = plan.model
-    if model.kind != "module":
-        raise UnsupportedError(f"compression needs the model as an nn.Module; {model.source} is a {model.kind}",
-                               hint="pass the nn.Module to edgekit.build, or give package.module:factory")
     if len(plan.inputs) != 1:
         raise UnsupportedError(f"compression supports models with one input; this one has {len(plan.inputs)}",
                                hint="build without --prune/--clusters")
     calibration = plan.calibration.inputs[plan.inputs[0].name]
-    module, block = compress(model.module, plan.options.prune, plan.options.cluster, calibration,
-                             plan.options.recover, plan.options.seed)
-    return dataclasses.replace(model, module=module, name=model.name), block
+    options = plan.options
+    if model.kind == "onnx":
+        from edgekit.steps.compress_onnx import compress_onnx
+
+        return compress_onnx(model, options.prune, options.cluster, options.recover, workdir)
+    if model.kind == "module":
+        module, block = compress(model.module, options.prune, options.cluster, calibration, options.recover,
+                                 options.seed)
+        return dataclasses.replace(model, module=module), {**block, "format": "module"}
+    return _compress_graph(model, calibration, options)
 
 
-def device_columns(block: dict, device_file: Path, fmt: str, module) -> tuple[dict, list[str]]:
+def _compress_graph(model: LoadedModel, calibration, options) -> tuple[LoadedModel, dict]:
+    """`.pt2` and TorchScript: compress the lifted graph (real layer modules on the same parameters), export again."""
+    import torch
+
+    from edgekit.steps.compress import compress
+    from edgekit.steps.lift import exported_program, lifted_module
+
+    example = (torch.from_numpy(calibration[:1]),)
+    module, block = compress(lifted_module(exported_program(model, example)), options.prune, options.cluster,
+                             calibration, options.recover, options.seed)
+    try:
+        program = torch.export.export(module, example)
+    except Exception as exc:  # a shape written into the graph no longer fits the pruned channels
+        raise UnsupportedError(f"the compressed {model.kind.replace('_', ' ')} does not export again: "
+                               f"{first_line(exc)}",
+                               hint="structured pruning of a saved graph needs its shapes free of the channel "
+                                    "counts; give package.module:factory, or prune unstructured") from None
+    block["format"] = model.kind
+    return dataclasses.replace(model, kind="exported_program", program=program, module=program.module()), block
+
+
+def device_columns(block: dict, device_file: Path, fmt: str, model: LoadedModel) -> tuple[dict, list[str]]:
     """Measured sparsity and distinct values per layer in the device model (TFLite); warnings when lost."""
     if fmt != "tflite":
         return block, [f"compression preservation is measured on TFLite models only; {fmt} device columns are null"]
     from edgekit.steps.compress import preservation
 
-    rows, warnings = preservation(block, device_file, module)
+    names = [row["module"] for row in block["per_layer"]]
+    if model.kind == "onnx":
+        from edgekit.steps.compress_onnx import layer_weights
+
+        weights = layer_weights(model.onnx_path, names)
+    else:
+        weights = {name: model.module.get_submodule(name).weight.detach().cpu().numpy() for name in names}
+    rows, warnings = preservation(block, device_file, weights)
     return {**block, "per_layer": rows}, warnings
 
 

@@ -116,11 +116,11 @@ def test_equalize_on_is_refused_where_it_cannot_act(digits, int8_bundle, tmp_pat
         _build(model, data, "onnxruntime-arm64-fp32", tmp_path / "fp32", equalize="on")
     assert info.value.exit_code == 2 and not (tmp_path / "fp32").exists()
     onnx_model = int8_bundle.out / "reference.onnx"
-    with pytest.raises(UnsupportedError, match=r"--equalize on needs the PyTorch module or a \.pt2"):
+    with pytest.raises(UnsupportedError, match=r"--equalize on needs the PyTorch module, a \.pt2 or TorchScript"):
         _build(str(onnx_model), data, "onnxruntime-arm64-int8", tmp_path / "onnx", equalize="on")
     result = _build(str(onnx_model), data, "onnxruntime-arm64-int8", tmp_path / "auto")
-    assert "equalize auto: not tried on a onnx model (it needs the PyTorch module or a .pt2)" in result.report[
-        "warnings"]
+    assert ("equalize auto: not tried on a onnx model (it needs the PyTorch module, a .pt2 or TorchScript)"
+            in result.report["warnings"])
     assert result.report["quantization"]["equalization"] is None
 
 

@@ -29,7 +29,7 @@ from edgekit.model import LoadedModel
 if TYPE_CHECKING:
     from edgekit.plan import Plan
 
-KINDS = ("module", "exported_program")  # what equalization can rewrite: the parameters are at hand
+KINDS = ("module", "exported_program", "torchscript")  # what equalization can rewrite (TorchScript as its export)
 ROUNDS = 20  # chains (a -> b -> c) are equalized pair by pair until the scales settle
 TOLERANCE = 1e-4
 MEASURE_SAMPLES = 16
@@ -71,11 +71,11 @@ def check_request(plan: Plan) -> None:
         return
     if plan.model.kind not in KINDS:
         if mode == "on":
-            raise UnsupportedError(f"--equalize on needs the PyTorch module or a .pt2; {plan.model.source} is a "
-                                   f"{plan.model.kind}", hint="give the .pt2 or package.module:factory, or drop "
-                                   "--equalize")
-        plan.warnings.append(f"equalize auto: not tried on a {plan.model.kind} model (it needs the PyTorch module "
-                             "or a .pt2)")
+            raise UnsupportedError(f"--equalize on needs the PyTorch module, a .pt2 or TorchScript; "
+                                   f"{plan.model.source} is a {plan.model.kind}",
+                                   hint="give the .pt2 or package.module:factory, or drop --equalize")
+        plan.warnings.append(f"equalize auto: not tried on a {plan.model.kind} model (it needs the PyTorch module, "
+                             "a .pt2 or TorchScript)")
 
 
 def equalize_applies(plan: Plan) -> bool:
@@ -125,7 +125,7 @@ def equalize(model: LoadedModel, mode: str, inputs: dict[str, np.ndarray], names
             f"layers {before:.1f} dB -> {after:.1f} dB")
     if not applied:
         return Equalized(model, block, note)
-    return Equalized(_with_parameters(model, scaled, pairs), block, note)
+    return Equalized(_with_parameters(model, program, scaled, pairs), block, note)
 
 
 def _not_applied(mode: str) -> dict:
@@ -238,6 +238,10 @@ def _program(model: LoadedModel, inputs: dict[str, np.ndarray], names: list[str]
     if model.kind == "exported_program":
         return model.program
     args = tuple(torch.from_numpy(np.ascontiguousarray(inputs[n][:1])) for n in names)
+    if model.kind == "torchscript":
+        from edgekit.steps.lift import exported_program
+
+        return exported_program(model, args)
     with torch.no_grad():
         return torch.export.export(model.module.eval(), args)
 
@@ -249,17 +253,18 @@ def _changed(pairs: list[Pair]) -> list[str]:
                   {f"{p.second}.weight" for p in pairs})
 
 
-def _with_parameters(model: LoadedModel, values: dict[str, Any], pairs: list[Pair]) -> LoadedModel:
-    """A copy of the model with the equalized parameters (the user's model is never touched)."""
+def _with_parameters(model: LoadedModel, program: Any, values: dict[str, Any], pairs: list[Pair]) -> LoadedModel:
+    """A copy of the model with the equalized parameters (the user's model is never touched); a TorchScript model
+    goes on as its exported program."""
     changed = _changed(pairs)
-    if model.kind == "exported_program":
+    if model.kind in ("exported_program", "torchscript"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecation, raised by deepcopy
-            program = copy.deepcopy(model.program)
+            program = copy.deepcopy(program)
         for key in changed:
             if key in program.state_dict:
                 program.state_dict[key] = _like(program.state_dict[key], values[key])
-        return dataclasses.replace(model, program=program, module=program.module())
+        return dataclasses.replace(model, kind="exported_program", program=program, module=program.module())
     module = copy.deepcopy(model.module)
     for key in changed:
         _assign(module, key, values[key])
