@@ -19,6 +19,7 @@ from edgekit.report_html import Evidence, render_html
 from edgekit.steps.export_onnx import OnnxExport
 from edgekit.tasks import scores_output
 
+EVIDENCE_PIXELS = 100_000  # per-pixel labels: pixels report.html's confusion matrices are drawn from
 
 @dataclass(frozen=True)
 class Measured:
@@ -81,7 +82,18 @@ def write(staging: Path, plan: Plan, export: OnnxExport, device: DeviceModel, me
 
 
 def _evidence(measured: Measured, labels: np.ndarray | None, scores: str | None, ignore: int | None) -> Evidence:
-    """What report.html plots; samples with the ignore label are left out of its confusion matrices."""
+    """What report.html plots; samples with the ignore label are left out of its confusion matrices. With
+    per-pixel labels the class scores become one row per labelled pixel (at most EVIDENCE_PIXELS, evenly spaced)."""
+    if labels is not None and labels.ndim > 1 and scores in measured.reference:
+        keep = np.flatnonzero(labels != ignore) if ignore is not None else np.arange(labels.size)
+        keep = keep[:: max(1, len(keep) // EVIDENCE_PIXELS)]
+
+        def pixels(values: np.ndarray) -> np.ndarray:
+            return np.moveaxis(values, 1, -1).reshape(-1, values.shape[1])[keep]
+
+        return Evidence({**measured.reference, scores: pixels(measured.reference[scores])},
+                        {**measured.device, scores: pixels(measured.device[scores])}, labels.ravel()[keep], scores,
+                        "labelled pixels")
     if labels is None or ignore is None:
         return Evidence(measured.reference, measured.device, labels, scores)
     keep = labels != ignore

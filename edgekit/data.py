@@ -155,9 +155,11 @@ def _as_input(key: str, array: np.ndarray, source: str, what: str) -> np.ndarray
 
 def _check_labels(labels: np.ndarray, count: int, source: str, what: str) -> np.ndarray:
     labels = np.asarray(labels)
-    if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"{what} {source}: labels `y` must be {count} integers, got shape {labels.shape} "
-                        f"of {labels.dtype}", hint="store class indices as an int array y of shape (N,)")
+    if labels.ndim < 1 or labels.shape[0] != count or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{what} {source}: labels `y` must be {count} integers (or {count} integer maps), got "
+                        f"shape {labels.shape} of {labels.dtype}",
+                        hint="store class indices as an int array y of shape (N,), or (N, H, W) for per-pixel "
+                             "segmentation labels")
     return labels.astype(np.int64)
 
 

@@ -57,12 +57,18 @@ def output_metrics(reference: dict[str, np.ndarray], device: dict[str, np.ndarra
     return rows
 
 
-def class_output(shapes: dict[str, tuple[int | None, ...]]) -> str | None:
-    """The first output that holds class scores: shape (batch, classes) with more than one class."""
+def class_output(shapes: dict[str, tuple[int | None, ...]], label_dims: tuple[int, ...] = ()) -> str | None:
+    """The first output that holds class scores: shape (batch, classes) with more than one class, or, for
+    per-pixel labels of shape (N, *label_dims), (batch, classes, *label_dims)."""
     for name, shape in shapes.items():
-        if len(shape) == 2 and (shape[1] or 0) > 1:
+        if is_scores(shape, label_dims):
             return name
     return None
+
+
+def is_scores(shape: tuple, label_dims: tuple[int, ...] = ()) -> bool:
+    """Class scores on axis 1: (batch, classes), or (batch, classes, *label_dims) for per-pixel labels."""
+    return len(shape) == 2 + len(label_dims) and (shape[1] or 0) >= 2 and tuple(shape[2:]) == tuple(label_dims)
 
 
 def drift_block(reference: dict[str, np.ndarray], device: dict[str, np.ndarray], labels: np.ndarray | None,
@@ -70,8 +76,8 @@ def drift_block(reference: dict[str, np.ndarray], device: dict[str, np.ndarray],
     """The report's `drift` block; zero samples never pass. `tasks`: {output: classify | regress | embed}
     (edgekit/tasks.py; a single name means that output classifies and the others regress). Classify outputs are
     gated by top-1 agreement (the lowest over them) and, with labels, the accuracy drop of the first one; regress
-    and embed outputs by SQNR. Samples labelled `ignore_index` count for agreement and output errors, not for
-    accuracy."""
+    and embed outputs by SQNR. Samples (or, with per-pixel labels, pixels) labelled `ignore_index` count for
+    agreement and output errors, not for accuracy."""
     tasks = as_tasks(tasks, list(reference))
     samples = len(next(iter(reference.values()))) if reference else 0
     outputs = [{**row, **_task_metrics(tasks[row["name"]], reference[row["name"]], device[row["name"]])}
@@ -83,7 +89,7 @@ def drift_block(reference: dict[str, np.ndarray], device: dict[str, np.ndarray],
         scores = classify[0]
         ref_top, dev_top = reference[scores].argmax(1), device[scores].argmax(1)
         keep = labels != ignore_index if labels is not None and ignore_index is not None else slice(None)
-        if labels is not None and ref_top.ndim == 1 and np.size(labels[keep]):
+        if labels is not None and ref_top.shape == labels.shape and np.size(labels[keep]):  # per sample or pixel
             ref_acc = float(np.mean(ref_top[keep] == labels[keep]))
             dev_acc = float(np.mean(dev_top[keep] == labels[keep]))
             drop = round((ref_acc - dev_acc) * 100.0, 6)

@@ -85,7 +85,8 @@ def make_plan(model: Any, target: str | Path | Target, calibration: Any, eval_da
         eval_source = "eval"
     refuse_small_calibration(calib, options.allow_small_calibration)
     if evaluation.labels is not None:
-        check_labels(evaluation, class_count(loaded, inputs, calib), options.ignore_index, "eval data")
+        check_labels(evaluation, class_count(loaded, inputs, calib, evaluation.labels.shape[1:]),
+                     options.ignore_index, "eval data")
     notes = ([note] if note else []) + calibration_warnings(calib, evaluation, eval_source == "eval",
                                                                     options.ignore_index)
     dynamic = [s.name for s in loaded.inputs or () if s.shape and s.shape[0] is None]
@@ -98,9 +99,11 @@ def make_plan(model: Any, target: str | Path | Target, calibration: Any, eval_da
                 None if recipe is None else str(recipe), notes)
 
 
-def class_count(model: LoadedModel, inputs: tuple[TensorSpec, ...], data: Dataset) -> int | None:
-    """Classes of the model's class-score output, from one forward pass on one sample (None when it has none or
-    the pass fails here: the export step reports such failures with their own message)."""
+def class_count(model: LoadedModel, inputs: tuple[TensorSpec, ...], data: Dataset,
+                label_dims: tuple[int, ...] = ()) -> int | None:
+    """Classes of the model's class-score output (per pixel with labels of shape (N, *label_dims)), from one
+    forward pass on one sample (None when it has none or the pass fails here: the export step reports such
+    failures with their own message)."""
     import numpy as np
 
     from edgekit.drift import class_output
@@ -121,5 +124,5 @@ def class_count(model: LoadedModel, inputs: tuple[TensorSpec, ...], data: Datase
                 shapes = [v.shape for v in runner.run(dict(zip([s.name for s in inputs], sample))).values()]
     except Exception:  # the export step reports a model that does not run, with its own message
         return None
-    scores = class_output({str(k): shape for k, shape in enumerate(shapes)})
+    scores = class_output({str(k): shape for k, shape in enumerate(shapes)}, tuple(label_dims))
     return None if scores is None else int(shapes[int(scores)][1])

@@ -40,6 +40,7 @@ class Evidence:
     device: dict[str, np.ndarray]
     labels: np.ndarray | None = None
     scores: str | None = None
+    unit: str = "samples"  # "labelled pixels" for segmentation labels
 
 
 def render_html(report: dict, manifest: dict, evidence: Evidence | None = None) -> str:
@@ -161,7 +162,7 @@ def _confusion(evidence: Evidence | None) -> str:
     ref, dev = predictions
     classes = int(max(ref.max(), dev.max(), -1 if evidence.labels is None else evidence.labels.max())) + 1
     changed = int(np.sum(ref != dev))
-    note = f'<p class="note">{changed} of {len(ref)} samples change their top-1 class on the device.</p>'
+    note = f'<p class="note">{changed} of {len(ref)} {evidence.unit} change their top-1 class on the device.</p>'
     if classes > MAX_CLASSES:
         return note + _top_changes(ref, dev)
     if evidence.labels is None:

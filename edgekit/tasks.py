@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.config import TASKS
+from edgekit.drift import is_scores
 from edgekit.errors import ConfigError
 
 HINTS = (  # first match wins, on the lowercased output name split at non-letters
@@ -57,9 +58,9 @@ def output_tasks(shapes: dict[str, tuple], labels: np.ndarray | None, task: str 
     rest = [n for n in shapes if n not in tasks]
     for name in rest:
         hinted = _hinted(name)
-        if hinted is not None and (hinted != "classify" or _scores_shape(shapes[name])):
+        if hinted is not None and (hinted != "classify" or _scores_shape(shapes[name], labels)):
             tasks[name] = hinted
-    candidates = [n for n in rest if n not in tasks and _scores_shape(shapes[n])]
+    candidates = [n for n in rest if n not in tasks and _scores_shape(shapes[n], labels)]
     if labels is not None and len(candidates) > 1:
         covering = [n for n in candidates if shapes[n][1] > int(np.max(labels))]
         candidates = covering if len(covering) == 1 else candidates
@@ -73,8 +74,8 @@ def output_tasks(shapes: dict[str, tuple], labels: np.ndarray | None, task: str 
     return {name: tasks[name] for name in shapes}, warnings
 
 
-def _scores_shape(shape: tuple) -> bool:
-    return len(shape) == 2 and (shape[1] or 0) >= 2
+def _scores_shape(shape: tuple, labels: np.ndarray | None = None) -> bool:
+    return is_scores(shape, () if labels is None else tuple(np.shape(labels)[1:]))
 
 
 def _hinted(name: str) -> str | None:

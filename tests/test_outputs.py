@@ -124,3 +124,48 @@ def test_outputs_file_and_embed_task_through_the_cli(tmp_path: Path):
 
 def dict_heads() -> Heads:
     return _model("dict")
+
+
+def _segmenter() -> tuple[torch.nn.Module, np.ndarray, np.ndarray]:
+    """A small fully convolutional net trained on the spot to label each pixel of the digits images as
+    background (0), faint stroke (1) or stroke (2); the border pixels carry the ignore label 255."""
+    from examples.digits import load_digits_split
+
+    data = load_digits_split(seed=0)
+    x = np.concatenate([data["x_calib"], data["x_eval"]]).astype(np.float32)
+    y = np.digitize(x[:, 0], [0.25, 0.6]).astype(np.int64)
+    y[:, [0, -1], :] = 255
+    y[:, :, [0, -1]] = 255
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 3, 1))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    inputs, targets = torch.from_numpy(x), torch.from_numpy(y)
+    for _ in range(150):
+        loss = torch.nn.functional.cross_entropy(model(inputs), targets, ignore_index=255)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval(), x, y
+
+
+def test_per_pixel_labels_with_an_ignore_index_gate_pixel_accuracy(tmp_path: Path):
+    model, x, y = _segmenter()
+    result = edgekit.build(model, "onnxruntime-arm64-int8", calibration=x[:200], eval_data=(x[200:400], y[200:400]),
+                           out=tmp_path / "seg", emulator="host", ignore_index=255)
+    drift = result.report["drift"]
+    assert drift["outputs"][0]["task"] == "classify"  # (N, 3, 8, 8) scores for (N, 8, 8) labels
+    assert drift["reference_accuracy"] > 0.95  # over the labelled pixels only: the border is left out
+    assert drift["top1_agreement"] > 0.95 and drift["accuracy_drop"] <= 1.0 and result.passed
+    inner = x[200:400, 0, 1:-1, 1:-1]
+    expected = np.mean(model(torch.from_numpy(x[200:400])).argmax(1).numpy()[:, 1:-1, 1:-1]
+                       == np.digitize(inner, [0.25, 0.6]))
+    assert drift["reference_accuracy"] == pytest.approx(expected, abs=1e-6)
+    assert "labelled pixels change their top-1 class" in (tmp_path / "seg" / "report.html").read_text()
+
+
+def test_per_pixel_labels_outside_the_classes_are_refused_with_the_ignore_hint(tmp_path: Path):
+    model, x, y = _segmenter()
+    with pytest.raises(edgekit.DataError, match=r"labels outside the model's 3 classes .*255") as info:
+        edgekit.build(model, "onnxruntime-arm64-int8", calibration=x[:200], eval_data=(x[200:400], y[200:400]),
+                      out=tmp_path / "seg", emulator="host")
+    assert "--ignore-index 255" in info.value.hint and not (tmp_path / "seg").exists()

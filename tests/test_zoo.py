@@ -50,6 +50,39 @@ def test_new_routes_convert_zoo_models_exactly_and_quantize_them(route, name, zo
     assert int8["quantization"]["equalization"]["mode"] == "auto"  # measured, applied only where better
 
 
+# one or more of every family; image models at the smallest size their definition keeps exact (fully convolutional
+# ones shrink, the ViT keeps its 224 patch grid); with mobilenet_v3_small, tcn_1d and bert_tiny above: 11
+SUBSET = {"resnet18": 96, "efficientnet_b0": 96, "deit_tiny": None, "yolo_style_dfl": 160,
+          "lraspp_mobilenet_v3": 128, "kws_lstm": None, "speech_gru": None, "conformer_block": None}
+
+
+def _shrunk(name: str, size: int | None, count: int, seed: int) -> dict[str, np.ndarray]:
+    arch = get(name)
+    if size is None:
+        return arch.samples(count, seed)
+    rng = np.random.default_rng(seed)
+    return {arch.inputs[0].name: rng.standard_normal((count, 3, size, size), dtype=np.float32)}
+
+
+@pytest.mark.parametrize("name", list(SUBSET))
+def test_zoo_float32_builds_ship_only_exact_conversions(name, tmp_path: Path):
+    """Through litert-torch (android-arm64-fp32) the device model computes what PyTorch computes, within rounding;
+    edgekit refuses (exit 2) a conversion beyond rounding unless --accept-conversion-error, so no warning of an
+    accepted error may appear either."""
+    arch = get(name)
+    try:
+        result = edgekit.build(arch.build(), "android-arm64-fp32", _shrunk(name, SUBSET[name], 8, 0),
+                               _shrunk(name, SUBSET[name], 8, 1), tmp_path / name, emulator="host",
+                               converter="litert-torch", max_drop=100.0, min_agreement=0.0)
+    except edgekit.UnsupportedError as refused:  # a refusal names the op and module (tests/test_fidelity.py)
+        pytest.fail(f"{name}: float32 conversion refused, though docs/zoo.md measured it exact: {refused.message}")
+    report = result.report
+    assert report["runtime"]["converter"] == "litert-torch"
+    assert not any("accepted" in w for w in report["warnings"])
+    assert min(o["sqnr_db"] for o in report["conversion"]["outputs"]) > EXACT_DB
+    assert min(o["sqnr_db"] for o in report["drift"]["outputs"]) > EXACT_DB  # device vs PyTorch, end to end
+
+
 def test_integer_inputs_pass_through_unquantized(tmp_path: Path):
     """bert_tiny: int64 token ids and an attention mask. Calibrated and measured with their own dtype, listed as
     int64 in the device I/O signature, and check.py feeds them as int64."""
