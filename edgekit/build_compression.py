@@ -31,7 +31,8 @@ def compress_model(plan: Plan, workdir: Path) -> tuple[LoadedModel, dict]:
     if model.kind == "module":
         module, block = compress(model.module, options.prune, options.cluster, calibration, options.recover,
                                  options.seed)
-        return dataclasses.replace(model, module=module), {**block, "format": "module"}
+        # program=None: an exported program kept from equalization would still hold the uncompressed weights
+        return dataclasses.replace(model, module=module, program=None), {**block, "format": "module"}
     return _compress_graph(model, calibration, options)
 
 

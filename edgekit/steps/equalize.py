@@ -103,8 +103,8 @@ def equalize(model: LoadedModel, mode: str, inputs: dict[str, np.ndarray], names
     pairs = find_pairs(program)
     if not pairs:
         # asked for (on), the user hears why nothing changed; auto stays quiet (report.json says it all)
-        return Equalized(model, _not_applied(mode), "equalize on: no pair of consecutive weighted layers to equalize"
-                         if mode == "on" else None)
+        return Equalized(_keeping(model, program), _not_applied(mode),
+                         "equalize on: no pair of consecutive weighted layers to equalize" if mode == "on" else None)
     params = {k: v.detach().clone() for k, v in program.state_dict.items() if isinstance(v, torch.Tensor)}
     scaled, totals = scale_pairs(params, pairs)
     samples = [tuple(torch.from_numpy(np.ascontiguousarray(inputs[n][i:i + 1])) for n in names)
@@ -124,8 +124,13 @@ def equalize(model: LoadedModel, mode: str, inputs: dict[str, np.ndarray], names
     note = (f"equalize {mode}: {len(pairs)} layer pair(s) {verb} ({names_text}); simulated INT8 SQNR of those "
             f"layers {before:.1f} dB -> {after:.1f} dB")
     if not applied:
-        return Equalized(model, block, note)
+        return Equalized(_keeping(model, program), block, note)
     return Equalized(_with_parameters(model, program, scaled, pairs), block, note)
+
+
+def _keeping(model: LoadedModel, program: Any) -> LoadedModel:
+    """A module keeps the program exported here, so the ONNX export does not trace the model again."""
+    return dataclasses.replace(model, program=program) if model.kind == "module" else model
 
 
 def _not_applied(mode: str) -> dict:
@@ -268,7 +273,7 @@ def _with_parameters(model: LoadedModel, program: Any, values: dict[str, Any], p
     module = copy.deepcopy(model.module)
     for key in changed:
         _assign(module, key, values[key])
-    return dataclasses.replace(model, module=module)
+    return dataclasses.replace(model, module=module, program=None)
 
 
 def _assign(module: Any, key: str, value: Any) -> None:
