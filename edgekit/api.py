@@ -17,6 +17,7 @@ from edgekit.device import DeviceModel
 from edgekit.drift import Thresholds, drift_block, failure_reasons, output_metrics
 from edgekit.errors import DriftError, EdgekitError, UnsupportedError
 from edgekit.fallback import run_fallback
+from edgekit.model import LoadedModel
 from edgekit.plan import Plan, make_plan
 from edgekit.progress import Listener, Steps
 from edgekit.report import passed as report_passed
@@ -202,7 +203,7 @@ def _measure(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: P
     with reference_runner(plan, export) as runner:
         reference = runner.run(data.inputs)
     converted = reference
-    if device_plan is not plan:
+    if not _same_weights(plan.model, device_plan.model):  # compressed or equalized: run those weights too
         with reference_runner(device_plan, export) as runner:
             converted = runner.run(data.inputs)
     with device.open_float_runner() as runner:
@@ -216,6 +217,10 @@ def _measure(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: P
         reference=reference, device=outputs, conversion=output_metrics(converted, floats),
         quantization=output_metrics(floats, outputs) if quantized else None, drift=drift,
         latency_ms={"host": latency}, warnings=_warnings(plan, drift, reference, outputs) + device.notes)
+
+
+def _same_weights(model: LoadedModel, other: LoadedModel) -> bool:
+    return model.module is other.module and model.onnx_path == other.onnx_path
 
 
 def _measure_emulated(plan: Plan, device: DeviceModel, measured: bundle_io.Measured, count: int,

@@ -28,6 +28,7 @@ class OnnxExport:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     exporter: str
+    source: Path | None = None  # the ONNX file it was made from, for a model given as ONNX
 
 
 def resolve_inputs(model: LoadedModel, sample_shapes: dict[str, tuple[int, ...]] | None,
@@ -78,7 +79,8 @@ def export_onnx(model: LoadedModel, inputs: tuple[TensorSpec, ...], path: Path) 
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
     outputs = tuple(onnx_value_spec(v) for v in proto.graph.output)
-    return OnnxExport(path=path, inputs=inputs, outputs=outputs, exporter=exporter)
+    return OnnxExport(path=path, inputs=inputs, outputs=outputs, exporter=exporter,
+                      source=model.onnx_path if model.kind == "onnx" else None)
 
 
 def _torch_export(model: LoadedModel, inputs: tuple[TensorSpec, ...]):
