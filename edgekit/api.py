@@ -128,7 +128,7 @@ def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Wr
     device_plan, compression, equalization = plan, None, None
     if equalize_applies(plan):  # before compression: its per-channel scaling would undo clustered values
         with steps.step("equalize", "cross-layer equalization of consecutive layers"):
-            equalized = equalize_model(device_plan)
+            equalized = equalize_model(device_plan, workdir)
             device_plan = replace(device_plan, model=equalized.model)
             equalization = equalized
     if plan.options.prune is not None or plan.options.cluster is not None:

@@ -109,19 +109,29 @@ def test_auto_equalizes_the_outlier_fixture_because_it_measures_better(broken, d
     assert result.passed
 
 
-def test_equalize_on_is_refused_where_it_cannot_act(digits, int8_bundle, tmp_path: Path):
+def test_equalize_on_is_refused_where_it_cannot_act(digits, tmp_path: Path):
     model, data = digits
     with pytest.raises(UnsupportedError, match="--equalize on prepares INT8 quantization; onnxruntime-arm64-fp32 "
                                                "is fp32") as info:
         _build(model, data, "onnxruntime-arm64-fp32", tmp_path / "fp32", equalize="on")
     assert info.value.exit_code == 2 and not (tmp_path / "fp32").exists()
-    onnx_model = int8_bundle.out / "reference.onnx"
-    with pytest.raises(UnsupportedError, match=r"--equalize on needs the PyTorch module, a \.pt2 or TorchScript"):
-        _build(str(onnx_model), data, "onnxruntime-arm64-int8", tmp_path / "onnx", equalize="on")
-    result = _build(str(onnx_model), data, "onnxruntime-arm64-int8", tmp_path / "auto")
-    assert ("equalize auto: not tried on a onnx model (it needs the PyTorch module, a .pt2 or TorchScript)"
-            in result.report["warnings"])
-    assert result.report["quantization"]["equalization"] is None
+
+
+def test_an_onnx_model_is_equalized_on_its_initializers(broken, digits, tmp_path: Path):
+    """The outlier fixture as ONNX (the exporter folds the batch norm into the conv): auto measures, equalizes the
+    initializers and INT8 passes; with --equalize off the same file fails the build."""
+    _, data = digits
+    path = tmp_path / "broken.onnx"
+    torch.onnx.export(broken, (torch.from_numpy(data["x_eval"][:1]),), str(path), dynamo=False, input_names=["x"])
+    result = _build(str(path), data, "onnxruntime-arm64-int8", tmp_path / "auto")
+    block = result.report["quantization"]["equalization"]
+    assert block["mode"] == "auto" and block["applied"]
+    assert [(p["first"], p["second"]) for p in block["pairs"]] == [("features.0", "features.3"),
+                                                                   ("classifier.1", "classifier.3")]
+    assert block["sqnr_db"]["before"] < 10 and block["sqnr_db"]["after"] > 35
+    assert result.passed and result.report["conversion"]["outputs"][0]["sqnr_db"] > 80
+    off = _build(str(path), data, "onnxruntime-arm64-int8", tmp_path / "off", equalize="off")
+    assert not off.passed and off.report["quantization"]["equalization"] is None
 
 
 def test_a_model_without_pairs_says_so_when_asked(digits, tmp_path: Path):

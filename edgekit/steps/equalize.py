@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,7 +30,6 @@ from edgekit.model import LoadedModel
 if TYPE_CHECKING:
     from edgekit.plan import Plan
 
-KINDS = ("module", "exported_program", "torchscript")  # what equalization can rewrite (TorchScript as its export)
 ROUNDS = 20  # chains (a -> b -> c) are equalized pair by pair until the scales settle
 TOLERANCE = 1e-4
 MEASURE_SAMPLES = 16
@@ -69,23 +69,20 @@ def check_request(plan: Plan) -> None:
             raise UnsupportedError(f"--equalize on prepares INT8 quantization; {plan.target.name} is "
                                    f"{plan.target.precision}", hint="drop --equalize, or choose an INT8 target")
         return
-    if plan.model.kind not in KINDS:
-        if mode == "on":
-            raise UnsupportedError(f"--equalize on needs the PyTorch module, a .pt2 or TorchScript; "
-                                   f"{plan.model.source} is a {plan.model.kind}",
-                                   hint="give the .pt2 or package.module:factory, or drop --equalize")
-        plan.warnings.append(f"equalize auto: not tried on a {plan.model.kind} model (it needs the PyTorch module, "
-                             "a .pt2 or TorchScript)")
 
 
 def equalize_applies(plan: Plan) -> bool:
-    return plan.options.equalize != "off" and plan.target.precision == "int8" and plan.model.kind in KINDS
+    return plan.options.equalize != "off" and plan.target.precision == "int8"  # every model kind
 
 
-def equalize_model(plan: Plan) -> Equalized:
+def equalize_model(plan: Plan, workdir: Path) -> Equalized:
     """The plan's model equalized (on), or the better of equalized and as given (auto)."""
     mode = plan.options.equalize
     try:
+        if plan.model.kind == "onnx":
+            from edgekit.steps.equalize_onnx import equalize_onnx
+
+            return equalize_onnx(plan.model, mode, plan.calibration.inputs, workdir)
         return equalize(plan.model, mode, plan.calibration.inputs, [spec.name for spec in plan.inputs])
     except Exception as exc:  # torch.export refusing the model: auto builds it as given, on stops
         if mode == "on":
