@@ -106,3 +106,23 @@ def test_integer_inputs_pass_through_unquantized(tmp_path: Path):
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["passed"] is True
+
+
+def test_integer_inputs_on_android_int8_go_through_litert_torch(tmp_path: Path):
+    """onnx2tf (the target's default) cannot calibrate integer inputs: without --converter the build gives way to
+    litert-torch and says why; with --converter onnx2tf it is refused up front (exit 2)."""
+    arch = get("bert_tiny")
+    model, calibration, evaluation = arch.build(), arch.samples(32, 0), arch.samples(16, 1)
+    result = edgekit.build(model, "android-arm64-int8", calibration, evaluation, tmp_path / "bert", emulator="host",
+                           max_drop=100.0, min_agreement=0.0)
+    report = result.report
+    assert report["runtime"]["converter"] == "litert-torch"
+    assert any(w.startswith("converter: onnx2tf, the target's default, cannot build this model (onnx2tf's INT8 "
+                            "calibration feeds float32 to every input") for w in report["warnings"])
+    assert min(o["sqnr_db"] for o in report["conversion"]["outputs"]) > EXACT_DB
+    assert min(o["sqnr_db"] for o in report["quantization"]["outputs"]) > 15.0
+    with pytest.raises(edgekit.UnsupportedError, match=r"this model has integer inputs: input_ids \(int64\), "
+                                                       r"attention_mask \(int64\)") as info:
+        edgekit.build(model, "android-arm64-int8", calibration, evaluation, tmp_path / "o", emulator="host",
+                      converter="onnx2tf")
+    assert info.value.exit_code == 2 and not (tmp_path / "o").exists()

@@ -56,6 +56,11 @@ def check_converter(plan: Plan) -> None:
             _check(name, plan)
         except ToolError as exc:
             raise _with_alternative(exc, name, plan) from exc
+        except UnsupportedError:
+            other = next(route for route in ROUTES if route != name)
+            if plan.options.converter or other in _unavailable(plan):
+                raise
+            # the target's default cannot take this model: build_android gives way to the other converter
         return
     problems = _unavailable(plan)
     if len(problems) == len(ROUTES):
@@ -65,9 +70,10 @@ def check_converter(plan: Plan) -> None:
 
 def _check(name: str, plan: Plan) -> None:
     if name == "onnx2tf":
-        from edgekit.backends.onnx2tf import onnx2tf_version
+        from edgekit.backends.onnx2tf import check_inputs, onnx2tf_version
 
         onnx2tf_version()
+        check_inputs(plan.inputs, plan.target.precision)
     elif name == "litert-torch":
         from edgekit.backends import litert_torch
 
@@ -111,19 +117,25 @@ def build_android(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
     if name == "auto":
         return _auto(plan, export, workdir)
     try:
+        _check(name, plan)
         device = _route(name)(plan, export, workdir)
     except UnsupportedError as exc:
-        if plan.options.converter or not exc.message.startswith(WRONG_FLOAT):
+        if plan.options.converter:
             raise
-        return _instead_of_default(plan, export, workdir, name, exc)
+        if exc.message.startswith(WRONG_FLOAT):
+            return _instead_of_default(plan, export, workdir, name, exc)
+        if exc.message.startswith(f"{name}'s INT8 calibration"):  # refused before converting: a model it cannot take
+            return _instead_of_default(plan, export, workdir, name, exc, "cannot build this model")
+        raise
     why = "asked for with --converter" if plan.options.converter else f"the default of target {plan.target.name}"
     return _recorded(device, {"requested": name, "name": name, "version": device.runtime["converter_version"],
                               "reason": why, "candidates": []}, [])
 
 
-def _instead_of_default(plan: Plan, export: OnnxExport, workdir: Path, name: str,
-                        exc: UnsupportedError) -> DeviceModel:
-    """The target's default converter got the float32 model wrong: the other one, if it is installed and exact."""
+def _instead_of_default(plan: Plan, export: OnnxExport, workdir: Path, name: str, exc: UnsupportedError,
+                        why: str = "") -> DeviceModel:
+    """The target's default converter got the float32 model wrong (or cannot build it, `why`): the other one, if it
+    is installed and exact."""
     from edgekit.runners.reference import reference_runner
 
     other = next(route for route in ROUTES if route != name)
@@ -136,11 +148,11 @@ def _instead_of_default(plan: Plan, export: OnnxExport, workdir: Path, name: str
         candidate = _scored(candidate, plan, runner.run(plan.evaluation.inputs))
     if _db(candidate) < FAITHFUL_DB:
         raise UnsupportedError(f"{exc.message}; {other} is not exact either ({_show(candidate)})", hint=exc.hint)
-    reason = (f"the target's default {name} converts the float32 model wrongly ({exc.message}); {other} converts "
-              f"it exactly ({_show(candidate)} vs PyTorch)")
+    reason = (f"the target's default {name} {why or 'converts the float32 model wrongly'} ({exc.message}); "
+              f"{other} converts it exactly ({_show(candidate)} vs PyTorch)")
     record = {"requested": name, "name": other, "version": candidate.version, "reason": reason,
               "candidates": [Candidate(name, error=_describe(exc)).to_dict(), candidate.to_dict()]}
-    warning = (f"converter: {name}, the target's default, converts this model wrongly beyond rounding "
+    warning = (f"converter: {name}, the target's default, {why or 'converts this model wrongly beyond rounding'} "
                f"({exc.message}); built with {other} instead, exact within rounding ({_show(candidate)})")
     return _recorded(candidate.device, record, [warning])
 

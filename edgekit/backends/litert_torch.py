@@ -169,8 +169,9 @@ def _device_file(plan: Plan, float_path: Path, inputs: list[Binding], folder: Pa
         return float16_weights(float_path, folder / "model_float16.tflite")
     method = plan.options.calibration
     data = plan.calibration.take(slice(0, method.max_samples)).inputs
-    samples = [{f"args_{i}": data[b.model_name][k:k + 1] for i, b in enumerate(inputs)}
-               for k in range(len(data[inputs[0].model_name]))]
+    # in the device's dtypes: litert-torch takes int64 token ids in as int32
+    samples = [{f"args_{i}": data[b.model_name][k:k + 1].astype(b.dtype, copy=False)
+                for i, b in enumerate(inputs)} for k in range(len(data[inputs[0].model_name]))]
     ranges = collect_ranges(float_path, samples, method.method, method.percentile)
     return quantize_tflite(float_path, ranges, folder / f"model_int8_{plan.io}_io.tflite", io=plan.io)
 

@@ -47,6 +47,17 @@ def onnx2tf_version() -> str:
         raise ToolError("onnx2tf is not installed", hint="pip install 'edgekit[android]'") from exc
 
 
+def check_inputs(inputs: tuple, precision: str) -> None:
+    """onnx2tf's INT8 calibration feeds float32 arrays to every input: a model with integer inputs (token ids,
+    masks) crashes inside it, so it is refused up front (exit 2)."""
+    integer = [f"{spec.name} ({spec.dtype})" for spec in inputs if not spec.dtype.startswith("float")]
+    if precision == "int8" and integer:
+        raise UnsupportedError(f"onnx2tf's INT8 calibration feeds float32 to every input; this model has integer "
+                               f"inputs: {', '.join(integer)}",
+                               hint="use --converter litert-torch, or the onnxruntime, openvino or jetson targets, "
+                                    "which pass integer inputs through unquantized")
+
+
 def convert(export: OnnxExport, calibration: dict[str, np.ndarray], target: Target, io: str, workdir: Path,
             timeout_s: float = 1800.0, run_worker: WorkerRun | None = None) -> TfliteFiles:
     """Run onnx2tf in a subprocess; calibration arrays are in the model's layout and already normalised.
