@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast lint bench zoo clean chromium
+.PHONY: venv demo test test-fast lint bench bench-large zoo clean chromium
 
 venv: $(STAMP)
 
@@ -49,9 +49,15 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_build.py
 
+# ResNet-50 (25M parameters) to INT8 through each converter, edgekit against the plain path (tens of minutes)
+bench-large: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_large
+
 # The model-zoo table (docs/zoo.md): hours for every cell; finished cells are kept (benchmarks/zoo/.cells) and a
-# stopped run resumes. ZOO_ARGS="--only resnet18,deit_tiny --paths onnx2tf" narrows it.
+# stopped run resumes. ZOO_ARGS="--only resnet18,deit_tiny --paths onnx2tf" narrows it. The trained architectures
+# (benchmarks/zoo/trained.py: training and their INT8 builds, cached in benchmarks/zoo/.trained) come first.
 zoo: $(STAMP)
+	$(BIN)/python -m benchmarks.zoo.trained
 	$(BIN)/python -m benchmarks.zoo.run $(ZOO_ARGS)
 
 clean:
