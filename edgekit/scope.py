@@ -127,10 +127,16 @@ def find_layers(module: Any, example: Any) -> tuple[list[Layer], dict[str, str]]
             skipped[name] = f"{types[0]} is not a compressible layer type ({', '.join(LAYER_TYPES)})"
     skipped.update({n: "not run by the forward pass on the calibration data" for n, m in module.named_modules()
                     if type(m).__name__ in LAYER_TYPES and n not in order})
+    return with_edges(layers), skipped
+
+
+def with_edges(layers: list[Layer]) -> list[Layer]:
+    """The layers with the first and the last marked (a single layer is "only")."""
+    layers = list(layers)
     if layers:
         layers[-1] = Layer(layers[-1].name, layers[-1].types, "last")
         layers[0] = Layer(layers[0].name, layers[0].types, "first" if len(layers) > 1 else "only")
-    return layers, skipped
+    return layers
 
 
 def _forward_order(module: Any, example: Any) -> list[str]:

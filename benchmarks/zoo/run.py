@@ -215,9 +215,10 @@ calibration and 32 random eval samples, `--emulator host`, thresholds open.
 
 Float32 cells by path: {summary}.
 
-Progress: this table is being filled; rows show the cells measured so far (`make zoo` resumes). The cells of this
-version were measured while the machine also ran other work, so times are not quiet-machine figures; INT8 cells
-measured before per-layer drift was bounded by memory were dropped and are "not measured yet".
+Progress: this table is being filled; rows show the cells measured so far (`make zoo` resumes). Times are not
+quiet-machine figures: the first 14 architectures were measured while the 2-core machine also ran other work, the
+rest pinned to one core (`taskset`, one thread) beside other work on the other core; compare sizes and SQNRs
+across rows, times only within a row.
 
 {table(rows, paths)}
 

@@ -16,7 +16,7 @@ import numpy as np
 from edgekit.config import Cluster, Prune
 from edgekit.errors import UnsupportedError
 from edgekit.model import LoadedModel
-from edgekit.scope import Layer, StepReport
+from edgekit.scope import Layer, StepReport, with_edges
 
 WEIGHT_INPUT = {"Conv": 1, "Gemm": 1, "MatMul": 1}
 
@@ -52,7 +52,7 @@ def compress_onnx(model: LoadedModel, prune: Prune | None, cluster: Cluster | No
     initializers = {i.name: i for i in proto.graph.initializer}
     holder = _holder({layer.name: _torch_layout(numpy_helper.to_array(initializers[layer.initializer]), layer)
                       for layer in found})
-    layers = _positions([Layer(layer.name, _types(layer, initializers)) for layer in found])
+    layers = with_edges([Layer(layer.name, _types(layer, initializers)) for layer in found])
     channels = {layer.name: _channels(holder, layer.name) for layer in found}
     params_before = sum(int(np.prod(i.dims)) for i in proto.graph.initializer)
     reports: dict[str, StepReport] = {}
@@ -130,15 +130,6 @@ def _types(layer: OnnxLayer, initializers: dict) -> tuple[str, ...]:
     rank = len(initializers[layer.initializer].dims)
     torch_type = f"Conv{rank - 2}d" if layer.op_type == "Conv" else "Linear"
     return torch_type, layer.op_type
-
-
-def _positions(layers: list[Layer]) -> list[Layer]:
-    if not layers:
-        return layers
-    layers = list(layers)
-    layers[-1] = Layer(layers[-1].name, layers[-1].types, "last")
-    layers[0] = Layer(layers[0].name, layers[0].types, "first" if len(layers) > 1 else "only")
-    return layers
 
 
 def _channels(holder: Any, name: str) -> tuple[int, int]:
