@@ -75,3 +75,24 @@ def test_calibration_methods_change_the_android_activation_scales(digits, tmp_pa
         scales[method] = {r["module"]: r["scale"] for r in result.report["layers"]}
     assert scales["minmax"]["features.4"] != scales["percentile"]["features.4"]
     assert len({tuple(sorted(s.items())) for s in scales.values()}) == 4
+
+
+@pytest.mark.parametrize("form", ["pt2", "ts", "onnx"])
+def test_fallback_and_per_layer_drift_on_saved_models(form, broken, digits, tmp_path: Path):
+    """The same culprit found and kept out of INT8 when the model comes as a file: .pt2, TorchScript, ONNX."""
+    import torch
+
+    _, data = digits
+    example = (torch.from_numpy(data["x_calib"][:1]),)
+    path = tmp_path / f"broken.{ {'ts': 'pt'}.get(form, form) }"
+    if form == "pt2":
+        torch.export.save(torch.export.export(broken, example), path)
+    elif form == "ts":
+        torch.jit.save(torch.jit.trace(broken, example), path)
+    else:
+        torch.onnx.export(broken, example, str(path), dynamo=True, input_names=["x"])
+    fixed = _build(str(path), data, "jetson-orin-int8", tmp_path / "auto", fallback="auto")
+    assert fixed.passed and fixed.report["drift"]["accuracy_drop"] <= 1.0
+    moved = fixed.report["layers"][0]
+    # TorchScript's exporter folds the batch norm (features.1) into the conv before it: the culprit is their output
+    assert moved["module"] == ("features.0" if form == "ts" else "features.1") and moved["precision"] == "fp16"

@@ -17,6 +17,7 @@ from edgekit.config import Cluster, Prune
 from edgekit.errors import UnsupportedError
 from edgekit.model import LoadedModel
 from edgekit.scope import Layer, StepReport, with_edges
+from edgekit.steps.export_onnx import path_from_node_name
 
 WEIGHT_INPUT = {"Conv": 1, "Gemm": 1, "MatMul": 1}
 
@@ -101,10 +102,7 @@ def _layer_name(initializer: str, node: str) -> str:
     `/features/3/Conv`; else the initializer's name."""
     if initializer.endswith(".weight"):
         return initializer[: -len(".weight")]
-    parts = node.strip("/").split("/")[:-1]  # "/features/features.3/Conv", or "/features/3/Conv" from TorchScript
-    if not node.startswith("/") or not parts:
-        return initializer
-    return parts[-1] if "." in parts[-1] else ".".join(parts)
+    return path_from_node_name(node) or initializer
 
 
 def layer_weights(path: Path, names: list[str]) -> dict[str, np.ndarray]:

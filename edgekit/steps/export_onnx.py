@@ -71,6 +71,8 @@ def export_onnx(model: LoadedModel, inputs: tuple[TensorSpec, ...], path: Path) 
 
     if model.kind == "onnx":
         proto = _static_onnx(onnx.load(str(model.onnx_path)), inputs)
+        if not any(p.key == MODULES_KEY for p in proto.metadata_props):
+            _record_modules(proto)  # from a torch exporter's node names or name scopes, when it wrote them
         exporter = "onnx file"
     else:
         proto = _torch_export(model, inputs)
@@ -127,8 +129,19 @@ def _node_module(node) -> str | None:
         scopes = [s for s in ast.literal_eval(scopes) if s]
         # the module's path; for an op in the top-level forward (no module) the op itself, e.g. "cat"
         return scopes[-2] if len(scopes) >= 2 else (scopes[-1] if scopes else None)
-    parts = [p for p in node.name.split("/") if p]
-    return parts[-2] if len(parts) >= 2 else None
+    return path_from_node_name(node.name)
+
+
+def path_from_node_name(name: str) -> str | None:
+    """The module path of a TorchScript exporter's node name: `features.1` from `/features/features.1/Relu` or
+    from `/features/1/Relu` (a scripted module), `layer1.0.conv1` from `/layer1/layer1.0/conv1/Conv`; None for
+    a node outside any module."""
+    if not name.startswith("/"):
+        return None
+    path = ""
+    for part in [p for p in name.split("/") if p][:-1]:
+        path = part if not path or part.startswith(f"{path}.") else f"{path}.{part}"
+    return path or None
 
 
 def tensor_modules(path: Path) -> dict[str, str]:
