@@ -317,3 +317,24 @@ def test_a_device_model_without_the_compression_is_reported(trained, original_tf
     sparsity = {r["module"]: r["device_sparsity"] for r in rows}
     assert f"conversion lost sparsity in features.3: requested 0.50, device {sparsity['features.3']:.2f}" in warnings
     assert any(w.startswith("conversion lost clustering in classifier.1: k = 16, device has up to ") for w in warnings)
+
+
+def test_lifting_a_saved_graph_gives_layer_modules_with_the_same_function_and_names():
+    """A .pt2's graph, conv / linear / batch-norm calls turned back into modules on the same parameters."""
+    import torch
+
+    from edgekit.steps.lift import lifted_module
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv1d(4, 8, 3, padding=1), torch.nn.BatchNorm1d(8), torch.nn.ReLU(),
+                              torch.nn.Conv1d(8, 8, 3, groups=2), torch.nn.Flatten(), torch.nn.Linear(8 * 14, 3))
+    net[1].running_mean.normal_()
+    net.eval()
+    example = torch.randn(1, 4, 16)
+    lifted = lifted_module(torch.export.export(net, (example,)))
+    kinds = {name: type(module).__name__ for name, module in lifted.named_modules() if name}
+    assert kinds == {"0": "Conv1d", "1": "BatchNorm1d", "3": "Conv1d", "5": "Linear"}
+    assert lifted.get_submodule("3").groups == 2
+    batch = torch.randn(5, 4, 16)  # the export's batch-1 guard is gone: any batch runs
+    with torch.no_grad():
+        assert torch.allclose(lifted(batch), net(batch), atol=1e-6)
