@@ -88,10 +88,12 @@ def plain_job(path: str, folder: Path) -> dict:
 
 def _plain_onnx2tf(calibration: np.ndarray, work: Path) -> dict:
     np.save(work / "calib.npy", calibration.transpose(0, 2, 3, 1))
+    # onnx2tf loads its own sample file at INT8 even when -cind gives the data
+    np.save(work / "calibration_image_sample_data_20x128x128x3_float32.npy", np.zeros((20, 128, 128, 3), np.float32))
     binary = Path(sys.executable).parent / "onnx2tf"
     env = {**os.environ, "PATH": f"{binary.parent}{os.pathsep}{os.environ['PATH']}"}
     subprocess.run([str(binary), "-i", "model.onnx", "-o", "out", "-oiqt", "-qt", "per-channel", "-cind", "input",
-                    "calib.npy", "[0.0]", "[1.0]", "-n"], cwd=work, check=True, capture_output=True, env=env)
+                    "calib.npy", "[0.0]", "[1.0]", "-n"], cwd=work, check=True, env=env, stdout=subprocess.DEVNULL)
     return {"device_bytes": (work / "out" / "model_integer_quant.tflite").stat().st_size}
 
 
