@@ -114,9 +114,13 @@ def quantize_qdq(model: Path, inputs: dict[str, np.ndarray], calibration: Calibr
 def calibrate_amax(model: Path, inputs: dict[str, np.ndarray], calibration: Calibration) -> dict[str, float]:
     """Per activation that feeds a quantized op, the symmetric range |x| <= amax chosen by the calibration method
     (steps/calibrate.py, the one range implementation every route uses; symmetric, as TensorRT's Q/DQ are)."""
+    from edgekit.layers import LAYER_BUDGET_BYTES, activation_bytes
+
     wanted = _quantized_activations(model)
     collector = RangeCollector(calibration.method, calibration.percentile, symmetric=True)
-    for values in onnx_values(model, inputs, wanted, CALIBRATION_CHUNK):
+    # as many samples a pass as fit the memory budget: ResNet-50 keeps 211 MB of activations a sample
+    chunk = max(1, min(CALIBRATION_CHUNK, LAYER_BUDGET_BYTES // max(2 * activation_bytes(model), 1)))
+    for values in onnx_values(model, inputs, wanted, chunk):
         collector.collect(values)
     return {name: high for name, (_, high) in collector.ranges().items() if name in wanted}
 
