@@ -47,7 +47,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check edgekit tests benchmarks examples
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_build.py
+	$(BIN)/python -m benchmarks.bench_build
 
 # ResNet-50 (25M parameters) to INT8 through each converter, edgekit against the plain path (tens of minutes)
 bench-large: $(STAMP)

@@ -3,7 +3,7 @@
 Both run on the same model and data in the same process run, alternating, `--repeats` times each; the table
 reports median wall times, their ratio, and the INT8 accuracy drop each pipeline ends with.
 
-    python benchmarks/bench_build.py [--repeats 3] [--out docs/benchmarks.md]
+    python -m benchmarks.bench_build [--repeats 3] [--out docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "01_android_int8"
@@ -84,7 +86,7 @@ def main() -> None:
             seconds, drops["hand"] = run_by_hand(Path(tmp) / f"hand{i}", module, data)
             times["hand"].append(seconds)
     table = render(times, drops, args.repeats)
-    args.out.write_text(table)
+    write_section(args.out, "bench_build", table)
     print(table)
 
 
@@ -104,7 +106,7 @@ def render(times: dict[str, list[float]], drops: dict[str, float], repeats: int)
         f"| by hand | {hand_s:.1f} | {drops['hand']:.2f} |",
         f"| ratio edgekit / by hand | {edgekit_s / hand_s:.2f} | |",
         "",
-        "Regenerate with `make bench` (`python benchmarks/bench_build.py`).",
+        "Regenerate with `make bench` (`python -m benchmarks.bench_build`).",
         "",
     ])
 

@@ -11,7 +11,7 @@ the other, on the same model, calibration and eval inputs; each process reports 
 The plain paths stop at the INT8 file: no float32 check, drift, golden files or report. edgekit's verification
 share is everything after its `convert` step in `report.json` `timings_s`.
 
-    python benchmarks/bench_large.py [--paths onnx2tf,litert-torch,jetson] [--calibration 64] [--out FILE]
+    python -m benchmarks.bench_large [--paths onnx2tf,litert-torch,jetson] [--calibration 64] [--out FILE]
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "benchmarks.zoo.architectures:resnet50_model"
@@ -188,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--paths", default=",".join(PATHS))
     parser.add_argument("--calibration", type=int, default=64)
-    parser.add_argument("--out", type=Path, help="write the table to this file (default: print it)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md",
+                        help="the markdown file its section goes into")
     args = parser.parse_args(argv)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -198,8 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             results[path] = {kind: run_job(kind, path, folder) for kind in ("plain", "edgekit")}
             print(json.dumps({path: results[path]}), file=sys.stderr, flush=True)
     table = render(results, args.calibration)
-    if args.out:
-        args.out.write_text(table)
+    write_section(args.out, "bench_large", table)
     print(table)
     return 0
 
