@@ -15,16 +15,21 @@ def mixed_range_concats(onnx_path: Path, samples: dict[str, np.ndarray]) -> dict
     """ONNX Concat outputs whose inputs' ranges differ by more than RANGE_RATIO, with those ranges."""
     import onnx
 
-    from edgekit.layers import onnx_activations
+    from edgekit.steps.calibrate import onnx_values
 
     graph = onnx.load(str(onnx_path)).graph
     concats = [n for n in graph.node if n.op_type == "Concat"]
     if not concats:
         return {}
-    values = onnx_activations(onnx_path, samples)
+    wanted = {name for node in concats for name in node.input} - {i.name for i in (*graph.initializer, *graph.input)}
+    peaks_of: dict[str, float] = {}
+    for values in onnx_values(onnx_path, samples, wanted, 8):  # only the Concat inputs, 8 samples at a time
+        for name, array in values.items():
+            if array.size:
+                peaks_of[name] = max(peaks_of.get(name, 0.0), float(np.max(np.abs(array))))
     found = {}
     for node in concats:
-        peaks = [float(np.max(np.abs(values[i]))) for i in node.input if i in values]
+        peaks = [peaks_of[i] for i in node.input if i in peaks_of]
         positive = [p for p in peaks if p > 0]
         if len(positive) >= 2 and max(positive) / min(positive) > RANGE_RATIO:
             found[node.output[0]] = peaks

@@ -36,7 +36,10 @@ def build_tflite(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
     mixed = mixed_range_concats(export.path, calibration) if plan.target.precision == "int8" else {}
     own = uses_edgekit_ranges(plan) or bool(mixed)
     target = dataclasses.replace(plan.target, precision="fp32", io="float32") if own else plan.target
-    samples = plan.calibration.take(slice(0, MAPPING_SAMPLES)).inputs
+    from edgekit.layers import layer_samples
+
+    # the float check and the tensor mapping keep every activation of these samples: as many as fit the budget
+    samples = plan.calibration.take(slice(0, layer_samples(export.path, MAPPING_SAMPLES))).inputs
     checked = convert_checked(export, calibration, target, plan.io, workdir, samples,
                               plan.options.accept_conversion_error)  # repairs, then the float32 check
     files, export, float_in = checked.files, checked.export, checked.float_in  # export: what onnx2tf converted
