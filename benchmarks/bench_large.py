@@ -162,7 +162,7 @@ def render(results: dict, calibration: int) -> str:
         "",
         f"ResNet-50 (25.6M parameters, torchvision definition, random weights), 224x224, {calibration} calibration "
         f"and {EVAL} eval inputs, on this machine (2 cores); each job in its own process, edgekit and the plain "
-        "path one after the other (`python benchmarks/bench_large.py`). Goals: whole build <= 1.3x the plain "
+        "path one after the other (`make bench-large`). Goals: whole build <= 1.3x the plain "
         "path; verification (every step after conversion) <= 25 % of the build; peak RSS <= 1.2x.",
         "",
         "| path | plain s | edgekit s | time ratio | edgekit convert s | verification s | verification share | "
