@@ -145,13 +145,14 @@ def _row(student: Any, layer: Layer, channels: tuple[int, int], reports: dict[st
 # --- preservation: does the converted device model still have the zeros and the k values? -------------------
 
 
-def preservation(compression: dict, tflite_path: Path,
-                 weights: dict[str, np.ndarray]) -> tuple[list[dict], list[str]]:
+def preservation(compression: dict, tflite_path: Path, weights: Any) -> tuple[list[dict], list[str]]:
     """Per-layer rows of `compression` with `device_tensor`, `device_sparsity` and `device_max_distinct` added
-    (measured in the .tflite; `weights` are the compressed model's, by layer), and a warning for every compressed
-    layer whose zeros or k values did not survive."""
+    (measured in the .tflite), and a warning for every compressed layer whose zeros or k values did not survive.
+    `weights`: the compressed torch module, or its layers' weights by name (a model compressed as ONNX)."""
     device = device_weights(Path(tflite_path))
     rows = [dict(row) for row in compression["per_layer"]]
+    if hasattr(weights, "get_submodule"):
+        weights = {row["module"]: weights.get_submodule(row["module"]).weight.detach().cpu().numpy() for row in rows}
     matches = match_weights(weights, device)
     notes = []
     for row in rows:
