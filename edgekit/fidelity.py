@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.drift import sqnr_db
 from edgekit.errors import ConversionError, UnsupportedError
 from edgekit.layers import onnx_activations, tflite_activations
 from edgekit.mapping import layout_candidates
@@ -43,6 +44,7 @@ class FloatCheck:
     tolerance: float
     divergence: dict | None = None
     wrong: list[str] = field(default_factory=list)
+    sqnr_db: dict[str, float] = field(default_factory=dict)  # of the wrong outputs, float32 device vs ONNX
 
     @property
     def faithful(self) -> bool:
@@ -70,7 +72,9 @@ def check_float(onnx_path: Path, tflite_path: Path, bindings: list[Binding], sam
     if not wrong:
         return FloatCheck(errors, tolerance)
     divergence = first_divergence(onnx_path, tflite_path, bindings, samples, wrong, tolerance)
-    return FloatCheck(errors, tolerance, divergence, wrong)
+    sqnr = {name: sqnr_db(reference[name], device[name]) for name in wrong
+            if np.shape(reference[name]) == np.shape(device[name])}
+    return FloatCheck(errors, tolerance, divergence, wrong, sqnr)
 
 
 def first_divergence(onnx_path: Path, tflite_path: Path, bindings: list[Binding], samples: dict[str, np.ndarray],
@@ -157,7 +161,9 @@ class CheckedConversion:
     @property
     def notes(self) -> list[str]:
         """Report warnings: every repair, and an accepted conversion error."""
-        accepted = [] if self.check.faithful else [f"{self.check.message()} (accepted: --accept-conversion-error)"]
+        sqnr = "".join(f", {name} SQNR {value:.1f} dB" for name, value in self.check.sqnr_db.items())
+        accepted = [] if self.check.faithful else [
+            f"{self.check.message()} (accepted: --accept-conversion-error{sqnr})"]
         return [applied.note() for applied in self.repairs] + accepted
 
     @property

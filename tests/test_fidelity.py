@@ -4,6 +4,7 @@ PyTorch module, exit 2 unless accepted, and repairs recorded in the manifest and
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +125,10 @@ def test_an_accepted_conversion_error_and_the_repairs_are_in_report_and_manifest
     [repair] = report["conversion"]["repairs"]
     assert repair["name"] == "maxpool-pads-as-edge-pad" and repair["nodes"] == ["node_max_pool2d"]
     assert any(w.startswith("repaired before conversion: maxpool-pads-as-edge-pad") for w in report["warnings"])
-    assert any("first diverging ONNX node node_mul" in w and "accepted" in w for w in report["warnings"])
+    [accepted] = [w for w in report["warnings"] if "first diverging ONNX node node_mul" in w]
+    # the output and its SQNR (float32 device vs ONNX on the check's samples), far below exact
+    found = re.search(r"\(accepted: --accept-conversion-error, output SQNR (-?\d+\.\d) dB\)$", accepted)
+    assert found and float(found.group(1)) < 40
     assert json.loads((out / "manifest.json").read_text())["device"]["repairs"] == [repair]
     assert "first diverging ONNX node node_mul" in result.output and "conversion" in result.output
 
