@@ -63,13 +63,11 @@ def device_columns(block: dict, device_file: Path, fmt: str, model: LoadedModel)
         return block, [f"compression preservation is measured on TFLite models only; {fmt} device columns are null"]
     from edgekit.steps.compress import preservation
 
-    names = [row["module"] for row in block["per_layer"]]
+    weights = model.module
     if model.kind == "onnx":
         from edgekit.steps.compress_onnx import layer_weights
 
-        weights = layer_weights(model.onnx_path, names)
-    else:
-        weights = {name: model.module.get_submodule(name).weight.detach().cpu().numpy() for name in names}
+        weights = layer_weights(model.onnx_path, [row["module"] for row in block["per_layer"]])
     rows, warnings = preservation(block, device_file, weights)
     return {**block, "per_layer": rows}, warnings
 

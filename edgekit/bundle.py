@@ -21,6 +21,7 @@ from edgekit.tasks import scores_output
 
 EVIDENCE_PIXELS = 100_000  # per-pixel labels: pixels report.html's confusion matrices are drawn from
 
+
 @dataclass(frozen=True)
 class Measured:
     """The numbers a build measured, ready for the report."""

@@ -38,12 +38,12 @@ def activation_bytes(path: Path) -> int:
     return total
 
 
-def layer_samples(path: Path, wanted: int) -> int:
+def layer_samples(path: Path, wanted: int, minimum: int = MIN_LAYER_SAMPLES) -> int:
     """How many samples per-layer drift runs: `wanted`, fewer when keeping every activation of the float and the
     device model for them would pass LAYER_BUDGET_BYTES (mobilenet_v2 at 224x224: 104 MB a sample), at least
     MIN_LAYER_SAMPLES."""
     per_sample = 2 * max(activation_bytes(path), 1)
-    return max(min(wanted, MIN_LAYER_SAMPLES), min(wanted, LAYER_BUDGET_BYTES // per_sample))
+    return max(min(wanted, minimum), min(wanted, LAYER_BUDGET_BYTES // per_sample))
 
 
 def onnx_activations(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -15,7 +15,7 @@ from edgekit.backends import onnx2tf
 from edgekit.device import DeviceModel
 from edgekit.errors import ConversionError
 from edgekit.fidelity import convert_checked
-from edgekit.layers import layer_drift
+from edgekit.layers import layer_drift, layer_samples
 from edgekit.mixed import mixed_range_concats
 from edgekit.plan import Plan
 from edgekit.runners.litert import Binding, LiteRTRunner, interpreter_class, output_step
@@ -36,8 +36,6 @@ def build_tflite(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
     mixed = mixed_range_concats(export.path, calibration) if plan.target.precision == "int8" else {}
     own = uses_edgekit_ranges(plan) or bool(mixed)
     target = dataclasses.replace(plan.target, precision="fp32", io="float32") if own else plan.target
-    from edgekit.layers import layer_samples
-
     # the float check and the tensor mapping keep every activation of these samples: as many as fit the budget
     samples = plan.calibration.take(slice(0, layer_samples(export.path, MAPPING_SAMPLES))).inputs
     checked = convert_checked(export, calibration, target, plan.io, workdir, samples,

@@ -116,17 +116,17 @@ def build_android(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
     name = requested(plan)
     if name == "auto":
         return _auto(plan, export, workdir)
+    if not plan.options.converter:  # check_converter let a default that cannot take this model through
+        try:
+            _check(name, plan)
+        except UnsupportedError as exc:
+            return _instead_of_default(plan, export, workdir, name, exc, "cannot build this model")
     try:
-        _check(name, plan)
         device = _route(name)(plan, export, workdir)
     except UnsupportedError as exc:
-        if plan.options.converter:
+        if plan.options.converter or not exc.message.startswith(WRONG_FLOAT):
             raise
-        if exc.message.startswith(WRONG_FLOAT):
-            return _instead_of_default(plan, export, workdir, name, exc)
-        if exc.message.startswith(f"{name}'s INT8 calibration"):  # refused before converting: a model it cannot take
-            return _instead_of_default(plan, export, workdir, name, exc, "cannot build this model")
-        raise
+        return _instead_of_default(plan, export, workdir, name, exc)
     why = "asked for with --converter" if plan.options.converter else f"the default of target {plan.target.name}"
     return _recorded(device, {"requested": name, "name": name, "version": device.runtime["converter_version"],
                               "reason": why, "candidates": []}, [])

@@ -15,7 +15,7 @@ from edgekit.backends.engine_scripts import check_profile, write_scripts
 from edgekit.config import Calibration
 from edgekit.device import DeviceModel, onnx_bindings
 from edgekit.errors import ConversionError, UnsupportedError
-from edgekit.layers import qdq_layer_drift
+from edgekit.layers import layer_samples, qdq_layer_drift
 from edgekit.plan import Plan
 from edgekit.runners.base import Runner
 from edgekit.runners.onnxrt import OnnxRunner
@@ -114,13 +114,10 @@ def quantize_qdq(model: Path, inputs: dict[str, np.ndarray], calibration: Calibr
 def calibrate_amax(model: Path, inputs: dict[str, np.ndarray], calibration: Calibration) -> dict[str, float]:
     """Per activation that feeds a quantized op, the symmetric range |x| <= amax chosen by the calibration method
     (steps/calibrate.py, the one range implementation every route uses; symmetric, as TensorRT's Q/DQ are)."""
-    from edgekit.layers import LAYER_BUDGET_BYTES, activation_bytes
-
     wanted = _quantized_activations(model)
     collector = RangeCollector(calibration.method, calibration.percentile, symmetric=True)
     # as many samples a pass as fit the memory budget: ResNet-50 keeps 211 MB of activations a sample
-    chunk = max(1, min(CALIBRATION_CHUNK, LAYER_BUDGET_BYTES // max(2 * activation_bytes(model), 1)))
-    for values in onnx_values(model, inputs, wanted, chunk):
+    for values in onnx_values(model, inputs, wanted, layer_samples(model, CALIBRATION_CHUNK, minimum=1)):
         collector.collect(values)
     return {name: high for name, (_, high) in collector.ranges().items() if name in wanted}
 

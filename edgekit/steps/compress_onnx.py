@@ -38,7 +38,7 @@ def compress_onnx(model: LoadedModel, prune: Prune | None, cluster: Cluster | No
     import onnx
     from onnx import numpy_helper
 
-    from edgekit.steps.compress import _block, _cluster, _prune
+    from edgekit.steps.compress import _as_dict, _block, _channels, _cluster, _prune
 
     if prune is not None and prune.mode == "structured":
         raise UnsupportedError("structured pruning removes channels, which rewrites shapes all through the graph; "
@@ -69,8 +69,7 @@ def compress_onnx(model: LoadedModel, prune: Prune | None, cluster: Cluster | No
                  clusters=cluster.clusters if cluster else None, format="onnx",
                  nonzero_params_after=sum(int(np.count_nonzero(numpy_helper.to_array(i)))
                                           for i in proto.graph.initializer),
-                 config={"prune": None if prune is None else dataclasses.asdict(prune),
-                         "cluster": None if cluster is None else dataclasses.asdict(cluster)})
+                 config={"prune": _as_dict(prune), "cluster": _as_dict(cluster)})
     out = workdir / "compressed.onnx"
     onnx.save(proto, str(out))
     return dataclasses.replace(model, onnx_path=out), block
@@ -128,11 +127,6 @@ def _types(layer: OnnxLayer, initializers: dict) -> tuple[str, ...]:
     rank = len(initializers[layer.initializer].dims)
     torch_type = f"Conv{rank - 2}d" if layer.op_type == "Conv" else "Linear"
     return torch_type, layer.op_type
-
-
-def _channels(holder: Any, name: str) -> tuple[int, int]:
-    shape = holder.get_submodule(name).weight.shape
-    return int(shape[0]), int(shape[1])
 
 
 def _holder(weights: dict[str, np.ndarray]) -> Any:
