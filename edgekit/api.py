@@ -12,7 +12,7 @@ import numpy as np
 from edgekit import bundle as bundle_io
 from edgekit import outdir
 from edgekit.build_compression import baseline_float_gzip, compress_model, device_columns
-from edgekit.config import BuildOptions, Calibration, Cluster, Prune
+from edgekit.config import LAYER_PRECISION, BuildOptions, Calibration, Cluster, Prune
 from edgekit.device import DeviceModel
 from edgekit.drift import Thresholds, drift_block, failure_reasons, output_metrics
 from edgekit.errors import DriftError, EdgekitError, UnsupportedError
@@ -183,7 +183,9 @@ def _evaluate(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: 
 
     count = layer_samples(export.path, min(LAYER_SAMPLES, plan.evaluation.size))
     samples = {k: v[:count] for k, v in plan.evaluation.inputs.items()}
-    rows = [{**row, "precision": "int8", "chosen_because": "INT8 by default"} for row in device.per_layer(samples)]
+    default = LAYER_PRECISION.get(plan.target.precision, "int8")
+    rows = [{"precision": default, "chosen_because": f"{default.upper()} by default", **row}
+            for row in device.per_layer(samples)]
     notes = [] if count >= min(LAYER_SAMPLES, plan.evaluation.size) else [
         f"per-layer drift on {count} samples: the model's activations take "
         f"{activation_bytes(export.path) / 1e6:.0f} MB a sample"]

@@ -11,7 +11,10 @@ from pathlib import Path
 
 from edgekit.errors import ConfigError
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int16x8", "dynamic-int8", "w4")
+CALIBRATED = ("int8", "int16x8")  # activation ranges measured on the calibration data
+# what a quantized layer ships in, per target precision (report.json layers[].precision)
+LAYER_PRECISION = {"int8": "int8", "int16x8": "int16x8", "dynamic-int8": "int8", "w4": "int4"}
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
 # onnx2tf / litert-torch: the Android routes; ort-quant: onnxruntime.quantization writes a Q/DQ ONNX (Jetson INT8);
 # none: the float ONNX export ships as it is (Jetson FP16: TensorRT lowers it on the device).
@@ -112,6 +115,12 @@ class Target:
         if missing:
             raise ConfigError(f"{source}: missing keys {', '.join(missing)}", hint="see targets/*.toml for examples")
         return cls(**raw, tensorrt=trt)
+
+    @property
+    def calibrated(self) -> bool:
+        """Activation ranges come from calibration data (static INT8, 16x8); weight-only and dynamic-range
+        precisions quantize the weights alone and need no calibration."""
+        return self.precision in CALIBRATED
 
     def summary(self) -> dict:
         return {"name": self.name, "platform": self.platform, "format": self.format,

@@ -2,7 +2,8 @@
 
 INT8 comes from one of two quantizers over the same float32 model: onnx2tf's own (the TFLite converter's
 min/max calibration; the default) or ai-edge-quantizer with ranges edgekit measures over the whole calibration
-set (any --calibration-method, and the accuracy fallback, which keeps chosen layers in float).
+set (any --calibration-method, and the accuracy fallback, which keeps chosen layers in float). The other
+quantized precisions (int16x8, dynamic-int8, w4) always come from ai-edge-quantizer over the float32 model.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 from pathlib import Path
 
 from edgekit.backends import onnx2tf
+from edgekit.config import CALIBRATED, LAYER_PRECISION
 from edgekit.device import DeviceModel
 from edgekit.errors import ConversionError
 from edgekit.fidelity import convert_checked
@@ -20,21 +22,40 @@ from edgekit.mixed import mixed_range_concats
 from edgekit.plan import Plan
 from edgekit.runners.litert import Binding, LiteRTRunner, interpreter_class, output_step
 from edgekit.steps.export_onnx import OnnxExport, tensor_modules
+from edgekit.steps.quantize_tflite import RECIPES
+from edgekit.weight_layers import weight_layer_drift
 
 MAPPING_SAMPLES = 8
 
 
-def uses_edgekit_ranges(plan: Plan) -> bool:
-    """ai-edge-quantizer with edgekit's ranges: any method but minmax, or when a fallback may be needed."""
-    return plan.target.precision == "int8" and (plan.options.calibration.method != "minmax"
-                                                or plan.options.fallback == "auto")
+def uses_ai_edge_quantizer(plan: Plan) -> bool:
+    """INT8 from ai-edge-quantizer with edgekit's ranges (any method but minmax, or when a fallback may be
+    needed), and every precision onnx2tf does not write itself."""
+    precision = plan.target.precision
+    if precision == "int8":
+        return plan.options.calibration.method != "minmax" or plan.options.fallback == "auto"
+    return precision in RECIPES
+
+
+def tflite_layers(plan: Plan, export: OnnxExport, float_path: Path, device_path: Path, float_in: list[Binding],
+                  device_in: list[Binding]):
+    """The device model's `per_layer`: activation rows for calibrated precisions, weight rows for weight-quantized
+    ones, None for float targets."""
+    precision = plan.target.precision
+    if precision in CALIBRATED:
+        return lambda samples: layer_drift(export.path, tensor_modules(export.path), float_path, device_path,
+                                           float_in, device_in, samples)
+    if precision in LAYER_PRECISION:
+        return lambda samples: weight_layer_drift(export.path, tensor_modules(export.path), float_path, device_path,
+                                                  float_in, device_in, samples, LAYER_PRECISION[precision])
+    return None
 
 
 def build_tflite(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
     """Convert with the user's calibration data, then bind the float32 and the device file's I/O by name/values."""
     calibration = plan.calibration.take(slice(0, plan.options.calibration.max_samples)).inputs
     mixed = mixed_range_concats(export.path, calibration) if plan.target.precision == "int8" else {}
-    own = uses_edgekit_ranges(plan) or bool(mixed)
+    own = uses_ai_edge_quantizer(plan) or bool(mixed)
     target = dataclasses.replace(plan.target, precision="fp32", io="float32") if own else plan.target
     # the float check and the tensor mapping keep every activation of these samples: as many as fit the budget
     samples = plan.calibration.take(slice(0, layer_samples(export.path, MAPPING_SAMPLES))).inputs
@@ -45,9 +66,9 @@ def build_tflite(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
     quantizer = {"quantizer": "onnx2tf (TFLite converter)"}
     device_path = files.device
     if own:
-        ranges = _ranges(plan, files.float32, float_in, calibration)
+        ranges = _ranges(plan, files.float32, float_in, calibration) if plan.target.calibrated else None
         keep = _tflite_names(export, floats, list(mixed))
-        device_path = _quantize(plan, files.float32, ranges, workdir / "model_int8.tflite", keep)
+        device_path = _quantize(plan, files.float32, ranges, workdir / f"model_{plan.target.precision}.tflite", keep)
         quantizer = {"quantizer": "ai-edge-quantizer (edgekit ranges)", "ranges": ranges, "keep": keep}
     runtime = {"converter": "onnx2tf", "converter_version": files.converter_version}
     device = _device_model(plan, export, floats, device_path, runtime, quantizer, workdir)
@@ -102,11 +123,11 @@ def _signature_inputs(float_path: Path, float_in: list[Binding]) -> dict[str, st
     return {b.model_name: b.model_name for b in float_in}
 
 
-def _quantize(plan: Plan, float_path: Path, ranges: dict, out: Path, float_tensors: tuple[str, ...]) -> Path:
+def _quantize(plan: Plan, float_path: Path, ranges: dict | None, out: Path, float_tensors: tuple[str, ...]) -> Path:
     from edgekit.steps.quantize_tflite import quantize_tflite
 
     patterns = tuple(f"^{re.escape(name)};" for name in float_tensors)  # an op's scope: "out1;out2;...;"
-    return quantize_tflite(float_path, ranges, out, io=plan.io, float_ops=patterns)
+    return quantize_tflite(float_path, ranges, out, io=plan.io, float_ops=patterns, precision=plan.target.precision)
 
 
 def _device_model(plan: Plan, export: OnnxExport, floats: _FloatModel, device_path: Path, runtime: dict,
@@ -115,20 +136,19 @@ def _device_model(plan: Plan, export: OnnxExport, floats: _FloatModel, device_pa
     device_out, errors = onnx2tf.bind_outputs(device_path, device_in, floats.samples, floats.sample_outputs)
     _check_order(export, device_out)
     _, runtime_name, runtime_version = interpreter_class()
-    int8 = plan.target.precision == "int8"
+    quantized = plan.target.precision in LAYER_PRECISION
     return DeviceModel(
         path=device_path, bundle_name="model.tflite", float_path=floats.path,
         runtime={"name": "litert", "version": runtime_version, "package": runtime_name, **runtime,
-                 "quantizer": quantizer["quantizer"] if int8 else None},
+                 "quantizer": quantizer["quantizer"] if quantized else None},
         bindings={"inputs": [b.to_dict() for b in device_in], "outputs": [b.to_dict() for b in device_out],
                   "mapping": "by name for inputs; outputs by shape and values against the float32 model",
                   "mapping_relative_error": errors},
         open_runner=lambda path: LiteRTRunner(path, device_in, device_out),
         open_float_runner=lambda: LiteRTRunner(floats.path, floats.inputs, floats.outputs),
         output_steps={b.model_name: output_step(device_path, b.device_index) for b in device_out},
-        per_layer=(lambda samples: layer_drift(export.path, tensor_modules(export.path), floats.path, device_path,
-                                               floats.inputs, device_in, samples)) if int8 else None,
-        with_float=_fallback(plan, export, floats, runtime, quantizer, workdir) if "ranges" in quantizer else None,
+        per_layer=tflite_layers(plan, export, floats.path, device_path, floats.inputs, device_in),
+        with_float=_fallback(plan, export, floats, runtime, quantizer, workdir) if "keep" in quantizer else None,
     )
 
 

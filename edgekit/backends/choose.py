@@ -74,11 +74,21 @@ def _check(name: str, plan: Plan) -> None:
 
         onnx2tf_version()
         check_inputs(plan.inputs, plan.target.precision)
+        if plan.target.precision in ("int16x8", "dynamic-int8", "w4"):  # quantized by ai-edge-quantizer
+            _quantizer_installed()
     elif name == "litert-torch":
         from edgekit.backends import litert_torch
 
         litert_torch.check_model(plan)
         litert_torch.litert_torch_version()
+
+
+def _quantizer_installed() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("ai_edge_quantizer") is None:
+        raise ToolError("this precision is quantized with ai-edge-quantizer, which is not installed",
+                        hint="pip install 'edgekit[litert-torch]'")
 
 
 def _with_alternative(exc: ToolError, name: str, plan: Plan) -> ToolError:

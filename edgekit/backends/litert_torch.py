@@ -17,14 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.backends.android import tflite_layers
 from edgekit.backends.onnx2tf import bind_outputs
 from edgekit.device import DeviceModel
 from edgekit.errors import ConversionError, ToolError, UnsupportedError, first_line
-from edgekit.layers import layer_drift
 from edgekit.plan import Plan
 from edgekit.runners.litert import Binding, LiteRTRunner, interpreter_class, open_interpreter, output_step
 from edgekit.runners.onnxrt import OnnxRunner
-from edgekit.steps.export_onnx import OnnxExport, tensor_modules
+from edgekit.steps.export_onnx import OnnxExport
 
 EXTRA_HINT = "pip install 'edgekit[litert-torch]'"
 MAPPING_SAMPLES = 8
@@ -167,13 +167,16 @@ def _device_file(plan: Plan, float_path: Path, inputs: list[Binding], folder: Pa
         return float_path
     if precision == "fp16":
         return float16_weights(float_path, folder / "model_float16.tflite")
-    method = plan.options.calibration
-    data = plan.calibration.take(slice(0, method.max_samples)).inputs
-    # in the device's dtypes: litert-torch takes int64 token ids in as int32
-    samples = [{f"args_{i}": data[b.model_name][k:k + 1].astype(b.dtype, copy=False)
-                for i, b in enumerate(inputs)} for k in range(len(data[inputs[0].model_name]))]
-    ranges = collect_ranges(float_path, samples, method.method, method.percentile)
-    return quantize_tflite(float_path, ranges, folder / f"model_int8_{plan.io}_io.tflite", io=plan.io)
+    ranges = None
+    if plan.target.calibrated:
+        method = plan.options.calibration
+        data = plan.calibration.take(slice(0, method.max_samples)).inputs
+        # in the device's dtypes: litert-torch takes int64 token ids in as int32
+        samples = [{f"args_{i}": data[b.model_name][k:k + 1].astype(b.dtype, copy=False)
+                    for i, b in enumerate(inputs)} for k in range(len(data[inputs[0].model_name]))]
+        ranges = collect_ranges(float_path, samples, method.method, method.percentile)
+    return quantize_tflite(float_path, ranges, folder / f"model_{precision}_{plan.io}_io.tflite", io=plan.io,
+                           precision=precision)
 
 
 def _device_model(plan: Plan, export: OnnxExport, floats: tuple, device: tuple, errors: dict[str, float],
@@ -192,9 +195,7 @@ def _device_model(plan: Plan, export: OnnxExport, floats: tuple, device: tuple, 
         open_runner=lambda path: LiteRTRunner(path, device_in, device_out),
         open_float_runner=lambda: LiteRTRunner(float_path, float_in, float_out),
         output_steps={b.model_name: output_step(device_path, b.device_index) for b in device_out},
-        per_layer=(lambda samples: layer_drift(export.path, tensor_modules(export.path), float_path, device_path,
-                                               float_in, device_in, samples)) if plan.target.precision == "int8"
-        else None,
+        per_layer=tflite_layers(plan, export, float_path, device_path, float_in, device_in),
     )
 
 

@@ -64,9 +64,7 @@ class Route:
         if target.precision not in self.precisions:
             raise UnsupportedError(f"precision {target.precision} has no {self.name} route",
                                    hint=f"use a target of precision {' or '.join(self.precisions)}")
-        if target.precision == "int8" and options.calibration.method not in self.methods:
-            raise UnsupportedError(f"--calibration-method {options.calibration.method} is not available on route "
-                                   f"{self.name}", hint=f"use one of: {', '.join(self.methods)}")
+        check_method(plan, self.methods, self.name)
 
     def build(self, plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
         raise NotImplementedError
@@ -109,6 +107,23 @@ class Route:
         missing = self.missing()
         return {"route": self.name, "runtime": self.runtime, "extra": self.extra,
                 "emulators": list(self.emulators), "installed": not missing, "missing": missing}
+
+
+def check_method(plan: Plan, methods: tuple[str, ...], route: str) -> None:
+    """The calibration method is one the route has, and applies to the target: a precision without activation
+    ranges (float, weight-only, dynamic range) takes none, and is refused one rather than silently ignoring it."""
+    from edgekit.errors import UnsupportedError
+
+    target, method = plan.target, plan.options.calibration.method
+    if not target.calibrated:
+        if method != "minmax":
+            what = "is not quantized" if target.precision in ("fp32", "fp16") else "quantizes weights only"
+            raise UnsupportedError(f"--calibration-method {method} does not apply: {target.name} {what} (no "
+                                   "activation ranges are calibrated)", hint="drop --calibration-method")
+        return
+    if method not in methods:
+        raise UnsupportedError(f"--calibration-method {method} is not available on route {route}",
+                               hint=f"use one of: {', '.join(methods)}")
 
 
 def _findable(name: str) -> bool:

@@ -15,11 +15,14 @@ class LiteRTRoute(Route):
     extra = "android"  # or litert-torch: each converter names its own extra when it is missing
     requires = ("ai_edge_litert|tflite_runtime|tensorflow",)
     emulators = ("host", "arm64")
+    precisions = ("fp32", "fp16", "int8", "int16x8", "dynamic-int8", "w4")
 
     def check_request(self, plan) -> None:
         """The converters' own checks: two converters, int8 I/O and every calibration method are offered."""
         from edgekit.backends.choose import check_converter
+        from edgekit.routes import check_method
 
+        check_method(plan, self.methods, self.name)
         check_converter(plan)
 
     def build(self, plan, export, workdir: Path):

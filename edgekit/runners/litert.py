@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,8 +103,27 @@ def open_interpreter(path: Path, num_threads: int | None = None) -> Any:
             raise UnsupportedError(f"{path.name} needs TensorFlow ops that LiteRT on a phone does not have: "
                                    f"{text.splitlines()[0][:200]}",
                                    hint="replace the op in the model; see `edgekit inspect` for the op list") from exc
+        missing = _missing_kernel(text)
+        if missing:
+            raise UnsupportedError(f"{Path(path).name} does not run in LiteRT {interpreter_class()[2]}: no kernel for "
+                                   f"{missing} (the op converts, but the runtime has no kernel for it in these types)",
+                                   hint="build a target of another precision (android-arm64-int8 or -fp32), or "
+                                        "keep that op out of the quantized model") from exc
         raise
     return interpreter
+
+
+NO_KERNEL = (re.compile(r"Didn't find op for builtin opcode '(\w+)' version '(\d+)'"),
+             re.compile(r"Node number \d+ \((\w+)\) failed to prepare"))
+
+
+def _missing_kernel(text: str) -> str | None:
+    """The op (and version) LiteRT has no kernel for, from its registration or prepare error; None if not one."""
+    for pattern in NO_KERNEL:
+        found = pattern.search(text)
+        if found:
+            return f"{found.group(1)} version {found.group(2)}" if found.lastindex == 2 else found.group(1)
+    return None
 
 
 def tensor_details(path: Path) -> tuple[list[dict], list[dict]]:

@@ -121,20 +121,32 @@ def _tensor_values(interpreter, key: str, samples: list[dict[str, np.ndarray]],
     return {name: np.concatenate(parts) for name, parts in rows.items()}
 
 
-def quantize_tflite(float_tflite: Path, ranges: dict[str, dict], out_path: Path, *, io: str = "float32",
-                    float_ops: tuple[str, ...] = ()) -> Path:
-    """Static W8A8: per-channel INT8 weights, INT8 activations from `ranges`; float32 I/O unless io="int8".
+# ai-edge-quantizer's recipe per precision (INT4 is channelwise: 0.10 refuses blockwise for float compute)
+RECIPES = {"int8": "static_wi8_ai8", "int16x8": "static_wi8_ai16", "dynamic-int8": "dynamic_wi8_afp32",
+           "w4": "weight_only_wi4_afp32"}
 
+
+def quantize_tflite(float_tflite: Path, ranges: dict[str, dict] | None, out_path: Path, *, io: str = "float32",
+                    float_ops: tuple[str, ...] = (), precision: str = "int8") -> Path:
+    """The float32 model in `precision` with ai-edge-quantizer's recipe for it (RECIPES); float32 I/O unless
+    io="int8" (INT8 only).
+
+    int8: per-channel INT8 weights, INT8 activations from `ranges`; int16x8: the same weights, INT16 activations
+    (symmetric) from `ranges`; dynamic-int8: INT8 weights, activations quantized at run time (no ranges);
+    w4: INT4 weights (per channel) dequantized to float, float compute (no ranges).
     `float_ops`: regular expressions left in float; a pattern that is a TFLite op type (e.g. "SOFTMAX") keeps
     every op of that type, any other pattern keeps the ops whose output tensor names it matches.
     """
-    if io not in ("float32", "int8"):
-        raise ConfigError(f"io = {io!r} is not one of float32, int8", hint="use float32 or int8")
+    if precision not in RECIPES:
+        raise ConfigError(f"precision {precision!r} is not one of {', '.join(RECIPES)}",
+                          hint=f"use one of: {', '.join(RECIPES)}")
+    if io not in ("float32", "int8") or (io == "int8" and precision != "int8"):
+        raise ConfigError(f"io = {io!r} is not available in {precision}", hint="use io = 'float32'")
     aeq = _aeq()
     ops = aeq.qtyping.TFLOperationName
-    q = aeq.quantizer.Quantizer(str(float_tflite), aeq.recipe.static_wi8_ai8())
+    q = aeq.quantizer.Quantizer(str(float_tflite), getattr(aeq.recipe, RECIPES[precision])())
     keep = aeq.algorithm_manager.AlgorithmName.NO_QUANTIZE
-    if io == "float32":  # a QUANTIZE after each input and a DEQUANTIZE before each output, inside the model
+    if io == "float32" and ranges is not None:  # a QUANTIZE after each input and a DEQUANTIZE before each output
         for edge in (ops.INPUT, ops.OUTPUT):
             q.update_quantization_recipe(".*", edge, algorithm_key=keep)
     for pattern in float_ops:
