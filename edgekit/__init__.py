@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from edgekit.config import BuildOptions, Calibration, Cluster, Prune, Target, list_targets, load_target
+from edgekit.config import BuildOptions, Calibration, Cluster, Fallback, Prune, Target, list_targets, load_target
 from edgekit.errors import (
     ConfigError,
     ConversionError,
@@ -36,6 +36,25 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'edgekit' has no attribute {name!r}")
 
 
-__all__ = ["BuildOptions", "BuildResult", "Calibration", "Cluster", "ConfigError", "ConversionError", "DataError",
-           "DriftError", "EdgekitError", "EmulatorError", "ModelError", "Prune", "Target", "ToolError",
-           "UnsupportedError", "build", "check", "list_targets", "load_target"]
+__all__ = [
+    "BuildOptions",
+    "BuildResult",
+    "Calibration",
+    "Cluster",
+    "ConfigError",
+    "ConversionError",
+    "DataError",
+    "DriftError",
+    "EdgekitError",
+    "EmulatorError",
+    "Fallback",
+    "ModelError",
+    "Prune",
+    "Target",
+    "ToolError",
+    "UnsupportedError",
+    "build",
+    "check",
+    "list_targets",
+    "load_target",
+]

@@ -12,11 +12,11 @@ import numpy as np
 from edgekit import bundle as bundle_io
 from edgekit import outdir
 from edgekit.build_compression import baseline_float_gzip, compress_model, device_columns
-from edgekit.config import LAYER_PRECISION, BuildOptions, Calibration, Cluster, Prune
+from edgekit.config import LAYER_PRECISION, BuildOptions, Calibration, Cluster, Fallback, Prune
 from edgekit.device import DeviceModel
 from edgekit.drift import Thresholds, drift_block, failure_reasons, output_metrics
 from edgekit.errors import DriftError, EdgekitError, UnsupportedError
-from edgekit.fallback import run_fallback
+from edgekit.fallback import Bounds, run_fallback
 from edgekit.model import LoadedModel
 from edgekit.plan import Plan, make_plan
 from edgekit.progress import Listener, Steps
@@ -53,7 +53,7 @@ class BuildResult:
 def build(model: Any, target: str = "android-arm64-int8", calibration: Any = None, eval_data: Any = None,
           out: str | Path | None = None, *, recipe: str | Path | None = None, prune: Prune | None = None,
           cluster: Cluster | None = None, recover: int = 0, calibration_method: str | Calibration = "minmax",
-          max_drop: float = 1.0, min_agreement: float = 0.99, fallback: str = "none", equalize: str = "auto",
+          max_drop: float = 1.0, min_agreement: float = 0.99, fallback: str | Fallback = "none", equalize: str = "auto",
           converter: str | None = None, emulator: str | None = None, emulator_samples: int = 64,
           emulator_seconds: float = 60.0, input_shape: tuple[int, ...] | None = None, io: str | None = None,
           seed: int = 0, force: bool = False, progress: Listener | None = None,
@@ -63,10 +63,11 @@ def build(model: Any, target: str = "android-arm64-int8", calibration: Any = Non
     """Build a device bundle for `target` and measure its drift; see docs/design.md for every argument.
     `accept_conversion_error`: ship a float32 conversion wrong beyond rounding (else exit 2), with a warning."""
     method = calibration_method if isinstance(calibration_method, Calibration) else Calibration(calibration_method)
+    ladder = fallback if isinstance(fallback, Fallback) else Fallback(fallback)
     options = BuildOptions(max_drop=max_drop, min_agreement=min_agreement, calibration=method, prune=prune,
-                           cluster=cluster, recover=recover, fallback=fallback, equalize=equalize, converter=converter,
-                           emulator=emulator, emulator_samples=emulator_samples, emulator_seconds=emulator_seconds,
-                           io=io, seed=seed,
+                           cluster=cluster, recover=recover, fallback=ladder.mode, ladder=ladder, equalize=equalize,
+                           converter=converter, emulator=emulator, emulator_samples=emulator_samples,
+                           emulator_seconds=emulator_seconds, io=io, seed=seed,
                            accept_conversion_error=accept_conversion_error, ignore_index=ignore_index,
                            allow_small_calibration=allow_small_calibration, task=task,
                            outputs=_outputs_option(outputs), min_sqnr=min_sqnr)
@@ -150,9 +151,13 @@ def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Wr
         with steps.step("preservation", "checking sparsity and clusters in the device model"):
             measured = _with_compression(plan, device_plan, device, measured, compression, workdir)
     if plan.options.fallback == "auto" and not measured.drift["passed"]:
-        with steps.step("fallback", "keeping the most sensitive layers in float"):
-            device, measured = run_fallback(plan.route, device, measured,
-                                            lambda candidate: _evaluate(plan, export, candidate, device_plan, tasks))
+        ladder = plan.options.ladder
+        bounds = Bounds(ladder.max_size, ladder.max_latency_ratio, ladder.max_float_layers)
+        with steps.step("fallback", f"moving the most sensitive layers up the ladder "
+                                    f"({', '.join(plan.route.ladder(plan.target))})"):
+            device, measured = run_fallback(plan.route, plan.target, device, measured,
+                                            lambda candidate: _evaluate(plan, export, candidate, device_plan, tasks),
+                                            bounds)
     if plan.emulator == "arm64":
         count = min(plan.options.emulator_samples, plan.evaluation.size)
         with steps.step("emulator", f"running up to {count} samples in the ARM64 emulator ({plan.target.cpu}, "

@@ -38,6 +38,7 @@ class Measured:
     compression: dict | None = None
     baseline_float_gzip_bytes: int | None = None
     equalization: dict | None = None  # report.json quantization.equalization (None: not asked or not INT8)
+    ladder: list[dict] | None = None  # report.json quantization.ladder: every step `--fallback auto` measured
 
 
 @dataclass(frozen=True)

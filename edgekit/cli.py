@@ -145,7 +145,13 @@ def _shape(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 @click.option("--recover", type=int, default=0, help="distillation steps after compression")
 @click.option("--max-drop", type=float, default=1.0, show_default=True, help="max accuracy drop, percentage points")
 @click.option("--min-agreement", type=float, default=0.99, show_default=True, help="min top-1 agreement, 0..1")
-@click.option("--fallback", default="none", show_default=True, type=click.Choice(["none", "auto"]))
+@click.option("--fallback", default="none", show_default=True, type=click.Choice(["none", "auto"]),
+              help="auto: move the most sensitive layers up the precision ladder until the drift passes")
+@click.option("--max-size", type=int, help="--fallback auto: the largest device model, in bytes")
+@click.option("--max-latency-ratio", type=float,
+              help="--fallback auto: the most host latency, as a multiple of the first (INT8) build's")
+@click.option("--max-float-layers", type=int, default=3, show_default=True,
+              help="--fallback auto: the most layers kept in float")
 @click.option("--equalize", default="auto", show_default=True, type=click.Choice(["auto", "on", "off"]),
               help="cross-layer equalization before INT8 (auto: kept when it measures better)")
 @click.option("--converter", type=click.Choice(["onnx2tf", "litert-torch", "auto"]))
@@ -172,7 +178,8 @@ def _shape(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 def build_command(model: str, target: str, out: Path | None, force: bool, calibration: str | None,
                   eval_data: str | None, recipe: Path | None, calibration_method: str, percentile: float,
                   prune: float | None, prune_mode: str, clusters: int | None, recover: int, max_drop: float,
-                  min_agreement: float, fallback: str, equalize: str, converter: str | None, emulator: str | None,
+                  min_agreement: float, fallback: str, max_size: int | None, max_latency_ratio: float | None,
+                  max_float_layers: int, equalize: str, converter: str | None, emulator: str | None,
                   emulator_samples: int, emulator_seconds: float, input_shape: tuple[int, ...] | None,
                   io: str | None, seed: int,
                   accept_conversion_error: bool, ignore_index: int | None, task: str | None,
@@ -188,7 +195,8 @@ def build_command(model: str, target: str, out: Path | None, force: bool, calibr
         prune=edgekit.Prune(prune, prune_mode) if prune is not None else None,
         cluster=edgekit.Cluster(clusters) if clusters is not None else None,
         calibration_method=edgekit.Calibration(calibration_method, percentile), max_drop=max_drop,
-        min_agreement=min_agreement, fallback=fallback, equalize=equalize, converter=converter, emulator=emulator,
+        min_agreement=min_agreement, fallback=edgekit.Fallback(fallback, max_size, max_latency_ratio, max_float_layers),
+        equalize=equalize, converter=converter, emulator=emulator,
         emulator_samples=emulator_samples, emulator_seconds=emulator_seconds, input_shape=input_shape, io=io,
         seed=seed, force=force,
         recover=recover, progress=_progress(console), accept_conversion_error=accept_conversion_error,

@@ -291,6 +291,33 @@ class Calibration:
 
 
 @dataclass(frozen=True)
+class Fallback:
+    """`--fallback`: none, or auto = the per-layer precision ladder (LiteRT INT8: 16x8, then float; Jetson INT8:
+    FP16; other routes: float) until the drift passes, bounded by the candidate's size in bytes, its host latency
+    as a ratio of the first build's, and the number of layers in float."""
+
+    mode: str = "none"
+    max_size: int | None = None
+    max_latency_ratio: float | None = None
+    max_float_layers: int = 3
+
+    def __post_init__(self) -> None:
+        _choice("fallback", self.mode, FALLBACKS)
+        if self.max_size is not None and int(self.max_size) < 1:
+            raise ConfigError(f"max_size = {self.max_size} is not a size in bytes", hint="e.g. --max-size 60000")
+        if self.max_latency_ratio is not None and not float(self.max_latency_ratio) > 0:
+            raise ConfigError(f"max_latency_ratio = {self.max_latency_ratio} is not a positive ratio",
+                              hint="e.g. --max-latency-ratio 2 (at most twice the INT8 model's host latency)")
+        if int(self.max_float_layers) < 0:
+            raise ConfigError(f"max_float_layers = {self.max_float_layers} is negative",
+                              hint="e.g. --max-float-layers 3")
+        bounded = (self.max_size, self.max_latency_ratio) != (None, None) or self.max_float_layers != 3
+        if bounded and self.mode != "auto":
+            raise ConfigError("--max-size, --max-latency-ratio and --max-float-layers bound --fallback auto",
+                              hint="add --fallback auto, or drop them")
+
+
+@dataclass(frozen=True)
 class BuildOptions:
     """Everything a build is asked to do besides the model, the target and the data."""
 
@@ -301,6 +328,7 @@ class BuildOptions:
     cluster: Cluster | None = None
     recover: int = 0
     fallback: str = "none"
+    ladder: Fallback = field(default_factory=Fallback)  # the bounds of --fallback auto (mode repeated in it)
     converter: str | None = None
     emulator: str | None = None
     emulator_samples: int = 64  # the upper bound of the emulator run

@@ -30,6 +30,8 @@ class DeviceModel:
     notes: list[str] = field(default_factory=list)  # go into the report's warnings: what the user must know
     per_layer: Callable[[dict[str, np.ndarray]], list[dict]] | None = None  # samples -> report `layers` rows
     with_float: Callable[[list[dict]], DeviceModel] | None = None  # rebuild keeping these `layers` rows in float
+    # rebuild with `layers` rows in other precisions, {precision: rows} ("int16x8", "float32"): the LiteRT ladder
+    with_precisions: Callable[[dict[str, list[dict]]], DeviceModel] | None = None
     float_modules: tuple[str, ...] = ()  # what a fallback kept in float
     # a route's own accuracy-aware fallback, for routes without per-layer rows (OpenVINO: NNCF's accuracy control)
     own_fallback: Callable[[], DeviceModel] | None = None

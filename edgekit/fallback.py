@@ -4,7 +4,7 @@ at a time (worst per-layer SQNR first), until the drift passes or the budget of 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from edgekit.device import DeviceModel, model_bytes
@@ -13,18 +13,20 @@ if TYPE_CHECKING:
     from edgekit.routes import Route
 
 MAX_FLOAT_LAYERS = 3
+LADDER_LAYERS = 8  # the worst layers the ladder tries, at most
+FLOAT_STEPS = ("float32", "fp16")  # what --max-float-layers counts
 
 
-def run_fallback(route: Route, device: DeviceModel, measured, evaluate: Callable[[DeviceModel], object],
-                 budget: int = MAX_FLOAT_LAYERS) -> tuple[DeviceModel, object]:
+def run_fallback(route: Route, target, device: DeviceModel, measured, evaluate: Callable[[DeviceModel], object],
+                 bounds: Bounds | None = None) -> tuple[DeviceModel, object]:
     """Returns the device model to ship and its measurement; every step is recorded in the warnings, and the
     layers moved out of INT8 stay in `layers` with the precision they ship in and why. When the per-layer ladder
     is not possible or not enough, the route's own accuracy control (OpenVINO: NNCF's) has the last word."""
     if measured.drift["passed"]:
         return device, measured
     candidate, result = device, measured
-    if device.with_float is not None and measured.layers:
-        candidate, result = _ladder(route, device, measured, evaluate, budget)
+    if (device.with_float is not None or device.with_precisions is not None) and measured.layers:
+        candidate, result = _mixed(route, target, device, measured, evaluate, bounds or Bounds())
     if result.drift["passed"] or device.own_fallback is None:
         if candidate is device:
             note = "fallback auto: this route cannot keep layers in float; the INT8 model is shipped as measured"
@@ -41,25 +43,93 @@ def run_fallback(route: Route, device: DeviceModel, measured, evaluate: Callable
     return own, replace(after, warnings=[*after.warnings, *_ladder_notes(result), note])
 
 
-def _ladder(route: Route, device: DeviceModel, measured, evaluate: Callable[[DeviceModel], object],
-            budget: int) -> tuple[DeviceModel, object]:
-    """The worst layers to the route's fallback precision, one more at a time, until the drift passes."""
-    kept: list[dict] = []
-    candidate, result = device, measured
-    step = route.fallback_precision
-    for row in measured.layers[:budget]:
-        kept.append(row)
-        candidate = route.set_precisions(device, {r["tensor"]: step for r in kept}, measured.layers)
-        if not candidate.float_modules:
-            candidate = replace(candidate, float_modules=tuple(_names(kept)))
-        result = evaluate(candidate)
+@dataclass(frozen=True)
+class Bounds:
+    """What a mixed-precision candidate may cost: its size in bytes, its host latency as a ratio of the first
+    build's (INT8), and how many layers may be in float."""
+
+    max_size: int | None = None
+    max_latency_ratio: float | None = None
+    max_float_layers: int = MAX_FLOAT_LAYERS
+
+    def fits(self, size: int, latency_ratio: float | None) -> bool:
+        return ((self.max_size is None or size <= self.max_size)
+                and (self.max_latency_ratio is None or latency_ratio is None
+                     or latency_ratio <= self.max_latency_ratio))
+
+
+def _ladder(route: Route, target, device: DeviceModel, measured, evaluate: Callable[[DeviceModel], object],
+            bounds: Bounds) -> tuple[DeviceModel, object, dict[str, str], list[dict]]:
+    """The worst layers, one at a time, up the route's ladder (LiteRT INT8: 16x8, then float; Jetson: FP16): each
+    step of a layer is built and measured (drift, size, host latency); the first step within the bounds that makes
+    the drift pass is kept, else the most faithful step within them, and the next layer is tried, until the drift
+    passes. Returns the model, its measurement, {tensor: precision} moved and every step tried."""
+    chosen: dict[str, str] = {}
+    candidate, result, history = device, measured, []
+    base_latency = measured.latency_ms.get("host")
+    for row in measured.layers[:max(LADDER_LAYERS, bounds.max_float_layers)]:
+        best = None
+        for step in route.ladder(target):
+            if step in FLOAT_STEPS and sum(p in FLOAT_STEPS for p in chosen.values()) >= bounds.max_float_layers:
+                continue
+            trial = route.set_precisions(device, {**chosen, row["tensor"]: step}, measured.layers, target)
+            outcome = evaluate(trial)
+            entry = _entry(row, step, trial, outcome, base_latency, bounds)
+            history.append(entry)
+            if entry["within_bounds"] and (best is None or _worst_sqnr(outcome) > _worst_sqnr(best[2])):
+                best = (step, trial, outcome, entry)
+            if entry["within_bounds"] and outcome.drift["passed"]:
+                best = (step, trial, outcome, entry)
+                break
+        if best is None:
+            continue
+        chosen[row["tensor"]], candidate, result = best[0], best[1], best[2]
+        best[3]["kept"] = True
         if result.drift["passed"]:
             break
-    moved = [{**row, "precision": step, "chosen_because": f"fallback auto: drift over the threshold in INT8, "
-              f"worst local SQNR ({row['sqnr_db']:.1f} dB)"} for row in kept]
-    others = [row for row in result.layers or [] if row["tensor"] not in {r["tensor"] for r in kept}]
-    return candidate, replace(result, layers=moved + others,
-                              warnings=[*result.warnings, _summary(measured, result, kept, device, candidate, budget)])
+    return candidate, result, chosen, history
+
+
+def _entry(row: dict, step: str, trial: DeviceModel, outcome, base_latency: float | None, bounds: Bounds) -> dict:
+    latency = outcome.latency_ms.get("host")
+    ratio = latency / base_latency if latency and base_latency else None
+    size = model_bytes(trial)
+    return {"module": row["module"], "tensor": row["tensor"], "precision": step, "passed": outcome.drift["passed"],
+            "sqnr_db": round(_worst_sqnr(outcome), 2), "accuracy_drop": outcome.drift["accuracy_drop"],
+            "device_bytes": size, "host_latency_ms": None if latency is None else round(latency, 4),
+            "latency_ratio": None if ratio is None else round(ratio, 2), "within_bounds": bounds.fits(size, ratio),
+            "kept": False}
+
+
+def _worst_sqnr(measured) -> float:
+    return min((o["sqnr_db"] for o in measured.drift["outputs"]), default=0.0)
+
+
+def _mixed(route: Route, target, device: DeviceModel, measured, evaluate, bounds: Bounds):
+    """The ladder's model, with `layers` saying what each moved layer ships in and why, and the steps tried."""
+    candidate, result, chosen, history = _ladder(route, target, device, measured, evaluate, bounds)
+    if not chosen:
+        note = (f"fallback auto: no ladder step ({', '.join(route.ladder(target))}) of the {len(history)} tried "
+                "fits the bounds (--max-size, --max-latency-ratio, --max-float-layers); shipped as first built")
+        return device, replace(measured, ladder=history, warnings=[*measured.warnings, note])
+    rows = {row["tensor"]: row for row in measured.layers}
+    moved = [{**rows[t], "precision": p, "chosen_because": _because(rows[t], p, history)} for t, p in chosen.items()]
+    others = [row for row in result.layers or [] if row["tensor"] not in chosen]
+    kept = [rows[t] for t in chosen]
+    in_float = [rows[t] for t, p in chosen.items() if p in FLOAT_STEPS]
+    if in_float and not candidate.float_modules:  # routes whose rebuild does not name them
+        candidate = replace(candidate, float_modules=tuple(_names(in_float)))
+    return candidate, replace(result, layers=moved + others, ladder=history, warnings=[
+        *result.warnings, _summary(measured, result, kept, chosen, device, candidate, bounds)])
+
+
+def _because(row: dict, precision: str, history: list[dict]) -> str:
+    tried = [e for e in history if e["tensor"] == row["tensor"]]
+    steps = "; ".join(f"{e['precision']}: {e['sqnr_db']:.1f} dB, {e['device_bytes']:,} bytes, latency x"
+                      f"{e['latency_ratio'] if e['latency_ratio'] is not None else 'n/a'}"
+                      f"{'' if e['within_bounds'] else ' (over the bounds)'}" for e in tried)
+    return (f"mixed precision (fallback auto): drift over the threshold, worst local SQNR ({row['sqnr_db']:.1f} dB); "
+            f"tried {steps}; kept {precision}")
 
 
 def _ladder_notes(result) -> list[str]:
@@ -70,14 +140,16 @@ def _names(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(r["module"] or r["tensor"] for r in rows))
 
 
-def _summary(before, after, kept: list[dict], device: DeviceModel, candidate: DeviceModel, budget: int) -> str:
+def _summary(before, after, kept: list[dict], chosen: dict[str, str], device: DeviceModel, candidate: DeviceModel,
+             bounds: Bounds) -> str:
     drop = f"{_pts(before.drift['accuracy_drop'])} -> {_pts(after.drift['accuracy_drop'])} points"
     agreement = f"agreement {_frac(before.drift['top1_agreement'])} -> {_frac(after.drift['top1_agreement'])}"
     size_before, size_after = model_bytes(device), model_bytes(candidate)
     latency = f"host latency {_ms(before.latency_ms.get('host'))} -> {_ms(after.latency_ms.get('host'))}"
-    verdict = "passes" if after.drift["passed"] else f"still over the threshold after the budget of {budget} layers"
-    return (f"fallback auto kept {len(kept)} activation(s) out of INT8 ({', '.join(_names(kept))}), computing "
-            f"{', '.join(candidate.float_modules)} in float: accuracy drop {drop}, "
+    verdict = "passes" if after.drift["passed"] else "still over the threshold within the ladder's bounds"
+    moves = ", ".join(f"{row['module'] or row['tensor']} -> {chosen[row['tensor']]}" for row in kept)
+    floats = f", computing {', '.join(candidate.float_modules)} in float" if candidate.float_modules else ""
+    return (f"fallback auto kept {len(kept)} activation(s) out of INT8 ({moves}){floats}: accuracy drop {drop}, "
             f"{agreement}, size {size_before:,} -> {size_after:,} bytes, {latency}; {verdict}")
 
 

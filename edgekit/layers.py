@@ -173,7 +173,7 @@ def layer_drift(export_path: Path, modules: dict[str, str], float_path: Path, de
         group = fused_modules(graph, tensor, set(to_onnx.values()) - {tensor}, modules)
         rows.append({"module": group[0] if group else modules.get(tensor), "modules": group, "tensor": tensor,
                      "device_tensor": act["name"], "float_tensor": ref["name"], "op": act["op"],
-                     "scale": act["scale"],
+                     "scale": act["scale"], "precision": "int16x8" if act["dtype"] == "int16" else "int8",
                      "sqnr_db": round(local_sqnr_db(ref["values"], act["scale"], act["zero_point"], act["dtype"]), 3),
                      "accumulated_sqnr_db": round(sqnr_db(ref["values"], act["values"]), 3)})
     return sorted(rows, key=lambda r: r["sqnr_db"])

@@ -94,7 +94,8 @@ def make_report(plan, device, measured, timings_s: dict[str, float], size: dict)
     if measured.quantization is not None:
         method = plan.options.calibration.method if plan.target.calibrated else None
         quantization = {"method": method, "float_modules": list(device.float_modules),
-                        "outputs": measured.quantization, "equalization": measured.equalization}
+                        "outputs": measured.quantization, "equalization": measured.equalization,
+                        "ladder": measured.ladder}
     return {
         "schema": SCHEMA_ID,
         "target": plan.target.name,

@@ -27,7 +27,7 @@ th{background:#f6f8fa;white-space:nowrap}pre{background:#f6f8fa;padding:1em;over
 .verdict{color:#fff;padding:.2em .7em;border-radius:6px;font-size:.8em;vertical-align:middle}
 .cards{display:flex;flex-wrap:wrap;gap:.8em;margin:1em 0}.card{border:1px solid #d0d7de;border-radius:8px;
 padding:.6em 1em;flex:1 1 8em}.card b{display:block;font-size:1.5em}.card span{color:#59636e;font-size:.85em}
-.note{color:#59636e}.bad{color:#cf222e}.charts{display:flex;flex-wrap:wrap;gap:2em}
+.note{color:#59636e}tr.kept td{font-weight:600}.bad{color:#cf222e}.charts{display:flex;flex-wrap:wrap;gap:2em}
 svg text{font-family:system-ui,sans-serif;font-size:12px;fill:#1f2328}"""
 
 
@@ -51,6 +51,7 @@ def render_html(report: dict, manifest: dict, evidence: Evidence | None = None) 
         f'id="verdict" style="background:{GREEN if ok else RED}">{"PASSED" if ok else "FAILED"}</span></h1>',
         _summary(report),
         _section("layers-chart", "Per-layer drift (SQNR, worst first)", _layers_chart(report)),
+        _section("ladder", "Mixed precision: the ladder of --fallback auto", _ladder_table(report)),
         _section("confusion", "Predictions: float (PyTorch) vs device", _confusion(evidence)),
         _section("error-histogram", "Output error |device − reference| on the eval set", _error_histogram(evidence)),
         _section("sizes", "Size", _sizes_chart(report["size"])),
@@ -138,8 +139,28 @@ def _layers_chart(report: dict) -> str:
     return legend + _hbars(rows, min(top, 200.0), "per-layer SQNR in dB, worst first", accumulated)
 
 
+def _ladder_table(report: dict) -> str:
+    """Every step the ladder built, in order: which layer moved where, and the drift, size and host latency after."""
+    steps = (report.get("quantization") or {}).get("ladder")
+    if not steps:
+        return '<p class="note">not run: the build passed as first built, or <code>--fallback auto</code> was not ' \
+               'asked for</p>'
+    head = ("<tr><th>layer</th><th>to</th><th>drift passes</th><th>worst SQNR dB</th><th>accuracy drop</th>"
+            "<th>device bytes</th><th>host latency ms</th><th>× first build</th><th>within bounds</th>"
+            "<th>kept</th></tr>")
+    kept = ' class="kept"'
+    rows = "".join(
+        f'<tr{kept if s["kept"] else ""}><td>{_e(s["module"] or s["tensor"])}</td>'
+        f'<td>{_e(s["precision"])}</td><td>{"yes" if s["passed"] else "no"}</td><td>{_num(s["sqnr_db"], ".1f")}</td>'
+        f'<td>{_num(s["accuracy_drop"], ".2f")}</td><td>{s["device_bytes"]:,}</td>'
+        f'<td>{_num(s["host_latency_ms"], ".3f")}</td><td>{_num(s["latency_ratio"], ".2f")}</td>'
+        f'<td>{"yes" if s["within_bounds"] else "no"}</td><td>{"yes" if s["kept"] else ""}</td></tr>' for s in steps)
+    return f"<table>{head}{rows}</table>"
+
+
 def _layer_tip(row: dict) -> str:
-    extra = {k: row[k] for k in ("modules", "op", "accumulated_sqnr_db") if row.get(k) is not None}
+    extra = {k: row[k] for k in ("modules", "op", "accumulated_sqnr_db", "precision", "chosen_because")
+             if row.get(k) is not None}
     return f"module {row['module']}, tensor {row['tensor']}" + "".join(f", {k} {v}" for k, v in extra.items())
 
 

@@ -34,10 +34,14 @@ def test_jetson_fallback_keeps_the_culprit_in_float_and_passes(broken, digits, t
     assert fixed.report["quantization"]["float_modules"] == ["features.4"]  # it reads the culprit's activation
     moved, *others = fixed.report["layers"]
     assert moved["module"] == "features.1" and moved["precision"] == "fp16"  # no Q/DQ: FP16 in the engine
-    assert moved["chosen_because"].startswith("fallback auto: drift over the threshold in INT8, worst local SQNR")
+    assert moved["chosen_because"].startswith("mixed precision (fallback auto): drift over the threshold, worst "
+                                              "local SQNR")
+    assert moved["chosen_because"].endswith("kept fp16")
     assert others and {r["precision"] for r in others} == {"int8"}
-    assert any(w.startswith("fallback auto kept 1 activation(s) out of INT8 (features.1), computing features.4")
+    assert any(w.startswith("fallback auto kept 1 activation(s) out of INT8 (features.1 -> fp16), computing features.4")
                for w in fixed.report["warnings"])
+    [step] = fixed.report["quantization"]["ladder"]
+    assert step["precision"] == "fp16" and step["passed"] and step["kept"] and step["module"] == "features.1"
     graph = onnx.load(str(tmp_path / "auto" / "model.qdq.onnx")).graph
     quantized_inputs = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
     assert "relu" not in quantized_inputs  # the culprit's activation has no Q/DQ any more
@@ -51,18 +55,47 @@ def test_fallback_leaves_a_passing_model_alone(digits, tmp_path: Path):
     assert "fallback" not in result.report["timings_s"]
 
 
-def test_android_fallback_keeps_at_most_two_modules_in_float_and_passes(broken, digits, tmp_path: Path):
+@pytest.mark.parametrize("converter", ["onnx2tf", "litert-torch"])
+def test_android_ladder_moves_the_culprit_to_16x8_and_passes(converter, broken, digits, tmp_path: Path):
+    """On both converter paths the culprit's activation goes to INT16 (its weights stay INT8): 16x8 is the first
+    rung of the LiteRT ladder, and it passes, so float is not tried."""
     _, data = digits
-    failed = _build(broken, data, "android-arm64-int8", tmp_path / "minmax")
+    failed = _build(broken, data, "android-arm64-int8", tmp_path / "minmax", converter=converter)
     assert not failed.passed and failed.report["layers"][0]["module"] == "features.1"
-    fixed = _build(broken, data, "android-arm64-int8", tmp_path / "auto", fallback="auto")
+    fixed = _build(broken, data, "android-arm64-int8", tmp_path / "auto", fallback="auto", converter=converter)
     assert fixed.passed and fixed.report["drift"]["accuracy_drop"] <= 1.0
-    assert fixed.report["quantization"]["float_modules"] == ["features.1", "features.4"]
-    assert [(r["module"], r["precision"]) for r in fixed.report["layers"][:1]] == [("features.1", "float32")]
+    assert fixed.report["quantization"]["float_modules"] == []
+    moved = fixed.report["layers"][0]
+    assert (moved["module"], moved["precision"]) == ("features.1", "int16x8")
+    assert moved["chosen_because"].endswith("kept int16x8")
+    [step] = fixed.report["quantization"]["ladder"]
+    assert step["precision"] == "int16x8" and step["passed"] and step["kept"]
+    assert step["device_bytes"] < 1.1 * failed.report["size"]["device_bytes"]  # INT8 weights: the size stays
     summary = next(w for w in fixed.report["warnings"] if w.startswith("fallback auto"))
-    assert "kept 1 activation(s) out of INT8 (features.1)" in summary and "passes" in summary
+    assert "kept 1 activation(s) out of INT8 (features.1 -> int16x8)" in summary and "passes" in summary
+
+
+def test_a_latency_bound_sends_the_culprit_to_float_instead(broken, digits, tmp_path: Path):
+    """16x8 runs on reference kernels (about 20x the INT8 model's host latency here): with --max-latency-ratio 3
+    the ladder measures it, finds it over the bound, and keeps the layer in float."""
+    _, data = digits
+    fixed = _build(broken, data, "android-arm64-int8", tmp_path / "auto", converter="onnx2tf",
+                   fallback=edgekit.Fallback("auto", max_latency_ratio=3.0))
+    assert fixed.passed and fixed.report["quantization"]["float_modules"] == ["features.1", "features.4"]
+    sixteen, floating = fixed.report["quantization"]["ladder"]
+    assert sixteen["precision"] == "int16x8" and sixteen["latency_ratio"] > 3.0 and not sixteen["within_bounds"]
+    assert floating["precision"] == "float32" and floating["within_bounds"] and floating["kept"]
+    assert [(r["module"], r["precision"]) for r in fixed.report["layers"][:1]] == [("features.1", "float32")]
     ops = edgekit.inspect.inspect_path(tmp_path / "auto" / "model.tflite")["ops"]
     assert ops.get("DEQUANTIZE", 0) >= 1 and ops.get("CONV_2D", 0) == 2  # INT8 elsewhere, float around the culprit
+    page = (tmp_path / "auto" / "report.html").read_text()
+    assert '<tr class="kept"><td>features.1</td><td>float32</td><td>yes</td>' in page  # the ladder, step by step
+    assert "<tr><td>features.1</td><td>int16x8</td><td>yes</td>" in page
+
+
+def test_ladder_bounds_need_fallback_auto():
+    with pytest.raises(edgekit.ConfigError, match="bound --fallback auto"):
+        edgekit.Fallback("none", max_size=1000)
 
 
 def test_calibration_methods_change_the_android_activation_scales(digits, tmp_path: Path):

@@ -135,9 +135,25 @@ def test_mse_clips_a_heavy_tail_and_keeps_a_uniform_range():
     assert mse_range(np.ones(2048), edges, -100, 100) == pytest.approx((-100, 100))
 
 
-def _candidate(name: str, sqnr: float | None, seconds: float, error: str | None = None) -> Candidate:
+def _candidate(name: str, sqnr: float | None, seconds: float, error: str | None = None,
+               shipped: float | None = None) -> Candidate:
     return Candidate(name, device=None if error else object(), version="1", seconds=seconds, float_sqnr_db=sqnr,
-                     error=error)
+                     error=error, shipped_sqnr_db=shipped)
+
+
+def test_choose_on_a_quantized_target_compares_what_ships():
+    """Both float32 models exact: the faster converter's INT8 model is 2 dB worse, so the other one ships."""
+    chosen, reason, warnings = choose([_candidate("onnx2tf", 128.0, 20.0, shipped=33.9),
+                                       _candidate("litert-torch", 131.0, 3.0, shipped=31.9)])
+    assert chosen.name == "onnx2tf" and not warnings
+    assert reason.endswith("onnx2tf's shipped model is more faithful (shipped model SQNR vs PyTorch: onnx2tf "
+                           "33.9 dB, litert-torch 31.9 dB)")
+    chosen, reason, _ = choose([_candidate("onnx2tf", 128.0, 20.0, shipped=33.9),
+                                _candidate("litert-torch", 131.0, 3.0, shipped=33.2)])
+    assert chosen.name == "litert-torch" and "built faster" in reason  # within 1 dB: the faster
+    chosen, _, _ = choose([_candidate("onnx2tf", 16.9, 20.0, shipped=40.0),
+                           _candidate("litert-torch", 131.0, 3.0, shipped=30.0)])
+    assert chosen.name == "litert-torch"  # a float32 model wrong beyond rounding never wins on its INT8 number
 
 
 def test_choose_prefers_the_faithful_converter_and_on_a_tie_the_faster():

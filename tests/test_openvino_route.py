@@ -108,8 +108,8 @@ def test_per_layer_drift_names_the_culprit_and_fallback_keeps_it_in_float(digits
     assert "features.4" in fixed.report["quantization"]["float_modules"]  # it reads the culprit's activation
     assert (fixed.report["layers"][0]["tensor"], fixed.report["layers"][0]["precision"]) == (worst["tensor"],
                                                                                             "float32")
-    assert any(w.startswith("fallback auto kept 1 activation(s) out of INT8 (features.1)") and w.endswith("passes")
-               for w in fixed.report["warnings"])
+    assert any(w.startswith("fallback auto kept 1 activation(s) out of INT8 (features.1 -> float32)")
+               and w.endswith("passes") for w in fixed.report["warnings"])
     assert (tmp_path / "auto" / "model.xml").read_text().count('type="FakeQuantize"') < \
         (tmp_path / "minmax" / "model.xml").read_text().count('type="FakeQuantize"')
 

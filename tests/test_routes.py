@@ -62,7 +62,7 @@ def test_a_target_of_an_existing_route_is_one_toml_file(tmp_path: Path):
 
 
 @pytest.mark.parametrize(("route", "precision", "message"), [
-    ("litert", "int16x8", "route litert cannot put a layer in int16x8"),
+    ("litert", "int4", "route litert cannot put a layer in int4"),
     ("tensorrt", "float32", "route tensorrt cannot put a layer in float32"),
     ("onnxruntime", "int4", "route onnxruntime cannot put a layer in int4"),
 ])
@@ -72,6 +72,20 @@ def test_a_layer_precision_the_route_lacks_is_refused_with_exit_2(route, precisi
     with pytest.raises(UnsupportedError, match=message) as info:
         get_route(route).set_precisions(None, {"relu": precision}, [{"tensor": "relu"}])
     assert info.value.exit_code == 2 and "can ship in" in info.value.hint
+
+
+def test_the_ladder_depends_on_the_target():
+    """LiteRT INT8 layers can go to 16x8 or float; a layer of a weight-only INT4 build only to float."""
+    from edgekit.config import load_target
+    from edgekit.errors import UnsupportedError
+
+    litert = get_route("litert")
+    assert litert.ladder(load_target("android-arm64-int8")) == ("int16x8", "float32")
+    assert litert.ladder(load_target("android-arm64-w4")) == ("float32",)
+    assert get_route("tensorrt").ladder(load_target("jetson-orin-int8")) == ("fp16",)
+    with pytest.raises(UnsupportedError, match="route litert cannot put a layer in int16x8") as info:
+        litert.set_precisions(None, {"relu": "int16x8"}, [{"tensor": "relu"}], load_target("android-arm64-w4"))
+    assert info.value.hint == "layers of this build can ship in int4, float32"
 
 
 def test_set_precisions_names_layers_by_their_tensor():

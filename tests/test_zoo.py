@@ -126,3 +126,20 @@ def test_integer_inputs_on_android_int8_go_through_litert_torch(tmp_path: Path):
         edgekit.build(model, "android-arm64-int8", calibration, evaluation, tmp_path / "o", emulator="host",
                       converter="onnx2tf")
     assert info.value.exit_code == 2 and not (tmp_path / "o").exists()
+
+
+def test_auto_on_the_audio_cnn_ships_the_more_faithful_int8_model(zoo_models, tmp_path: Path):
+    """tcn_1d: both float32 conversions are exact, litert-torch builds faster, but onnx2tf's INT8 model is the more
+    faithful one (measured here 37.3 against 33.9 dB); auto compares what ships and picks it."""
+    calibration, evaluation = _data("tcn_1d")
+    result = edgekit.build(zoo_models["tcn_1d"], "android-arm64-int8", calibration, evaluation, tmp_path / "auto",
+                           emulator="host", converter="auto", max_drop=100.0, min_agreement=0.0)
+    record = result.manifest["device"]["converter"]
+    by_name = {c["name"]: c for c in record["candidates"]}
+    assert all(c["float_sqnr_db"] > EXACT_DB for c in by_name.values())
+    best = max(by_name.values(), key=lambda c: c["shipped_sqnr_db"])
+    other = min(by_name.values(), key=lambda c: c["shipped_sqnr_db"])
+    assert best["shipped_sqnr_db"] - other["shipped_sqnr_db"] > 1.0
+    assert record["name"] == best["name"] and "shipped model is more faithful" in record["reason"]
+    worst_output = min(o["sqnr_db"] for o in result.report["drift"]["outputs"])
+    assert abs(worst_output - best["shipped_sqnr_db"]) < 0.01  # the report measures the model that was chosen

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from edgekit.backends import onnx2tf
@@ -123,11 +124,15 @@ def _signature_inputs(float_path: Path, float_in: list[Binding]) -> dict[str, st
     return {b.model_name: b.model_name for b in float_in}
 
 
-def _quantize(plan: Plan, float_path: Path, ranges: dict | None, out: Path, float_tensors: tuple[str, ...]) -> Path:
+def _quantize(plan: Plan, float_path: Path, ranges: dict | None, out: Path, float_tensors: tuple[str, ...],
+              int16_tensors: tuple[str, ...] = ()) -> Path:
     from edgekit.steps.quantize_tflite import quantize_tflite
 
-    patterns = tuple(f"^{re.escape(name)};" for name in float_tensors)  # an op's scope: "out1;out2;...;"
-    return quantize_tflite(float_path, ranges, out, io=plan.io, float_ops=patterns, precision=plan.target.precision)
+    def scopes(names):  # an op's scope: "out1;out2;...;"
+        return tuple(f"^{re.escape(name)};" for name in names)
+
+    return quantize_tflite(float_path, ranges, out, io=plan.io, float_ops=scopes(float_tensors),
+                           precision=plan.target.precision, int16_ops=scopes(int16_tensors))
 
 
 def _device_model(plan: Plan, export: OnnxExport, floats: _FloatModel, device_path: Path, runtime: dict,
@@ -137,7 +142,7 @@ def _device_model(plan: Plan, export: OnnxExport, floats: _FloatModel, device_pa
     _check_order(export, device_out)
     _, runtime_name, runtime_version = interpreter_class()
     quantized = plan.target.precision in LAYER_PRECISION
-    return DeviceModel(
+    device = DeviceModel(
         path=device_path, bundle_name="model.tflite", float_path=floats.path,
         runtime={"name": "litert", "version": runtime_version, "package": runtime_name, **runtime,
                  "quantizer": quantizer["quantizer"] if quantized else None},
@@ -148,23 +153,40 @@ def _device_model(plan: Plan, export: OnnxExport, floats: _FloatModel, device_pa
         open_float_runner=lambda: LiteRTRunner(floats.path, floats.inputs, floats.outputs),
         output_steps={b.model_name: output_step(device_path, b.device_index) for b in device_out},
         per_layer=tflite_layers(plan, export, floats.path, device_path, floats.inputs, device_in),
-        with_float=_fallback(plan, export, floats, runtime, quantizer, workdir) if "keep" in quantizer else None,
     )
+    if "keep" not in quantizer:  # onnx2tf's own INT8: no per-layer control
+        return device
+    return with_ladder(device, requantizer(
+        plan, export, (floats.path, floats.inputs, floats.samples), quantizer["ranges"], quantizer["keep"],
+        lambda path: _device_model(plan, export, floats, path, runtime, quantizer, workdir), workdir))
 
 
-def _fallback(plan: Plan, export: OnnxExport, floats: _FloatModel, runtime: dict, quantizer: dict, workdir: Path):
-    """Re-quantize the same float32 model with the same ranges, the given activations never INT8: the ops that
-    write them and the ops that read them stay in float (a float producer alone would be re-quantized for its
-    readers with the same bad range)."""
-    def with_float(rows: list[dict]) -> DeviceModel:
-        tensors = [r.get("float_tensor") or r["device_tensor"] for r in rows]
-        ops = _producer_and_consumer_outputs(floats.path, tensors)
-        path = _quantize(plan, floats.path, quantizer["ranges"], workdir / f"model_int8_fallback{len(rows)}.tflite",
-                         (*quantizer["keep"], *ops))
-        device = _device_model(plan, export, floats, path, runtime, quantizer, workdir)
-        return dataclasses.replace(device, float_modules=_modules_of(export, floats, ops))
+def with_ladder(device: DeviceModel, with_precisions) -> DeviceModel:
+    return dataclasses.replace(device, with_precisions=with_precisions,
+                               with_float=lambda rows: with_precisions({"float32": rows}))
 
-    return with_float
+
+def requantizer(plan: Plan, export: OnnxExport, floats: tuple[Path, list[Binding], dict], ranges: dict | None,
+                keep: tuple[str, ...], rebuild: Callable[[Path], DeviceModel], workdir: Path):
+    """`with_precisions` of a model ai-edge-quantizer wrote: re-quantize the same float32 model with the same
+    ranges, the given `layers` rows in 16x8 or float. The ops that write a row's activation and the ops that read
+    it move together (a producer alone would be re-quantized for its readers with the same bad range).
+    `floats`: the float32 .tflite, its input bindings and the samples that name its tensors by module."""
+    float_path, float_in, samples = floats
+
+    def with_precisions(moves: dict[str, list[dict]]) -> DeviceModel:
+        scopes = {precision: _producer_and_consumer_outputs(float_path, [r.get("float_tensor") or r["device_tensor"]
+                                                                          for r in rows])
+                  for precision, rows in moves.items() if rows}
+        in_float = scopes.get("float32", [])
+        in_16 = [op for op in scopes.get("int16x8", []) if op not in in_float]
+        name = "_".join(f"{p}{len(r)}" for p, r in sorted(moves.items()))
+        path = _quantize(plan, float_path, ranges, workdir / f"model_{plan.target.precision}_{name}.tflite",
+                         (*keep, *in_float), tuple(in_16))
+        device = rebuild(path)
+        return dataclasses.replace(device, float_modules=_modules_of(export, float_path, float_in, samples, in_float))
+
+    return with_precisions
 
 
 def _producer_and_consumer_outputs(float_path: Path, tensors: list[str]) -> list[str]:
@@ -181,14 +203,16 @@ def _producer_and_consumer_outputs(float_path: Path, tensors: list[str]) -> list
     return list(dict.fromkeys(found))
 
 
-def _modules_of(export: OnnxExport, floats: _FloatModel, tensors: list[str]) -> tuple[str, ...]:
+def _modules_of(export: OnnxExport, float_path: Path, float_in: list[Binding], samples: dict,
+                tensors: list[str]) -> tuple[str, ...]:
     """PyTorch modules of float32 TFLite tensors (the first module of each fused group, as in `layers`)."""
     import onnx
 
     from edgekit.layers import fused_modules, match_to_onnx, onnx_activations, tflite_activations
 
-    to_onnx = match_to_onnx(tflite_activations(floats.path, floats.inputs, floats.samples),
-                            onnx_activations(export.path, floats.samples))
+    if not tensors:
+        return ()
+    to_onnx = match_to_onnx(tflite_activations(float_path, float_in, samples), onnx_activations(export.path, samples))
     graph, modules, stops = onnx.load(str(export.path)).graph, tensor_modules(export.path), set(to_onnx.values())
     names = []
     for tensor in tensors:

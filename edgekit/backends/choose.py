@@ -1,7 +1,9 @@
 """Which converter builds an Android bundle: the one asked for, the target's default, or `auto`'s measured choice.
 
 `auto` builds the model with every installed converter, compares each float32 model with PyTorch on the eval
-data (conversion SQNR) and keeps the more faithful one; when both are exact within rounding, the faster one.
+data (conversion SQNR) and keeps the more faithful one. When both are exact within rounding, a quantized target
+compares what ships: each candidate's device model against PyTorch (the INT8 model of one converter can be a few
+dB worse than the other's over the same float model); within TIE_DB of each other, the faster build.
 The choice, its reason and every converter that could not be tried are recorded (manifest and report warnings).
 """
 
@@ -34,9 +36,11 @@ class Candidate:
     seconds: float | None = None
     float_sqnr_db: float | None = None  # the worst output's SQNR, float32 device model vs PyTorch
     error: str | None = None
+    shipped_sqnr_db: float | None = None  # the same for the device model that would ship (quantized targets)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "version": self.version, "float_sqnr_db": self.float_sqnr_db,
+                "shipped_sqnr_db": self.shipped_sqnr_db,
                 "seconds": None if self.seconds is None else round(self.seconds, 2), "error": self.error}
 
 
@@ -218,10 +222,17 @@ def _scored(candidate: Candidate, plan: Plan, reference: dict) -> Candidate:
     if candidate.device is None:
         return candidate
     with candidate.device.open_float_runner() as runner:
-        rows = output_metrics(reference, runner.run(plan.evaluation.inputs))
+        worst = _worst(output_metrics(reference, runner.run(plan.evaluation.inputs)))
+    shipped = None
+    if plan.target.precision != "fp32":
+        with candidate.device.open_runner(candidate.device.path) as runner:
+            shipped = _worst(output_metrics(reference, runner.run(plan.evaluation.inputs)))
+    return dataclasses.replace(candidate, float_sqnr_db=worst, shipped_sqnr_db=shipped)
+
+
+def _worst(rows: list[dict]) -> float | None:
     values = [r["sqnr_db"] for r in rows]
-    worst = None if any(v is None for v in values) else round(min(values), 2)
-    return dataclasses.replace(candidate, float_sqnr_db=worst)
+    return None if any(v is None for v in values) else round(min(values), 2)
 
 
 def choose(candidates: list[Candidate]) -> tuple[Candidate, str, list[str]]:
@@ -235,6 +246,9 @@ def choose(candidates: list[Candidate]) -> tuple[Candidate, str, list[str]]:
     best, other = sorted(built, key=lambda c: -_db(c))
     scores = f"float32 SQNR vs PyTorch: {best.name} {_show(best)}, {other.name} {_show(other)}"
     if _tied(best, other):
+        shipped = _by_shipped(built, scores)
+        if shipped is not None:
+            return shipped
         fastest, slowest = sorted(built, key=lambda c: c.seconds)
         reason = (f"both convert faithfully within rounding ({scores}); {fastest.name} built faster "
                   f"({fastest.seconds:.1f} s vs {slowest.seconds:.1f} s)")
@@ -244,6 +258,20 @@ def choose(candidates: list[Candidate]) -> tuple[Candidate, str, list[str]]:
     return best, f"{best.name} is more faithful ({scores})", [
         f"converters disagree beyond rounding: {other.name}'s float32 model drifts from PyTorch ({scores}); "
         f"built with {best.name}"]
+
+
+def _by_shipped(built: list[Candidate], scores: str) -> tuple[Candidate, str, list[str]] | None:
+    """Both float32 models are equally faithful: the one whose shipped (quantized) model drifts less, when they
+    differ by more than TIE_DB; None when they do not (or nothing is quantized)."""
+    if any(c.shipped_sqnr_db is None for c in built):
+        return None
+    best, other = sorted(built, key=lambda c: -c.shipped_sqnr_db)
+    if best.shipped_sqnr_db - other.shipped_sqnr_db <= TIE_DB:
+        return None
+    shipped = (f"shipped model SQNR vs PyTorch: {best.name} {best.shipped_sqnr_db:.1f} dB, {other.name} "
+               f"{other.shipped_sqnr_db:.1f} dB")
+    return best, f"both convert faithfully within rounding ({scores}); {best.name}'s shipped model is more " \
+                 f"faithful ({shipped})", []
 
 
 def _db(candidate: Candidate) -> float:

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends.android import tflite_layers
+from edgekit.backends.android import requantizer, tflite_layers, with_ladder
 from edgekit.backends.onnx2tf import bind_outputs
+from edgekit.config import LAYER_PRECISION
 from edgekit.device import DeviceModel
 from edgekit.errors import ConversionError, ToolError, UnsupportedError, first_line
 from edgekit.plan import Plan
@@ -68,11 +69,18 @@ def build_litert(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
     _cross_check_inputs(plan, float_errors)
     with LiteRTRunner(float_path, float_in, float_out) as runner:
         float_outputs = runner.run(samples)
-    device_path = _device_file(plan, float_path, float_in, folder)
-    device_in = bind_inputs(device_path, plan)
-    device_out, errors = bind_outputs(device_path, device_in, samples, float_outputs)
-    return _device_model(plan, export, (float_path, float_in, float_out), (device_path, device_in, device_out),
-                         errors, version)
+    device_path, ranges = _device_file(plan, float_path, float_in, folder)
+
+    def rebuild(path: Path) -> DeviceModel:
+        device_in = bind_inputs(path, plan)
+        device_out, errors = bind_outputs(path, device_in, samples, float_outputs)
+        return _device_model(plan, export, (float_path, float_in, float_out), (path, device_in, device_out), errors,
+                             version)
+
+    device = rebuild(device_path)
+    if plan.target.precision not in LAYER_PRECISION:
+        return device
+    return with_ladder(device, requantizer(plan, export, (float_path, float_in, samples), ranges, (), rebuild, folder))
 
 
 def _example(plan: Plan) -> tuple:
@@ -159,14 +167,16 @@ def _cross_check_inputs(plan: Plan, errors: dict[str, float]) -> None:
                               f"reference by {worst:.3g} (relative)", hint="use --converter onnx2tf for this model")
 
 
-def _device_file(plan: Plan, float_path: Path, inputs: list[Binding], folder: Path) -> Path:
+def _device_file(plan: Plan, float_path: Path, inputs: list[Binding], folder: Path) -> tuple[Path, dict | None]:
+    """The device model of the target's precision, and the activation ranges it was quantized with (None when
+    it has none)."""
     from edgekit.steps.quantize_tflite import collect_ranges, float16_weights, quantize_tflite
 
     precision = plan.target.precision
     if precision == "fp32":
-        return float_path
+        return float_path, None
     if precision == "fp16":
-        return float16_weights(float_path, folder / "model_float16.tflite")
+        return float16_weights(float_path, folder / "model_float16.tflite"), None
     ranges = None
     if plan.target.calibrated:
         method = plan.options.calibration
@@ -176,7 +186,7 @@ def _device_file(plan: Plan, float_path: Path, inputs: list[Binding], folder: Pa
                     for i, b in enumerate(inputs)} for k in range(len(data[inputs[0].model_name]))]
         ranges = collect_ranges(float_path, samples, method.method, method.percentile)
     return quantize_tflite(float_path, ranges, folder / f"model_{precision}_{plan.io}_io.tflite", io=plan.io,
-                           precision=precision)
+                           precision=precision), ranges
 
 
 def _device_model(plan: Plan, export: OnnxExport, floats: tuple, device: tuple, errors: dict[str, float],

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, ClassVar
 from edgekit.errors import ConfigError, ToolError
 
 if TYPE_CHECKING:
+    from edgekit.config import Target
     from edgekit.device import DeviceModel
     from edgekit.plan import Plan
     from edgekit.steps.export_onnx import OnnxExport
@@ -69,27 +70,40 @@ class Route:
     def build(self, plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
         raise NotImplementedError
 
-    def set_precisions(self, device: DeviceModel, precisions: dict[str, str], layers: list[dict]) -> DeviceModel:
+    def ladder(self, target: Target) -> tuple[str, ...]:
+        """Where `--fallback auto` may move a layer of a build of `target`, in the order it tries them."""
+        return (self.fallback_precision,)
+
+    def set_precisions(self, device: DeviceModel, precisions: dict[str, str], layers: list[dict],
+                       target: Target | None = None) -> DeviceModel:
         """The device model rebuilt with each named layer (the `tensor` of a `layers` row) in the given precision,
         the others as built. A precision the route lacks is refused (exit 2), never replaced by another."""
+        from edgekit.config import LAYER_PRECISION
         from edgekit.errors import UnsupportedError
 
-        lacking = sorted({p for p in precisions.values() if p not in self.layer_precisions})
+        default = LAYER_PRECISION.get(target.precision, "int8") if target else "int8"
+        allowed = (default, *self.ladder(target)) if target else self.layer_precisions
+        lacking = sorted({p for p in precisions.values() if p not in allowed})
         if lacking:
             raise UnsupportedError(f"route {self.name} cannot put a layer in {', '.join(lacking)}",
-                                   hint=f"layers of route {self.name} can ship in {', '.join(self.layer_precisions)}")
+                                   hint=f"layers of this build can ship in {', '.join(allowed)}")
         rows = {row["tensor"]: row for row in layers}
         unknown = sorted(set(precisions) - set(rows))
         if unknown:
             raise UnsupportedError(f"{unknown[0]!r} is not a quantized layer of this {self.name} build",
                                    hint="name layers by the `tensor` of report.json `layers`")
-        moved = [rows[t] for t, p in precisions.items() if p != "int8"]
-        if not moved:
+        moves: dict[str, list[dict]] = {}
+        for tensor, precision in precisions.items():
+            if precision != default:
+                moves.setdefault(precision, []).append(rows[tensor])
+        if not moves:
             return device
-        if device.with_float is None:
-            raise UnsupportedError(f"this {self.name} build cannot keep layers out of INT8",
+        if device.with_precisions is not None:
+            return device.with_precisions(moves)
+        if set(moves) != {self.fallback_precision} or device.with_float is None:
+            raise UnsupportedError(f"this {self.name} build cannot move layers to {', '.join(sorted(moves))}",
                                    hint="see docs/routes.md: which routes and converters can")
-        return device.with_float(moved)
+        return device.with_float(moves[self.fallback_precision])
 
     def float_gzip_bytes(self, plan: Plan, workdir: Path) -> int:
         """gzip size of the float32 device model of the original model (the base of compression ratios); by

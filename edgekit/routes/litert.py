@@ -16,6 +16,7 @@ class LiteRTRoute(Route):
     requires = ("ai_edge_litert|tflite_runtime|tensorflow",)
     emulators = ("host", "arm64")
     precisions = ("fp32", "fp16", "int8", "int16x8", "dynamic-int8", "w4")
+    layer_precisions = ("int8", "int16x8", "float32")
 
     def check_request(self, plan) -> None:
         """The converters' own checks: two converters, int8 I/O and every calibration method are offered."""
@@ -24,6 +25,11 @@ class LiteRTRoute(Route):
 
         check_method(plan, self.methods, self.name)
         check_converter(plan)
+
+    def ladder(self, target) -> tuple[str, ...]:
+        """An INT8 layer goes to 16x8 first (INT8's weights, INT16 activations), then float; a layer of the other
+        quantized precisions goes to float."""
+        return ("int16x8", "float32") if target.precision == "int8" else ("float32",)
 
     def build(self, plan, export, workdir: Path):
         from edgekit.backends.choose import build_android

@@ -127,7 +127,8 @@ RECIPES = {"int8": "static_wi8_ai8", "int16x8": "static_wi8_ai16", "dynamic-int8
 
 
 def quantize_tflite(float_tflite: Path, ranges: dict[str, dict] | None, out_path: Path, *, io: str = "float32",
-                    float_ops: tuple[str, ...] = (), precision: str = "int8") -> Path:
+                    float_ops: tuple[str, ...] = (), precision: str = "int8",
+                    int16_ops: tuple[str, ...] = ()) -> Path:
     """The float32 model in `precision` with ai-edge-quantizer's recipe for it (RECIPES); float32 I/O unless
     io="int8" (INT8 only).
 
@@ -135,8 +136,11 @@ def quantize_tflite(float_tflite: Path, ranges: dict[str, dict] | None, out_path
     (symmetric) from `ranges`; dynamic-int8: INT8 weights, activations quantized at run time (no ranges);
     w4: INT4 weights (per channel) dequantized to float, float compute (no ranges).
     `float_ops`: regular expressions left in float; a pattern that is a TFLite op type (e.g. "SOFTMAX") keeps
-    every op of that type, any other pattern keeps the ops whose output tensor names it matches.
+    every op of that type, any other pattern keeps the ops whose output tensor names it matches. `int16_ops`
+    (int8 only): op scopes computed 16x8 inside the INT8 model (the quantizer requantizes at their edges).
     """
+    if int16_ops and precision != "int8":
+        raise ConfigError(f"16x8 layers inside a {precision} model", hint="int16_ops apply to int8 models only")
     if precision not in RECIPES:
         raise ConfigError(f"precision {precision!r} is not one of {', '.join(RECIPES)}",
                           hint=f"use one of: {', '.join(RECIPES)}")
@@ -153,7 +157,18 @@ def quantize_tflite(float_tflite: Path, ranges: dict[str, dict] | None, out_path
         op_type = next((op for op in ops if op.value == pattern and op.value.isupper()), None)
         q.update_quantization_recipe(".*" if op_type else _checked_regex(pattern), op_type or ops.ALL_SUPPORTED,
                                      algorithm_key=keep)
+    for pattern in int16_ops:
+        q.update_quantization_recipe(_checked_regex(pattern), ops.ALL_SUPPORTED, _config_16x8(aeq.qtyping))
     return _write(q, ranges, out_path)
+
+
+def _config_16x8(types) -> object:
+    """static_wi8_ai16's op config: INT8 per-channel weights, symmetric INT16 activations, integer compute."""
+    return types.OpQuantizationConfig(
+        activation_tensor_config=types.TensorQuantizationConfig(num_bits=16, symmetric=True),
+        weight_tensor_config=types.TensorQuantizationConfig(num_bits=8, symmetric=True,
+                                                            granularity=types.QuantGranularity.CHANNELWISE),
+        compute_precision=types.ComputePrecision.INTEGER, explicit_dequantize=False)
 
 
 def _checked_regex(pattern: str) -> str:
