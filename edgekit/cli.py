@@ -136,8 +136,15 @@ def _shape(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 @click.option("--eval", "eval_data", help="evaluation data (with labels y for accuracy); default: held-out calibration")
 @click.option("--recipe", type=click.Path(path_type=Path), help="calibration/NAME.toml for image folders")
 @click.option("--calibration-method", default="minmax", show_default=True,
-              type=click.Choice(["minmax", "percentile", "entropy", "mse"]))
+              type=click.Choice(["minmax", "percentile", "entropy", "mse"]),
+              help="activation ranges (int8, int16x8): global min/max, or a percentile / KL-entropy / MSE threshold "
+                   "on each activation's histogram over the whole calibration set (routes list theirs in "
+                   "docs/routes.md)")
 @click.option("--percentile", type=float, default=99.99, show_default=True)
+@click.option("--weight-method", default="minmax", show_default=True,
+              type=click.Choice(["minmax", "mse", "octav"]),
+              help="how weights are quantized: per-channel min/max, or ai-edge-quantizer's MSE or OCTAV clipping "
+                   "(LiteRT targets)")
 @click.option("--prune", type=float, help="fraction of weights (or channels) to prune, e.g. 0.5")
 @click.option("--prune-mode", default="unstructured", show_default=True,
               type=click.Choice(["unstructured", "structured"]))
@@ -177,6 +184,7 @@ def _shape(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 @handle_errors
 def build_command(model: str, target: str, out: Path | None, force: bool, calibration: str | None,
                   eval_data: str | None, recipe: Path | None, calibration_method: str, percentile: float,
+                  weight_method: str,
                   prune: float | None, prune_mode: str, clusters: int | None, recover: int, max_drop: float,
                   min_agreement: float, fallback: str, max_size: int | None, max_latency_ratio: float | None,
                   max_float_layers: int, equalize: str, converter: str | None, emulator: str | None,
@@ -194,7 +202,8 @@ def build_command(model: str, target: str, out: Path | None, force: bool, calibr
         model, target, calibration, eval_data, out, recipe=recipe,
         prune=edgekit.Prune(prune, prune_mode) if prune is not None else None,
         cluster=edgekit.Cluster(clusters) if clusters is not None else None,
-        calibration_method=edgekit.Calibration(calibration_method, percentile), max_drop=max_drop,
+        calibration_method=edgekit.Calibration(calibration_method, percentile, weights=weight_method),
+        max_drop=max_drop,
         min_agreement=min_agreement, fallback=edgekit.Fallback(fallback, max_size, max_latency_ratio, max_float_layers),
         equalize=equalize, converter=converter, emulator=emulator,
         emulator_samples=emulator_samples, emulator_seconds=emulator_seconds, input_shape=input_shape, io=io,

@@ -16,6 +16,8 @@ CALIBRATED = ("int8", "int16x8")  # activation ranges measured on the calibratio
 # what a quantized layer ships in, per target precision (report.json layers[].precision)
 LAYER_PRECISION = {"int8": "int8", "int16x8": "int16x8", "dynamic-int8": "int8", "w4": "int4"}
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy", "mse")
+# how weights are quantized: min/max, or ai-edge-quantizer's own algorithms (LiteRT builds it quantizes)
+WEIGHT_METHODS = ("minmax", "mse", "octav")
 # onnx2tf / litert-torch: the Android routes; ort-quant: onnxruntime.quantization writes a Q/DQ ONNX (Jetson INT8);
 # none: the float ONNX export ships as it is (Jetson FP16: TensorRT lowers it on the device).
 CONVERTERS = ("onnx2tf", "litert-torch", "auto", "ort-quant", "none")
@@ -276,14 +278,17 @@ class Cluster:
 
 @dataclass(frozen=True)
 class Calibration:
-    """How activation ranges are measured on the calibration data."""
+    """How activation ranges are measured on the calibration data (`method`), and how weights are quantized
+    (`weights`: per-channel min/max, or the quantizer's MSE or OCTAV clipping)."""
 
     method: str = "minmax"
     percentile: float = 99.99
     max_samples: int = 200
+    weights: str = "minmax"
 
     def __post_init__(self) -> None:
         _choice("calibration method", self.method, CALIBRATION_METHODS)
+        _choice("weight method", self.weights, WEIGHT_METHODS)
         if not 90.0 <= float(self.percentile) <= 100.0:
             raise ConfigError(f"percentile = {self.percentile} is outside 90..100", hint="99.99 is the usual value")
         if int(self.max_samples) < 1:

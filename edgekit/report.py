@@ -93,7 +93,8 @@ def make_report(plan, device, measured, timings_s: dict[str, float], size: dict)
     quantization = None
     if measured.quantization is not None:
         method = plan.options.calibration.method if plan.target.calibrated else None
-        quantization = {"method": method, "float_modules": list(device.float_modules),
+        quantization = {"method": method, "weight_method": plan.options.calibration.weights,
+                        "float_modules": list(device.float_modules),
                         "outputs": measured.quantization, "equalization": measured.equalization,
                         "ladder": measured.ladder}
     return {

@@ -127,3 +127,27 @@ def test_an_onnx_model_takes_onnx2tf_and_the_same_quantizer(digits, tmp_path: Pa
     assert result.passed and report["runtime"]["converter"] == "onnx2tf"
     assert report["quantization"]["outputs"][0]["sqnr_db"] > 40.0
     assert {row["precision"] for row in report["layers"]} == {"int16x8"}
+
+
+def test_a_weight_method_of_the_quantizer_reaches_the_model_and_the_report(builds, digits_files, tmp_path: Path):
+    """OCTAV picks each INT4 weight channel's clipping range itself: the weights differ from min/max's, the
+    report says which method made them, and the build is drift-gated like any other."""
+    octav = _build(digits_files, "android-arm64-w4", tmp_path / "octav", calibration=None,
+                   calibration_method=edgekit.Calibration(weights="octav"))
+    assert octav.report["quantization"]["weight_method"] == "octav"
+    assert builds["w4"].report["quantization"]["weight_method"] == "minmax"
+    rows = {r["module"]: r for r in octav.report["layers"]}
+    minmax = {r["module"]: r for r in builds["w4"].report["layers"]}
+    assert {m for m, r in rows.items() if r["precision"] == "int4"} == {"features.4", "classifier.1", "classifier.3"}
+    assert any(abs(rows[m]["sqnr_db"] - minmax[m]["sqnr_db"]) > 0.1 for m in ("features.4", "classifier.1"))
+    assert octav.passed
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ("android-arm64-fp32", "--weight-method octav does not apply: android-arm64-fp32 is not quantized"),
+    ("onnxruntime-arm64-int8", "--weight-method octav is not available on route onnxruntime"),
+])
+def test_a_weight_method_where_it_does_not_apply_is_refused(target, message, digits_files, tmp_path: Path):
+    with pytest.raises(UnsupportedError, match=message) as caught:
+        _build(digits_files, target, tmp_path / "b", calibration_method=edgekit.Calibration(weights="octav"))
+    assert caught.value.exit_code == 2 and not (tmp_path / "b").exists()

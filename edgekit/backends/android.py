@@ -33,8 +33,9 @@ def uses_ai_edge_quantizer(plan: Plan) -> bool:
     """INT8 from ai-edge-quantizer with edgekit's ranges (any method but minmax, or when a fallback may be
     needed), and every precision onnx2tf does not write itself."""
     precision = plan.target.precision
+    calibration = plan.options.calibration
     if precision == "int8":
-        return plan.options.calibration.method != "minmax" or plan.options.fallback == "auto"
+        return calibration.method != "minmax" or calibration.weights != "minmax" or plan.options.fallback == "auto"
     return precision in RECIPES
 
 
@@ -132,7 +133,8 @@ def _quantize(plan: Plan, float_path: Path, ranges: dict | None, out: Path, floa
         return tuple(f"^{re.escape(name)};" for name in names)
 
     return quantize_tflite(float_path, ranges, out, io=plan.io, float_ops=scopes(float_tensors),
-                           precision=plan.target.precision, int16_ops=scopes(int16_tensors))
+                           precision=plan.target.precision, int16_ops=scopes(int16_tensors),
+                           weights=plan.options.calibration.weights)
 
 
 def _device_model(plan: Plan, export: OnnxExport, floats: _FloatModel, device_path: Path, runtime: dict,

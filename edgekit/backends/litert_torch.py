@@ -186,7 +186,7 @@ def _device_file(plan: Plan, float_path: Path, inputs: list[Binding], folder: Pa
                     for i, b in enumerate(inputs)} for k in range(len(data[inputs[0].model_name]))]
         ranges = collect_ranges(float_path, samples, method.method, method.percentile)
     return quantize_tflite(float_path, ranges, folder / f"model_{precision}_{plan.io}_io.tflite", io=plan.io,
-                           precision=precision), ranges
+                           precision=precision, weights=plan.options.calibration.weights), ranges
 
 
 def _device_model(plan: Plan, export: OnnxExport, floats: tuple, device: tuple, errors: dict[str, float],

@@ -36,6 +36,7 @@ class Route:
     emulators: ClassVar[tuple[str, ...]] = ("host",)  # where drift can be measured: "host", "arm64"
     precisions: ClassVar[tuple[str, ...]] = ("int8", "fp32")
     methods: ClassVar[tuple[str, ...]] = ("minmax", "percentile", "entropy", "mse")  # calibration, for INT8
+    weight_methods: ClassVar[tuple[str, ...]] = ("minmax",)  # how its quantizer can quantize weights
     converted_by: ClassVar[str] = ""  # what converts (for the hint when another --converter is asked for)
     layer_precisions: ClassVar[tuple[str, ...]] = ("int8", "float32")  # what one layer of an INT8 build can ship in
     fallback_precision: ClassVar[str] = "float32"  # where `--fallback auto` moves a sensitive layer
@@ -65,7 +66,7 @@ class Route:
         if target.precision not in self.precisions:
             raise UnsupportedError(f"precision {target.precision} has no {self.name} route",
                                    hint=f"use a target of precision {' or '.join(self.precisions)}")
-        check_method(plan, self.methods, self.name)
+        check_method(plan, self.methods, self.name, self.weight_methods)
 
     def build(self, plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
         raise NotImplementedError
@@ -123,12 +124,20 @@ class Route:
                 "emulators": list(self.emulators), "installed": not missing, "missing": missing}
 
 
-def check_method(plan: Plan, methods: tuple[str, ...], route: str) -> None:
-    """The calibration method is one the route has, and applies to the target: a precision without activation
-    ranges (float, weight-only, dynamic range) takes none, and is refused one rather than silently ignoring it."""
+def check_method(plan: Plan, methods: tuple[str, ...], route: str, weight_methods: tuple[str, ...]) -> None:
+    """The calibration and weight methods are ones the route has, and apply to the target: a precision without
+    activation ranges (float, weight-only, dynamic range) takes no calibration method, a float one no weight
+    method; each is refused (exit 2) rather than silently ignored."""
     from edgekit.errors import UnsupportedError
 
-    target, method = plan.target, plan.options.calibration.method
+    target, method, weights = plan.target, plan.options.calibration.method, plan.options.calibration.weights
+    if weights != "minmax":
+        if target.precision in ("fp32", "fp16"):
+            raise UnsupportedError(f"--weight-method {weights} does not apply: {target.name} is not quantized",
+                                   hint="drop --weight-method")
+        if weights not in weight_methods:
+            raise UnsupportedError(f"--weight-method {weights} is not available on route {route}",
+                                   hint=f"use one of: {', '.join(weight_methods)}")
     if not target.calibrated:
         if method != "minmax":
             what = "is not quantized" if target.precision in ("fp32", "fp16") else "quantizes weights only"

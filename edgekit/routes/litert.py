@@ -17,13 +17,14 @@ class LiteRTRoute(Route):
     emulators = ("host", "arm64")
     precisions = ("fp32", "fp16", "int8", "int16x8", "dynamic-int8", "w4")
     layer_precisions = ("int8", "int16x8", "float32")
+    weight_methods = ("minmax", "mse", "octav")  # ai-edge-quantizer's algorithms
 
     def check_request(self, plan) -> None:
         """The converters' own checks: two converters, int8 I/O and every calibration method are offered."""
         from edgekit.backends.choose import check_converter
         from edgekit.routes import check_method
 
-        check_method(plan, self.methods, self.name)
+        check_method(plan, self.methods, self.name, self.weight_methods)
         check_converter(plan)
 
     def ladder(self, target) -> tuple[str, ...]:

@@ -124,11 +124,16 @@ def _tensor_values(interpreter, key: str, samples: list[dict[str, np.ndarray]],
 # ai-edge-quantizer's recipe per precision (INT4 is channelwise: 0.10 refuses blockwise for float compute)
 RECIPES = {"int8": "static_wi8_ai8", "int16x8": "static_wi8_ai16", "dynamic-int8": "dynamic_wi8_afp32",
            "w4": "weight_only_wi4_afp32"}
+# --weight-method -> ai-edge-quantizer's algorithm. Left out, measured on the digits CNN: GPTQ (0.10's static GPTQ
+# wrote an unquantized model that drifted to -0.3 dB; its weight-only form needs statistics the recipes do not
+# collect) and Hadamard rotation (a custom op, aeq.hadamard_rotation, that LiteRT on a phone need not have; the
+# decomposed form made the model 23x larger; both were less faithful than min/max there).
+WEIGHT_ALGORITHMS = {"minmax": "MIN_MAX_UNIFORM_QUANT", "mse": "MSE", "octav": "OCTAV"}
 
 
 def quantize_tflite(float_tflite: Path, ranges: dict[str, dict] | None, out_path: Path, *, io: str = "float32",
                     float_ops: tuple[str, ...] = (), precision: str = "int8",
-                    int16_ops: tuple[str, ...] = ()) -> Path:
+                    int16_ops: tuple[str, ...] = (), weights: str = "minmax") -> Path:
     """The float32 model in `precision` with ai-edge-quantizer's recipe for it (RECIPES); float32 I/O unless
     io="int8" (INT8 only).
 
@@ -138,6 +143,7 @@ def quantize_tflite(float_tflite: Path, ranges: dict[str, dict] | None, out_path
     `float_ops`: regular expressions left in float; a pattern that is a TFLite op type (e.g. "SOFTMAX") keeps
     every op of that type, any other pattern keeps the ops whose output tensor names it matches. `int16_ops`
     (int8 only): op scopes computed 16x8 inside the INT8 model (the quantizer requantizes at their edges).
+    `weights`: the weight algorithm (WEIGHT_ALGORITHMS), for every quantized op.
     """
     if int16_ops and precision != "int8":
         raise ConfigError(f"16x8 layers inside a {precision} model", hint="int16_ops apply to int8 models only")
@@ -146,9 +152,13 @@ def quantize_tflite(float_tflite: Path, ranges: dict[str, dict] | None, out_path
                           hint=f"use one of: {', '.join(RECIPES)}")
     if io not in ("float32", "int8") or (io == "int8" and precision != "int8"):
         raise ConfigError(f"io = {io!r} is not available in {precision}", hint="use io = 'float32'")
+    if weights not in WEIGHT_ALGORITHMS:
+        raise ConfigError(f"weight method {weights!r} is not one of {', '.join(WEIGHT_ALGORITHMS)}",
+                          hint=f"use one of: {', '.join(WEIGHT_ALGORITHMS)}")
     aeq = _aeq()
     ops = aeq.qtyping.TFLOperationName
-    q = aeq.quantizer.Quantizer(str(float_tflite), getattr(aeq.recipe, RECIPES[precision])())
+    algorithm = aeq.algorithm_manager.AlgorithmName[WEIGHT_ALGORITHMS[weights]]
+    q = aeq.quantizer.Quantizer(str(float_tflite), getattr(aeq.recipe, RECIPES[precision])(algorithm_key=algorithm))
     keep = aeq.algorithm_manager.AlgorithmName.NO_QUANTIZE
     if io == "float32" and ranges is not None:  # a QUANTIZE after each input and a DEQUANTIZE before each output
         for edge in (ops.INPUT, ops.OUTPUT):
@@ -158,7 +168,8 @@ def quantize_tflite(float_tflite: Path, ranges: dict[str, dict] | None, out_path
         q.update_quantization_recipe(".*" if op_type else _checked_regex(pattern), op_type or ops.ALL_SUPPORTED,
                                      algorithm_key=keep)
     for pattern in int16_ops:
-        q.update_quantization_recipe(_checked_regex(pattern), ops.ALL_SUPPORTED, _config_16x8(aeq.qtyping))
+        q.update_quantization_recipe(_checked_regex(pattern), ops.ALL_SUPPORTED, _config_16x8(aeq.qtyping),
+                                     algorithm_key=algorithm)
     return _write(q, ranges, out_path)
 
 
