@@ -155,3 +155,38 @@ def test_a_model_without_pairs_says_so_when_asked(digits, tmp_path: Path):
         said = "equalize on: no pair of consecutive weighted layers to equalize" in result.report["warnings"]
         assert said == (mode == "on")  # auto stays quiet: the report says it
         assert np.isfinite(result.report["drift"]["outputs"][0]["sqnr_db"])
+
+
+def _inverted_residual_with_an_outlier() -> torch.nn.Module:
+    """A MobileNet block (1x1 expand, BN, ReLU6-free ReLU, 3x3 depthwise, BN, ReLU, pool, linear) whose expand
+    channel 3 is x1000 and the depthwise channel 3 /1000: the same function, one INT8-hostile activation."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 1, bias=False), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False),
+                                torch.nn.BatchNorm2d(16), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(16, 10)).eval()
+    with torch.no_grad():
+        for norm in (model[1], model[4]):
+            norm.running_mean.uniform_(-0.1, 0.1)
+            norm.running_var.uniform_(0.5, 1.5)
+        model[1].weight[3] *= 1000
+        model[1].bias[3] *= 1000
+        model[3].weight[3] /= 1000
+    return model
+
+
+def test_a_depthwise_conv_is_the_second_layer_of_a_pair():
+    model = _inverted_residual_with_an_outlier()
+    x = np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32)
+    loaded = LoadedModel("net", "module", "0" * 64, "net", module=model)
+    result = equalize(loaded, "on", {"x": x}, ["x"])
+    assert {"first": "0", "second": "3", "norm": "1"} in result.block["pairs"]
+    equalized = result.model.module
+    with torch.no_grad():
+        before, after = model(torch.from_numpy(x)), equalized(torch.from_numpy(x))
+    assert float((after - before).abs().max()) <= 1e-4 * float(before.abs().max())
+    norm, depthwise = equalized[1], equalized[3]
+    r1 = norm.weight.abs() / torch.sqrt(norm.running_var + norm.eps) * equalized[0].weight.abs().amax((1, 2, 3))
+    r2 = depthwise.weight.abs().amax((1, 2, 3))
+    assert torch.allclose(r1.detach(), r2.detach(), rtol=1e-3)  # channel 3 no longer 1000x the others
+    assert result.block["sqnr_db"]["before"] < 15 and result.block["sqnr_db"]["after"] > 30

@@ -168,19 +168,25 @@ def _definition(name: str):
         import timm
 
         return timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=IMAGE_SIZE, num_classes=10)
-    if name == "kws_lstm":
-        return architectures.get("kws_lstm").make()
+    if name in ("kws_lstm", "tcn_1d"):
+        return architectures.get(name).make()
     builder = {"shufflenet": "shufflenet_v2_x1_0"}.get(name, name)
     return getattr(architectures._torchvision().models, builder)(weights=None, num_classes=10)
 
 
 TRAINING = {  # name -> (data, epochs, learning rate)
     "mobilenet_v2": ("mnist", 4, 2e-3), "mobilenet_v3_small": ("mnist", 6, 2e-3), "resnet18": ("mnist", 3, 1e-3),
-    "efficientnet_b0": ("mnist", 5, 2e-3), "deit_tiny": ("mnist", 10, 1e-3), "kws_lstm": ("keywords", 25, 2e-3)}
+    "efficientnet_b0": ("mnist", 5, 2e-3), "deit_tiny": ("mnist", 10, 1e-3), "kws_lstm": ("keywords", 25, 2e-3),
+    "tcn_1d": ("keywords", 15, 2e-3)}
 
 
 def dataset(name: str) -> dict[str, np.ndarray]:
-    return mnist() if TRAINING[name][0] == "mnist" else keywords()
+    if TRAINING[name][0] == "mnist":
+        return mnist()
+    data = keywords()
+    if name == "tcn_1d":  # a 1-D conv net over time: (N, bands, frames)
+        data = {k: np.ascontiguousarray(v.transpose(0, 2, 1)) if k[0] == "x" else v for k, v in data.items()}
+    return data
 
 
 def train(name: str) -> dict:
@@ -195,7 +201,7 @@ def train(name: str) -> dict:
     model = _definition(name)
     optimizer = torch.optim.AdamW(model.parameters(), lr=rate, weight_decay=0.01)
     x, y = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"])
-    batch_size = 32 if name == "kws_lstm" else 64
+    batch_size = 32 if TRAINING[name][0] == "keywords" else 64
     steps = epochs * (len(x) // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=rate, total_steps=steps)
     generator = torch.Generator().manual_seed(0)
@@ -278,6 +284,10 @@ def deit_tiny_trained():
 
 def kws_lstm_trained():
     return trained("kws_lstm")
+
+
+def tcn_1d_trained():
+    return trained("tcn_1d")
 
 
 # --- builds ------------------------------------------------------------------------------------------------------

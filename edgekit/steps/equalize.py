@@ -48,6 +48,7 @@ class Pair:
     norm: str | None  # the batch norm after `first`: its weight and bias take the scaling
     activation: str  # the graph node whose output feeds `second` (quantized between the two on the device)
     axis: int = 1  # the channel axis of that activation (1 after a conv, -1 after a linear layer)
+    depthwise: bool = False  # `second` is a depthwise conv: input channel c is its output channel c
 
 
 @dataclass(frozen=True)
@@ -167,10 +168,11 @@ def _follow(node: Any, first: str, to_param: dict[str, str]) -> Pair | None:
             norm = found
         elif op in _THROUGH and user.args[0] is current:
             pass
-        elif op in _WEIGHTED and user.args[0] is current and _groups(user) == 1:
+        elif op in _WEIGHTED and user.args[0] is current and (_groups(user) == 1 or _depthwise(user)):
             second = _weighted(user, to_param)
             axis = -1 if node_op(node) == "linear" else 1
-            return Pair(first, second, norm, current.name, axis) if second and second != first else None
+            return (Pair(first, second, norm, current.name, axis, _groups(user) > 1)
+                    if second and second != first else None)
         else:
             return None
         current = user
@@ -182,6 +184,13 @@ def _norm_params(node: Any, to_param: dict[str, str]) -> str | None:
     if not (weight and bias) or weight.rsplit(".", 1)[0] != bias.rsplit(".", 1)[0]:
         return None
     return weight.rsplit(".", 1)[0]
+
+
+def _depthwise(node: Any) -> bool:
+    """A conv with one input channel per group and as many groups as output channels (MobileNet's 3x3)."""
+    weight = node.args[1].meta.get("val") if len(node.args) > 1 and hasattr(node.args[1], "meta") else None
+    return weight is not None and weight.dim() > 2 and int(weight.shape[1]) == 1 and \
+        _groups(node) == int(weight.shape[0])
 
 
 def _groups(node: Any) -> int:
@@ -216,7 +225,8 @@ def _scale(values: dict[str, Any], pair: Pair) -> Any:
         var = values[f"{pair.norm}.running_var"]
         r1 = r1 * values[f"{pair.norm}.weight"].abs() / torch.sqrt(var + 1e-5)
     w2 = values[f"{pair.second}.weight"]
-    r2 = w2.abs().transpose(0, 1).reshape(w2.shape[1], -1).amax(1)
+    channels = w2 if pair.depthwise else w2.transpose(0, 1)  # input channel c: row c of a depthwise weight
+    r2 = channels.abs().reshape(channels.shape[0], -1).amax(1)
     scale = torch.sqrt(r1 / r2.clamp_min(1e-12))
     usable = (r1 > 1e-12) & (r2 > 1e-12) & torch.isfinite(scale)
     return torch.where(usable, scale, torch.ones_like(scale))
@@ -231,7 +241,8 @@ def _apply(values: dict[str, Any], pair: Pair, scale: Any) -> None:
             value = values[key]
             values[key] = value / scale.reshape(-1, *([1] * (value.dim() - 1)))
     w2 = values[f"{pair.second}.weight"]
-    values[f"{pair.second}.weight"] = w2 * scale.reshape(1, -1, *([1] * (w2.dim() - 2)))
+    shape = (-1, *([1] * (w2.dim() - 1))) if pair.depthwise else (1, -1, *([1] * (w2.dim() - 2)))
+    values[f"{pair.second}.weight"] = w2 * scale.reshape(shape)
 
 
 def _program(model: LoadedModel, inputs: dict[str, np.ndarray], names: list[str]) -> Any:

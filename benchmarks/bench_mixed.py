@@ -1,0 +1,164 @@
+"""Mixed precision by measurement on two trained models whose plain INT8 loses too much: the zoo's YOLO-style
+detector (benchmarks/zoo/detection.py) and its 1-D audio CNN (tcn_1d, trained on the espeak-ng keywords of
+benchmarks/zoo/trained.py). The table in docs/precision.md.
+
+    python -m benchmarks.bench_mixed [--models yolo_style_dfl,tcn_1d] [--cache DIR] [--out FILE]
+
+Per model, each row one `edgekit build` (LiteRT, host) in its own process, cached in --cache:
+- plain INT8 through each converter (onnx2tf's own quantizer; litert-torch with ai-edge-quantizer, min/max);
+- onnx2tf's own 16x8 file (`*_integer_quant_with_int16_act.tflite`, written in the same INT8 conversion),
+  measured here against PyTorch with edgekit's bindings;
+- the whole-model int16x8 target;
+- mixed precision: android-arm64-int8 with `--fallback auto --min-sqnr 40 --max-size <1.5x INT8>
+  --max-latency-ratio 2`, so the ladder climbs (16x8, then float) until the output is within 40 dB, and never
+  ships a model over 1.5x the INT8 model's size or 2x its host latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import write_section
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ("yolo_style_dfl", "tcn_1d")
+
+
+def _sources(model: str, cache: Path) -> tuple[str, Path, Path]:
+    folder = cache / model / "data"
+    if model == "yolo_style_dfl":
+        from benchmarks.zoo import detection
+
+        detection.train()
+        calibration, evaluation = detection.data_files(folder)
+        return "benchmarks.zoo.detection:yolo_style_dfl_trained", calibration, evaluation
+    from benchmarks.zoo import trained
+
+    trained.train(model)
+    data = trained.dataset(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    calibration, evaluation = folder / "calibration.npz", folder / "eval.npz"
+    if not evaluation.exists():
+        np.savez(calibration, x=data["x_train"][:200])
+        np.savez(evaluation, x=data["x_test"][:300], y=data["y_test"][:300])
+    return f"benchmarks.zoo.trained:{model}_trained", calibration, evaluation
+
+
+def build(model: str, name: str, target: str, options: list[str], cache: Path) -> dict:
+    cell = cache / model / name
+    result_file = cell / "result.json"
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+    source, calibration, evaluation = _sources(model, cache)
+    command = [sys.executable, "-m", "edgekit.cli", "build", source, "--target", target, "--calibration",
+               str(calibration), "--eval", str(evaluation), "--out", str(cell / "bundle"), "--force", "--emulator",
+               "host", "--max-drop", "100", "--min-agreement", "0", "--equalize", "off", "--json", *options]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=7200)
+    result = {"exit": done.returncode, "report": json.loads(done.stdout) if done.returncode in (0, 3) else None,
+              "stderr": done.stderr[-3000:], "seconds": round(time.perf_counter() - start, 1)}
+    cell.mkdir(parents=True, exist_ok=True)
+    result_file.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def onnx2tf_16x8(model: str, cache: Path) -> dict:
+    """onnx2tf's own 16x8 file of the model, against PyTorch on the eval data: {"sqnr_db", "bytes", "latency_ms"}."""
+    result_file = cache / model / "onnx2tf_16x8.json"
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+    from edgekit.backends import onnx2tf
+    from edgekit.config import load_target
+    from edgekit.data import load_data
+    from edgekit.drift import output_metrics
+    from edgekit.model import load_model
+    from edgekit.runners.litert import LiteRTRunner
+    from edgekit.runners.onnxrt import OnnxRunner
+    from edgekit.steps.export_onnx import export_onnx, resolve_inputs
+
+    source, calibration, evaluation = _sources(model, cache)
+    loaded = load_model(source)
+    calib, data = load_data(str(calibration), None, "calibration"), load_data(str(evaluation), None, "eval")
+    inputs = resolve_inputs(loaded, {k: v.shape[1:] for k, v in calib.inputs.items()}, None,
+                            {k: v.dtype.name for k, v in calib.inputs.items()})
+    work = cache / model / "onnx2tf"
+    export = export_onnx(loaded, inputs, work / "model.onnx")
+    name = inputs[0].name
+    files = onnx2tf.convert(export, {name: calib.inputs["x"]}, load_target("android-arm64-int8"), "float32", work)
+    path = files.float32.with_name(f"{export.path.stem}_integer_quant_with_int16_act.tflite")
+    samples = {name: data.inputs["x"][:8]}
+    with OnnxRunner(export.path) as runner:
+        reference = runner.run({name: data.inputs["x"]})
+    device_in = onnx2tf.bind_inputs(path, export)
+    device_out, _ = onnx2tf.bind_outputs(path, device_in, samples, {k: v[:8] for k, v in reference.items()})
+    with LiteRTRunner(path, device_in, device_out) as runner:
+        outputs = runner.run({name: data.inputs["x"]})
+        latency = runner.median_latency_ms()
+    sqnr = min(r["sqnr_db"] for r in output_metrics(reference, outputs))
+    result = {"sqnr_db": round(sqnr, 2), "bytes": path.stat().st_size, "latency_ms": round(latency, 4)}
+    result_file.write_text(json.dumps(result))
+    return result
+
+
+def rows_for(model: str, cache: Path) -> list[str]:
+    int8 = {conv: build(model, f"int8-{conv}", "android-arm64-int8", ["--converter", conv], cache)
+            for conv in ("onnx2tf", "litert-torch")}
+    base = int8["onnx2tf"]["report"]
+    size, latency = base["size"]["device_bytes"], base["latency_ms"]["host"]
+    whole = build(model, "int16x8", "android-arm64-int16x8", [], cache)
+    mixed = build(model, "mixed", "android-arm64-int8", [
+        "--converter", "onnx2tf", "--fallback", "auto", "--min-sqnr", "40", "--max-size", str(int(1.5 * size)),
+        "--max-latency-ratio", "2"], cache)
+    theirs = onnx2tf_16x8(model, cache)
+    rows = [_row(model, f"INT8, {conv} (plain)", r["report"], size, latency) for conv, r in int8.items()]
+    rows.append(f"| {model} | 16x8, onnx2tf's own file | {theirs['sqnr_db']:.1f} | {theirs['bytes']:,} | "
+                f"{theirs['bytes'] / size:.2f} | {theirs['latency_ms']:.3f} | {theirs['latency_ms'] / latency:.2f} "
+                f"| all int16x8 |")
+    rows.append(_row(model, "int16x8 target (whole model)", whole["report"], size, latency))
+    rows.append(_row(model, "mixed: INT8 + ladder (--fallback auto --min-sqnr 40)", mixed["report"], size, latency))
+    return rows
+
+
+def _row(model: str, what: str, report: dict | None, size: int, latency: float) -> str:
+    if report is None:
+        return f"| {model} | {what} | failed | | | | | |"
+    sqnr = min(o["sqnr_db"] for o in report["drift"]["outputs"])
+    own_size, own_latency = report["size"]["device_bytes"], report["latency_ms"]["host"]
+    moved = [f"{r['module']} -> {r['precision']}" for r in report.get("layers") or []
+             if r["precision"] not in ("int8", "int16x8") or "mixed precision" in (r.get("chosen_because") or "")]
+    choices = ", ".join(moved) if moved else ("all int16x8" if "int16x8" in what else "all int8")
+    return (f"| {model} | {what} | {sqnr:.1f} | {own_size:,} | {own_size / size:.2f} | {own_latency:.3f} "
+            f"| {own_latency / latency:.2f} | {choices} |")
+
+
+def table(rows: list[str]) -> str:
+    header = ("| model | build | output SQNR vs PyTorch (dB) | device bytes | size / INT8 | host latency (ms) "
+              "| latency / INT8 | per-layer choices |")
+    return "\n".join([header, "|" + "---|" * 8, *rows])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / ".mixed")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "precision.md")
+    args = parser.parse_args(argv)
+    rows = []
+    for model in args.models.split(","):
+        rows += rows_for(model, args.cache)
+        print("\n".join(rows[-5:]), flush=True)
+    write_section(args.out, "bench_mixed", table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
