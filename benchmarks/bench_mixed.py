@@ -91,6 +91,7 @@ def onnx2tf_16x8(model: str, cache: Path) -> dict:
     inputs = resolve_inputs(loaded, {k: v.shape[1:] for k, v in calib.inputs.items()}, None,
                             {k: v.dtype.name for k, v in calib.inputs.items()})
     work = cache / model / "onnx2tf"
+    work.mkdir(parents=True, exist_ok=True)
     export = export_onnx(loaded, inputs, work / "model.onnx")
     name = inputs[0].name
     files = onnx2tf.convert(export, {name: calib.inputs["x"]}, load_target("android-arm64-int8"), "float32", work)

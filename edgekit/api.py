@@ -157,7 +157,8 @@ def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Wr
                                     f"({', '.join(plan.route.ladder(plan.target))})"):
             device, measured = run_fallback(plan.route, plan.target, device, measured,
                                             lambda candidate: _evaluate(plan, export, candidate, device_plan, tasks),
-                                            bounds)
+                                            bounds, lambda rows: _sensitivity(export, rows, plan),
+                                            lambda candidate: _measure(plan, export, candidate, device_plan, tasks))
     if plan.emulator == "arm64":
         count = min(plan.options.emulator_samples, plan.evaluation.size)
         with steps.step("emulator", f"running up to {count} samples in the ARM64 emulator ({plan.target.cpu}, "
@@ -195,6 +196,13 @@ def _evaluate(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: 
         f"per-layer drift on {count} samples: the model's activations take "
         f"{activation_bytes(export.path) / 1e6:.0f} MB a sample"]
     return replace(measured, layers=rows, warnings=[*measured.warnings, *notes])
+
+
+def _sensitivity(export: OnnxExport, rows: list[dict], plan: Plan) -> dict[str, float]:
+    """Each quantized activation's effect on the output alone (edgekit/sensitivity.py), on eval samples."""
+    from edgekit.sensitivity import layer_sensitivity
+
+    return layer_sensitivity(export.path, rows, plan.evaluation.inputs)
 
 
 def _thresholds(plan: Plan) -> Thresholds:

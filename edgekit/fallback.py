@@ -15,20 +15,25 @@ if TYPE_CHECKING:
 MAX_FLOAT_LAYERS = 3
 LADDER_LAYERS = 8  # the worst layers the ladder tries, at most
 FLOAT_STEPS = ("float32", "fp16")  # what --max-float-layers counts
+MIN_GAIN_DB = 0.5  # a step that does not make the drift pass is kept only when the output gains this much
 
 
 def run_fallback(route: Route, target, device: DeviceModel, measured, evaluate: Callable[[DeviceModel], object],
-                 bounds: Bounds | None = None) -> tuple[DeviceModel, object]:
+                 bounds: Bounds | None = None, sensitivity: Callable[[list[dict]], dict[str, float]] | None = None,
+                 measure: Callable[[DeviceModel], object] | None = None) -> tuple[DeviceModel, object]:
     """Returns the device model to ship and its measurement; every step is recorded in the warnings, and the
     layers moved out of INT8 stay in `layers` with the precision they ship in and why. When the per-layer ladder
-    is not possible or not enough, the route's own accuracy control (OpenVINO: NNCF's) has the last word."""
+    is not possible or not enough, the route's own accuracy control (OpenVINO: NNCF's) has the last word.
+    `evaluate` measures drift and per-layer rows; `measure` (default: `evaluate`) the drift alone, for ladder steps."""
     if measured.drift["passed"]:
         return device, measured
     candidate, result = device, measured
-    if (device.with_float is not None or device.with_precisions is not None) and measured.layers:
-        candidate, result = _mixed(route, target, device, measured, evaluate, bounds or Bounds())
+    ladder = (device.with_float is not None or device.with_precisions is not None) and bool(measured.layers)
+    if ladder:
+        candidate, result = _mixed(route, target, device, measured, (measure or evaluate, evaluate),
+                                   bounds or Bounds(), sensitivity)
     if result.drift["passed"] or device.own_fallback is None:
-        if candidate is device:
+        if candidate is device and not ladder:
             note = "fallback auto: this route cannot keep layers in float; the INT8 model is shipped as measured"
             return device, replace(measured, warnings=[*measured.warnings, note])
         return candidate, result
@@ -62,8 +67,9 @@ def _ladder(route: Route, target, device: DeviceModel, measured, evaluate: Calla
             bounds: Bounds) -> tuple[DeviceModel, object, dict[str, str], list[dict]]:
     """The worst layers, one at a time, up the route's ladder (LiteRT INT8: 16x8, then float; Jetson: FP16): each
     step of a layer is built and measured (drift, size, host latency); the first step within the bounds that makes
-    the drift pass is kept, else the most faithful step within them, and the next layer is tried, until the drift
-    passes. Returns the model, its measurement, {tensor: precision} moved and every step tried."""
+    the drift pass is kept, else the most faithful step within them when it gains MIN_GAIN_DB on the worst output
+    (a layer whose move does not help stays as it was), and the next layer is tried, until the drift passes.
+    Returns the model, its measurement, {tensor: precision} moved and every step tried."""
     chosen: dict[str, str] = {}
     candidate, result, history = device, measured, []
     base_latency = measured.latency_ms.get("host")
@@ -81,8 +87,8 @@ def _ladder(route: Route, target, device: DeviceModel, measured, evaluate: Calla
             if entry["within_bounds"] and outcome.drift["passed"]:
                 best = (step, trial, outcome, entry)
                 break
-        if best is None:
-            continue
+        if best is None or not (best[2].drift["passed"] or _worst_sqnr(best[2]) >= _worst_sqnr(result) + MIN_GAIN_DB):
+            continue  # no step fits, or none measurably helps: the layer stays as it was
         chosen[row["tensor"]], candidate, result = best[0], best[1], best[2]
         best[3]["kept"] = True
         if result.drift["passed"]:
@@ -94,7 +100,8 @@ def _entry(row: dict, step: str, trial: DeviceModel, outcome, base_latency: floa
     latency = outcome.latency_ms.get("host")
     ratio = latency / base_latency if latency and base_latency else None
     size = model_bytes(trial)
-    return {"module": row["module"], "tensor": row["tensor"], "precision": step, "passed": outcome.drift["passed"],
+    return {"module": row["module"], "tensor": row["tensor"], "sensitivity_db": row.get("sensitivity_db"),
+            "precision": step, "passed": outcome.drift["passed"],
             "sqnr_db": round(_worst_sqnr(outcome), 2), "accuracy_drop": outcome.drift["accuracy_drop"],
             "device_bytes": size, "host_latency_ms": None if latency is None else round(latency, 4),
             "latency_ratio": None if ratio is None else round(ratio, 2), "within_bounds": bounds.fits(size, ratio),
@@ -105,14 +112,26 @@ def _worst_sqnr(measured) -> float:
     return min((o["sqnr_db"] for o in measured.drift["outputs"]), default=0.0)
 
 
-def _mixed(route: Route, target, device: DeviceModel, measured, evaluate, bounds: Bounds):
-    """The ladder's model, with `layers` saying what each moved layer ships in and why, and the steps tried."""
-    candidate, result, chosen, history = _ladder(route, target, device, measured, evaluate, bounds)
+def _mixed(route: Route, target, device: DeviceModel, measured, evaluators: tuple, bounds: Bounds,
+           sensitivity=None):
+    """The ladder's model, with `layers` saying what each moved layer ships in and why, and the steps tried. The
+    layers are tried most sensitive first (`sensitivity`: output SQNR with only that layer quantized), else worst
+    local SQNR first."""
+    scores = sensitivity(measured.layers) if sensitivity is not None else {}
+    ordered = sorted(measured.layers, key=lambda r: (r["tensor"] not in scores, scores.get(r["tensor"], 0.0),
+                                                    r["sqnr_db"] if r["sqnr_db"] is not None else 0.0))
+    ordered = [{**r, "sensitivity_db": scores.get(r["tensor"])} for r in ordered]
+    measure, evaluate = evaluators
+    candidate, result, chosen, history = _ladder(route, target, device, replace(measured, layers=ordered), measure,
+                                                 bounds)
+    if chosen and measure is not evaluate:
+        result = evaluate(candidate)  # the shipped model, with its per-layer rows
     if not chosen:
-        note = (f"fallback auto: no ladder step ({', '.join(route.ladder(target))}) of the {len(history)} tried "
-                "fits the bounds (--max-size, --max-latency-ratio, --max-float-layers); shipped as first built")
+        note = (f"fallback auto: none of the {len(history)} ladder step(s) tried ({', '.join(route.ladder(target))}) "
+                "fits the bounds (--max-size, --max-latency-ratio, --max-float-layers) and helps; shipped as first "
+                "built")
         return device, replace(measured, ladder=history, warnings=[*measured.warnings, note])
-    rows = {row["tensor"]: row for row in measured.layers}
+    rows = {row["tensor"]: row for row in ordered}
     moved = [{**rows[t], "precision": p, "chosen_because": _because(rows[t], p, history)} for t, p in chosen.items()]
     others = [row for row in result.layers or [] if row["tensor"] not in chosen]
     kept = [rows[t] for t in chosen]
@@ -128,8 +147,9 @@ def _because(row: dict, precision: str, history: list[dict]) -> str:
     steps = "; ".join(f"{e['precision']}: {e['sqnr_db']:.1f} dB, {e['device_bytes']:,} bytes, latency x"
                       f"{e['latency_ratio'] if e['latency_ratio'] is not None else 'n/a'}"
                       f"{'' if e['within_bounds'] else ' (over the bounds)'}" for e in tried)
-    return (f"mixed precision (fallback auto): drift over the threshold, worst local SQNR ({row['sqnr_db']:.1f} dB); "
-            f"tried {steps}; kept {precision}")
+    why = (f"output SQNR {row['sensitivity_db']:.1f} dB with only this layer in INT8" if row.get("sensitivity_db")
+           is not None else f"worst local SQNR ({row['sqnr_db']:.1f} dB)")
+    return f"mixed precision (fallback auto): drift over the threshold, {why}; tried {steps}; kept {precision}"
 
 
 def _ladder_notes(result) -> list[str]:

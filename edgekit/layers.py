@@ -173,7 +173,8 @@ def layer_drift(export_path: Path, modules: dict[str, str], float_path: Path, de
         group = fused_modules(graph, tensor, set(to_onnx.values()) - {tensor}, modules)
         rows.append({"module": group[0] if group else modules.get(tensor), "modules": group, "tensor": tensor,
                      "device_tensor": act["name"], "float_tensor": ref["name"], "op": act["op"],
-                     "scale": act["scale"], "precision": "int16x8" if act["dtype"] == "int16" else "int8",
+                     "scale": act["scale"], "zero_point": act["zero_point"], "dtype": act["dtype"],
+                     "precision": "int16x8" if act["dtype"] == "int16" else "int8",
                      "sqnr_db": round(local_sqnr_db(ref["values"], act["scale"], act["zero_point"], act["dtype"]), 3),
                      "accumulated_sqnr_db": round(sqnr_db(ref["values"], act["values"]), 3)})
     return sorted(rows, key=lambda r: r["sqnr_db"])
@@ -198,7 +199,8 @@ def qdq_layer_drift(export_path: Path, qdq_path: Path, modules: dict[str, str],
         dq_out = device.get(dequantized.get(node.output[0], ""))
         group = fused_modules(graph, tensor, stops - {tensor}, modules)
         rows.append({"module": group[0] if group else modules.get(tensor), "modules": group, "tensor": tensor,
-                     "device_tensor": node.output[0], "op": "QuantizeLinear", "scale": scale,
+                     "device_tensor": node.output[0], "op": "QuantizeLinear", "scale": scale, "zero_point": 0,
+                     "dtype": "int8",
                      "sqnr_db": round(local_sqnr_db(floats[tensor], scale, 0, "int8", axis=1), 3),
                      "accumulated_sqnr_db": None if dq_out is None else round(sqnr_db(floats[tensor], dq_out), 3)})
     return sorted(rows, key=lambda r: r["sqnr_db"])
@@ -262,6 +264,7 @@ def openvino_layer_drift(export_path: Path, xml_path: Path, modules: dict[str, s
         group = fused_modules(graph, tensor, stops - {tensor}, modules)
         rows.append({"module": group[0] if group else modules.get(tensor), "modules": group, "tensor": tensor,
                      "device_tensor": op.get_friendly_name(), "op": "FakeQuantize", "scale": scale,
+                     "zero_point": round(-low / scale), "dtype": "uint8",
                      "sqnr_db": round(local_sqnr_db(floats[tensor], scale, round(-low / scale), "uint8", axis=1), 3),
                      "accumulated_sqnr_db": round(sqnr_db(floats[tensor], np.concatenate(device)), 3)})
     return sorted(rows, key=lambda r: r["sqnr_db"])

@@ -34,8 +34,9 @@ def test_jetson_fallback_keeps_the_culprit_in_float_and_passes(broken, digits, t
     assert fixed.report["quantization"]["float_modules"] == ["features.4"]  # it reads the culprit's activation
     moved, *others = fixed.report["layers"]
     assert moved["module"] == "features.1" and moved["precision"] == "fp16"  # no Q/DQ: FP16 in the engine
-    assert moved["chosen_because"].startswith("mixed precision (fallback auto): drift over the threshold, worst "
-                                              "local SQNR")
+    assert moved["chosen_because"].startswith("mixed precision (fallback auto): drift over the threshold, output "
+                                              "SQNR")  # measured with only this layer quantized
+    assert "dB with only this layer in INT8" in moved["chosen_because"]
     assert moved["chosen_because"].endswith("kept fp16")
     assert others and {r["precision"] for r in others} == {"int8"}
     assert any(w.startswith("fallback auto kept 1 activation(s) out of INT8 (features.1 -> fp16), computing features.4")
@@ -129,3 +130,20 @@ def test_fallback_and_per_layer_drift_on_saved_models(form, broken, digits, tmp_
     moved = fixed.report["layers"][0]
     # TorchScript's exporter folds the batch norm (features.1) into the conv before it: the culprit is their output
     assert moved["module"] == ("features.0" if form == "ts" else "features.1") and moved["precision"] == "fp16"
+
+
+def test_sensitivity_ranks_the_culprit_by_its_effect_on_the_output(broken, digits, tmp_path: Path):
+    """One INT8 activation at a time in the float export: the outlier's activation alone ruins the output, every
+    other one alone leaves it above 35 dB."""
+    from edgekit.sensitivity import layer_sensitivity
+
+    _, data = digits
+    failed = _build(broken, data, "android-arm64-int8", tmp_path / "minmax", converter="litert-torch")
+    rows = failed.report["layers"]
+    reference = tmp_path / "minmax" / "reference.onnx"
+    name = onnx.load(str(reference)).graph.input[0].name
+    scores = layer_sensitivity(reference, rows, {name: data["x_eval"]})
+    assert set(scores) == {r["tensor"] for r in rows if r["tensor"] in scores} and len(scores) >= 4
+    worst = min(scores, key=scores.get)
+    assert worst == next(r["tensor"] for r in rows if r["module"] == "features.1") and scores[worst] < 5.0
+    assert all(v > 35.0 for k, v in scores.items() if k != worst)
