@@ -19,15 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks import write_section
+from benchmarks import cached_build, markdown_table, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("yolo_style_dfl", "tcn_1d")
@@ -54,22 +50,10 @@ def _sources(model: str, cache: Path) -> tuple[str, Path, Path]:
 
 
 def build(model: str, name: str, target: str, options: list[str], cache: Path) -> dict:
-    cell = cache / model / name
-    result_file = cell / "result.json"
-    if result_file.exists():
-        return json.loads(result_file.read_text())
     source, calibration, evaluation = _sources(model, cache)
-    command = [sys.executable, "-m", "edgekit.cli", "build", source, "--target", target, "--calibration",
-               str(calibration), "--eval", str(evaluation), "--out", str(cell / "bundle"), "--force", "--emulator",
-               "host", "--max-drop", "100", "--min-agreement", "0", "--equalize", "off", "--json", *options]
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=7200)
-    result = {"exit": done.returncode, "report": json.loads(done.stdout) if done.returncode in (0, 3) else None,
-              "stderr": done.stderr[-3000:], "seconds": round(time.perf_counter() - start, 1)}
-    cell.mkdir(parents=True, exist_ok=True)
-    result_file.write_text(json.dumps(result, indent=1))
-    return result
+    return cached_build(cache / model / name, [
+        source, "--target", target, "--calibration", str(calibration), "--eval", str(evaluation), "--emulator",
+        "host", "--max-drop", "100", "--min-agreement", "0", "--equalize", "off", *options])
 
 
 def onnx2tf_16x8(model: str, cache: Path) -> dict:
@@ -143,9 +127,8 @@ def _row(model: str, what: str, report: dict | None, size: int, latency: float) 
 
 
 def table(rows: list[str]) -> str:
-    header = ("| model | build | output SQNR vs PyTorch (dB) | device bytes | size / INT8 | host latency (ms) "
-              "| latency / INT8 | per-layer choices |")
-    return "\n".join([header, "|" + "---|" * 8, *rows])
+    return markdown_table(["model", "build", "output SQNR vs PyTorch (dB)", "device bytes", "size / INT8",
+                           "host latency (ms)", "latency / INT8", "per-layer choices"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,14 +14,9 @@ Host latency is LiteRT's median per sample on this x86 host, with its reference 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from benchmarks import write_section
+from benchmarks import cached_build, markdown_table, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "01_android_int8"
@@ -41,23 +36,11 @@ def _sources(model: str, cache: Path) -> tuple[str, Path, Path]:
 
 def run_cell(model: str, precision: str, cache: Path) -> dict:
     """One build (or its cached result): {"exit", "report", "stderr", "seconds"}."""
-    cell = cache / model / precision
-    result_file = cell / "result.json"
-    if result_file.exists():
-        return json.loads(result_file.read_text())
     source, calib, evaluation = _sources(model, cache)
-    command = [sys.executable, "-m", "edgekit.cli", "build", source, "--target", f"android-arm64-{precision}",
-               "--calibration", str(calib), "--eval", str(evaluation), "--out", str(cell / "bundle"), "--force",
-               "--emulator", "host", "--converter", "litert-torch", "--max-drop", "100", "--min-agreement", "0",
-               "--min-sqnr", "0", "--json"]
-    start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=3600)
-    result = {"exit": done.returncode, "report": json.loads(done.stdout) if done.returncode in (0, 3) else None,
-              "stderr": done.stderr[-3000:], "seconds": round(time.perf_counter() - start, 1)}
-    cell.mkdir(parents=True, exist_ok=True)
-    result_file.write_text(json.dumps(result, indent=1))
-    return result
+    return cached_build(cache / model / precision, [
+        source, "--target", f"android-arm64-{precision}", "--calibration", str(calib), "--eval", str(evaluation),
+        "--emulator", "host", "--converter", "litert-torch", "--max-drop", "100", "--min-agreement", "0",
+        "--min-sqnr", "0"])
 
 
 def _layers(report: dict) -> str:
@@ -84,9 +67,9 @@ def row(model: str, precision: str, result: dict, fp32: dict | None) -> str:
 
 
 def table(rows: list[str]) -> str:
-    header = ("| model | precision | quantization SQNR (dB) | SQNR vs PyTorch (dB) | accuracy drop (points) "
-              "| device bytes | size / fp32 | host latency (ms) | latency / fp32 | layers (precision: count) |")
-    return "\n".join([header, "|" + "---|" * 10, *rows])
+    return markdown_table(["model", "precision", "quantization SQNR (dB)", "SQNR vs PyTorch (dB)",
+                           "accuracy drop (points)", "device bytes", "size / fp32", "host latency (ms)",
+                           "latency / fp32", "layers (precision: count)"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:
