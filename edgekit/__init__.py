@@ -24,8 +24,10 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from edgekit.api import BuildResult, build, check
+    from edgekit.matrix_run import MatrixResult, matrix
 
-_LAZY = {"build": "edgekit.api", "check": "edgekit.api", "BuildResult": "edgekit.api"}
+_LAZY = {"build": "edgekit.api", "check": "edgekit.api", "BuildResult": "edgekit.api",
+         "matrix": "edgekit.matrix_run", "MatrixResult": "edgekit.matrix_run"}
 
 
 def __getattr__(name: str) -> Any:
@@ -48,6 +50,7 @@ __all__ = [
     "EdgekitError",
     "EmulatorError",
     "Fallback",
+    "MatrixResult",
     "ModelError",
     "Prune",
     "Target",
@@ -57,4 +60,5 @@ __all__ = [
     "check",
     "list_targets",
     "load_target",
+    "matrix",
 ]

@@ -22,9 +22,13 @@ class LiteRTRoute(Route):
     def check_request(self, plan) -> None:
         """The converters' own checks: two converters, int8 I/O and every calibration method are offered."""
         from edgekit.backends.choose import check_converter
+        from edgekit.errors import UnsupportedError
         from edgekit.routes import check_method
 
         check_method(plan, self.methods, self.name, self.weight_methods)
+        if plan.io == "int8" and plan.target.precision != "int8":
+            raise UnsupportedError(f"--io int8 (full-integer I/O) needs an INT8 target; {plan.target.name} is "
+                                   f"{plan.target.precision}", hint="drop --io, or build android-arm64-int8")
         check_converter(plan)
 
     def ladder(self, target) -> tuple[str, ...]:
