@@ -33,13 +33,15 @@ class MatrixResult:
 
 
 def matrix(path: str | Path, out: str | Path | None = None, jobs: int | None = None,
-           progress: Callable[[str], None] | None = None) -> MatrixResult:
+           progress: Callable[[str], None] | None = None, resume: bool = False) -> MatrixResult:
     """`edgekit matrix`: read and check MATRIX.toml completely (ConfigError, exit 2, before any build), build
-    every cell into OUT (default: dist/<matrix-stem>), write OUT/matrix.json."""
+    every cell into OUT (default: dist/<matrix-stem>), write OUT/matrix.json. `resume`: a cell whose bundle
+    exists from a build of the same inputs (command, file contents, tool versions) is not built again."""
     from edgekit.matrix_file import load_matrix
 
     loaded = load_matrix(path)
-    return run_matrix(loaded, Path(out) if out is not None else Path("dist") / loaded.source.stem, jobs, progress)
+    return run_matrix(loaded, Path(out) if out is not None else Path("dist") / loaded.source.stem, jobs, progress,
+                      resume)
 
 
 def default_jobs() -> int:
@@ -53,7 +55,7 @@ def default_jobs() -> int:
 
 
 def run_matrix(matrix: Matrix, out: Path, jobs: int | None = None,
-               progress: Callable[[str], None] | None = None) -> MatrixResult:
+               progress: Callable[[str], None] | None = None, resume: bool = False) -> MatrixResult:
     """Build every cell (at most `jobs` at once), write OUT/matrix.json, return the cells and the exit code: 1 if
     any cell gave 1, else 2 if any gave 2, else 3 if any gave 3, else 0. A failing cell never stops the others."""
     out = Path(out)
@@ -63,10 +65,14 @@ def run_matrix(matrix: Matrix, out: Path, jobs: int | None = None,
     say(f"matrix {matrix.source.name}: {len(matrix.cells)} cells, {jobs} at a time, bundles under {out}")
     children: dict[str, subprocess.Popen] = {}
     lock = threading.Lock()
-    done: dict[str, dict] = {}
+    hashes = {cell.bundle: inputs_hash(cell, out) for cell in matrix.cells}
+    done = {cell.bundle: row for cell in matrix.cells if resume and (row := _resumed(cell, out, hashes[cell.bundle]))}
+    if done:
+        say(f"--resume: {len(done)} of {len(matrix.cells)} cells already built from the same inputs, kept")
     try:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(_build, cell, out, children, lock): cell for cell in matrix.cells}
+            futures = {pool.submit(_build, cell, out, children, lock, hashes[cell.bundle]): cell
+                       for cell in matrix.cells if cell.bundle not in done}
             for future in as_completed(futures):
                 row = future.result()
                 done[futures[future].bundle] = row
@@ -101,10 +107,11 @@ def cell_command(cell: Cell, out: Path) -> list[str]:
     return command
 
 
-def _build(cell: Cell, out: Path, children: dict, lock: threading.Lock) -> dict:
+def _build(cell: Cell, out: Path, children: dict, lock: threading.Lock, digest: str) -> dict:
     start = time.perf_counter()
     log = out / cell.model.name / f"{cell.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    _stamp(cell, out).unlink(missing_ok=True)
     with open(log, "w") as stderr:
         child = subprocess.Popen(cell_command(cell, out), stdout=subprocess.PIPE, stderr=stderr, text=True)
         with lock:
@@ -113,7 +120,58 @@ def _build(cell: Cell, out: Path, children: dict, lock: threading.Lock) -> dict:
         with lock:
             children.pop(cell.bundle, None)
     report = _report(stdout) if child.returncode in (0, 3) else None
+    if report is not None:  # the bundle is complete: --resume may keep it
+        _stamp(cell, out).write_text(digest)
     return _row(cell, child.returncode, report, log, time.perf_counter() - start)
+
+
+def inputs_hash(cell: Cell, out: Path) -> str:
+    """sha256 of what makes a cell's bundle: its command, the contents of its files, the installed tools."""
+    import hashlib
+
+    command = cell_command(cell, out)[3:]
+    files = {arg: _file_sha256(arg) for arg in command if Path(arg).is_file()}
+    text = json.dumps({"command": command, "files": files, "versions": _versions()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _file_sha256(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("edgekit", "torch", "onnx", "onnxruntime", "onnx2tf", "tensorflow", "litert-torch",
+                 "ai-edge-quantizer", "ai-edge-litert", "openvino", "nncf", "executorch"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _stamp(cell: Cell, out: Path) -> Path:
+    return out / cell.model.name / f"{cell.name}.inputs-sha256"
+
+
+def _resumed(cell: Cell, out: Path, digest: str) -> dict | None:
+    """The row of a bundle already built from the same inputs, from its report.json; None when it must be built."""
+    stamp, report_file = _stamp(cell, out), out / cell.bundle / "report.json"
+    if not (stamp.is_file() and report_file.is_file()) or stamp.read_text() != digest:
+        return None
+    from edgekit.report import passed
+
+    report = json.loads(report_file.read_text())
+    log = out / cell.model.name / f"{cell.name}.log"
+    return {**_row(cell, 0 if passed(report) else 3, report, log, 0.0), "resumed": True}
 
 
 def _report(stdout: str) -> dict | None:
@@ -134,7 +192,7 @@ def _row(cell: Cell, code: int, report: dict | None, log: Path, seconds: float) 
             "size": None if report is None else {"device_bytes": report["size"]["device_bytes"],
                                                  "device_gzip_bytes": report["size"]["device_gzip_bytes"]},
             "latency_ms": None if report is None else report["latency_ms"].get("host"),
-            "seconds": round(seconds, 1), "error": None if report else _error(log)}
+            "seconds": round(seconds, 1), "error": None if report else _error(log), "resumed": False}
 
 
 def _error(log: Path) -> str:

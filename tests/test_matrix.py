@@ -113,3 +113,35 @@ calibration_method = "entropy"
 """)
     cells = [c.name for c in load_matrix(tmp_path / "matrix.toml").cells]
     assert cells == ["android-arm64-int8-minmax", "android-arm64-fp16", "jetson-orin-int8-entropy"]
+
+
+def test_resume_rebuilds_only_the_missing_or_changed_cells(digits_files, tmp_path: Path):
+    import shutil
+
+    matrix = tmp_path / "m.toml"
+    matrix.write_text(f"""
+[[models]]
+name = "digits"
+model = "{digits_files['pt2']}"
+calibration = "{digits_files['calib']}"
+eval = "{digits_files['eval']}"
+
+[axes]
+target = "android-arm64-fp32"
+emulator = "host"
+seed = [0, 1]
+""")
+    first = edgekit.matrix(matrix, tmp_path / "out", jobs=2)
+    assert first.exit_code == 0 and [c["resumed"] for c in first.cells] == [False, False]
+    kept = tmp_path / "out" / first.cells[1]["bundle"] / "manifest.json"
+    stamp = kept.stat().st_mtime_ns
+    shutil.rmtree(tmp_path / "out" / first.cells[0]["bundle"])  # an interrupted run lost this one
+    lines: list[str] = []
+    again = edgekit.matrix(matrix, tmp_path / "out", jobs=2, resume=True, progress=lines.append)
+    assert [c["resumed"] for c in again.cells] == [False, True] and again.exit_code == 0
+    assert kept.stat().st_mtime_ns == stamp  # not rebuilt
+    assert "--resume: 1 of 2 cells already built from the same inputs, kept" in lines
+    assert again.cells[1]["drift"] == first.cells[1]["drift"] and again.cells[1]["size"] == first.cells[1]["size"]
+    matrix.write_text(matrix.read_text().replace('eval = "', 'max_drop = 2.0\neval = "'))  # a changed input
+    changed = edgekit.matrix(matrix, tmp_path / "out", jobs=2, resume=True)
+    assert [c["resumed"] for c in changed.cells] == [False, False]
