@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from edgekit.device import DeviceModel, model_bytes
+from edgekit.errors import EdgekitError
 
 if TYPE_CHECKING:
     from edgekit.routes import Route
@@ -78,9 +79,8 @@ def _ladder(route: Route, target, device: DeviceModel, measured, evaluate: Calla
         for step in route.ladder(target):
             if step in FLOAT_STEPS and sum(p in FLOAT_STEPS for p in chosen.values()) >= bounds.max_float_layers:
                 continue
-            trial = route.set_precisions(device, {**chosen, row["tensor"]: step}, measured.layers, target)
-            outcome = evaluate(trial)
-            entry = _entry(row, step, trial, outcome, base_latency, bounds)
+            trial, outcome, entry = _step(route, target, device, measured, evaluate, {**chosen, row["tensor"]: step},
+                                          (row, step, base_latency, bounds))
             history.append(entry)
             if entry["within_bounds"] and (best is None or _worst_sqnr(outcome) > _worst_sqnr(best[2])):
                 best = (step, trial, outcome, entry)
@@ -96,20 +96,42 @@ def _ladder(route: Route, target, device: DeviceModel, measured, evaluate: Calla
     return candidate, result, chosen, history
 
 
-def _entry(row: dict, step: str, trial: DeviceModel, outcome, base_latency: float | None, bounds: Bounds) -> dict:
+def _step(route: Route, target, device: DeviceModel, measured, evaluate, precisions: dict[str, str], about: tuple):
+    """One ladder step built and measured: (model, measurement, ladder entry). A step the route cannot build or
+    the runtime cannot run (a 16x8 op without a kernel) is recorded with its error and never kept."""
+    row, step, base_latency, bounds = about
+    try:
+        trial = route.set_precisions(device, precisions, measured.layers, target)
+        outcome = evaluate(trial)
+    except EdgekitError as exc:
+        return None, None, {**_entry(row, step, None, None, base_latency, bounds), "error": exc.message}
+    return trial, outcome, _entry(row, step, trial, outcome, base_latency, bounds)
+
+
+def _entry(row: dict, step: str, trial: DeviceModel | None, outcome, base_latency: float | None,
+           bounds: Bounds) -> dict:
+    entry = {"module": row["module"], "tensor": row["tensor"], "sensitivity_db": row.get("sensitivity_db"),
+             "precision": step, "passed": False, "sqnr_db": None, "accuracy_drop": None, "device_bytes": None,
+             "host_latency_ms": None, "latency_ratio": None, "within_bounds": False, "kept": False, "error": None}
+    if trial is None:
+        return entry
     latency = outcome.latency_ms.get("host")
     ratio = latency / base_latency if latency and base_latency else None
     size = model_bytes(trial)
-    return {"module": row["module"], "tensor": row["tensor"], "sensitivity_db": row.get("sensitivity_db"),
-            "precision": step, "passed": outcome.drift["passed"],
-            "sqnr_db": round(_worst_sqnr(outcome), 2), "accuracy_drop": outcome.drift["accuracy_drop"],
-            "device_bytes": size, "host_latency_ms": None if latency is None else round(latency, 4),
-            "latency_ratio": None if ratio is None else round(ratio, 2), "within_bounds": bounds.fits(size, ratio),
-            "kept": False}
+    return {**entry, "passed": outcome.drift["passed"], "sqnr_db": _rounded(_worst_sqnr(outcome)),
+            "accuracy_drop": outcome.drift["accuracy_drop"], "device_bytes": size,
+            "host_latency_ms": None if latency is None else round(latency, 4),
+            "latency_ratio": None if ratio is None else round(ratio, 2), "within_bounds": bounds.fits(size, ratio)}
+
+
+def _rounded(value: float) -> float | None:
+    return round(value, 2) if value != float("-inf") else None
 
 
 def _worst_sqnr(measured) -> float:
-    return min((o["sqnr_db"] for o in measured.drift["outputs"]), default=0.0)
+    """The worst output's SQNR vs PyTorch; -inf when an output is not finite (its SQNR is null)."""
+    values = [o["sqnr_db"] for o in measured.drift["outputs"]]
+    return float("-inf") if any(v is None for v in values) else min(values, default=0.0)
 
 
 def _mixed(route: Route, target, device: DeviceModel, measured, evaluators: tuple, bounds: Bounds,
@@ -144,12 +166,19 @@ def _mixed(route: Route, target, device: DeviceModel, measured, evaluators: tupl
 
 def _because(row: dict, precision: str, history: list[dict]) -> str:
     tried = [e for e in history if e["tensor"] == row["tensor"]]
-    steps = "; ".join(f"{e['precision']}: {e['sqnr_db']:.1f} dB, {e['device_bytes']:,} bytes, latency x"
-                      f"{e['latency_ratio'] if e['latency_ratio'] is not None else 'n/a'}"
-                      f"{'' if e['within_bounds'] else ' (over the bounds)'}" for e in tried)
+    steps = "; ".join(_tried(e) for e in tried)
     why = (f"output SQNR {row['sensitivity_db']:.1f} dB with only this layer in INT8" if row.get("sensitivity_db")
            is not None else f"worst local SQNR ({row['sqnr_db']:.1f} dB)")
     return f"mixed precision (fallback auto): drift over the threshold, {why}; tried {steps}; kept {precision}"
+
+
+def _tried(entry: dict) -> str:
+    if entry["error"]:
+        return f"{entry['precision']}: could not be built or run ({entry['error']})"
+    sqnr = "non-finite output" if entry["sqnr_db"] is None else f"{entry['sqnr_db']:.1f} dB"
+    ratio = "n/a" if entry["latency_ratio"] is None else entry["latency_ratio"]
+    return (f"{entry['precision']}: {sqnr}, {entry['device_bytes']:,} bytes, latency x{ratio}"
+            f"{'' if entry['within_bounds'] else ' (over the bounds)'}")
 
 
 def _ladder_notes(result) -> list[str]:

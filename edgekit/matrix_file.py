@@ -132,7 +132,8 @@ def _model(entry: dict, folder: Path, index: int) -> Model:
         raise ConfigError(f"{where}: name {entry['name']!r} is not a plain name",
                           hint="letters, digits, '-', '_' and '.': it names the model's folder under OUT")
     model = _located(entry["model"], folder, where, factory_ok=True)
-    data = {key: _located(entry[key], folder, where) for key in ("calibration", "eval") if key in entry}
+    data = {key: _located(entry[key], folder, where, factory_ok=True) for key in ("calibration", "eval")
+            if key in entry}
     settings = {key: entry[key] for key in SETTINGS if key in entry}
     for key in ("recipe", "outputs"):
         if key in settings:
@@ -175,6 +176,8 @@ def _axes(raw: dict, path: Path) -> dict:
 
 def _value(key: str, value, where: str) -> None:
     if key == "target":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: target {value!r} is not a target name", hint="see `edgekit targets`")
         load_target(value)  # unknown target: ConfigError naming the known ones
     elif AXES[key] is not None and value not in AXES[key]:
         raise ConfigError(f"{where}: {key} = {value!r} is not one of {', '.join(map(str, AXES[key]))}",
@@ -200,6 +203,9 @@ def _expand(models: tuple[Model, ...], axes: dict, excludes: list[dict], include
     for model in models:
         for combo in [*(c for c in combos if not any(_matches(model, c, rule) for rule in excludes)),
                       *(_included(model, rule) for rule in includes if rule.get("model", model.name) == model.name)]:
+            if "target" not in combo:
+                raise ConfigError(f"{path}: a cell of {model.name} has no target ({combo or 'no axes'})",
+                                  hint="add target = [...] to [axes], or a target to every [[include]]")
             cell = Cell(model, _applicable(combo))
             if cell.bundle in seen:  # the same build (an axis that does not apply collapses cells into one)
                 if seen[cell.bundle] != cell.axes:
@@ -228,11 +234,15 @@ def _applicable(combo: dict) -> dict:
     if not target.calibrated:
         dropped |= {"calibration_method", "percentile"}
     if target.precision in ("fp32", "fp16"):
-        dropped |= {"weight_method", "fallback", "equalize", "max_size", "max_latency_ratio", "max_float_layers"}
+        dropped |= {"weight_method", "fallback"}
     if target.route != "litert":
         dropped |= {"converter", "weight_method"}
-    if combo.get("calibration_method", "percentile") != "percentile":
+    if target.precision != "int8":  # equalization only measures itself for INT8
+        dropped.add("equalize")
+    if combo.get("calibration_method", "minmax") != "percentile":
         dropped.add("percentile")
+    if combo.get("fallback", "none") != "auto" or "fallback" in dropped:  # the bounds of --fallback auto
+        dropped |= {"max_size", "max_latency_ratio", "max_float_layers"}
     return {k: v for k, v in combo.items() if k not in dropped}
 
 

@@ -63,23 +63,28 @@ def run_matrix(matrix: Matrix, out: Path, jobs: int | None = None,
     jobs = jobs or default_jobs()
     say = progress or (lambda line: None)
     say(f"matrix {matrix.source.name}: {len(matrix.cells)} cells, {jobs} at a time, bundles under {out}")
-    children: dict[str, subprocess.Popen] = {}
-    lock = threading.Lock()
-    hashes = {cell.bundle: inputs_hash(cell, out) for cell in matrix.cells}
+    children = _Children()
+    hashes: dict[str, str] = {}
+    files: dict[str, str] = {}  # path -> sha256, each file read once
+    for cell in matrix.cells:
+        hashes[cell.bundle] = inputs_hash(cell, out, files)
     done = {cell.bundle: row for cell in matrix.cells if resume and (row := _resumed(cell, out, hashes[cell.bundle]))}
     if done:
         say(f"--resume: {len(done)} of {len(matrix.cells)} cells already built from the same inputs, kept")
+    pool = ThreadPoolExecutor(max_workers=jobs)
     try:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(_build, cell, out, children, lock, hashes[cell.bundle]): cell
-                       for cell in matrix.cells if cell.bundle not in done}
-            for future in as_completed(futures):
-                row = future.result()
-                done[futures[future].bundle] = row
-                say(f"[{len(done)}/{len(matrix.cells)}] {_line(row)}")
-    except KeyboardInterrupt:
-        _stop(children, lock)
+        futures = {pool.submit(_build, cell, out, children, hashes[cell.bundle]): cell
+                   for cell in matrix.cells if cell.bundle not in done}
+        for future in as_completed(futures):
+            row = future.result()
+            done[futures[future].bundle] = row
+            say(f"[{len(done)}/{len(matrix.cells)}] {_line(row)}")
+    except BaseException:  # Ctrl-C, SIGTERM: no new cell starts, the running ones stop and clean up
+        pool.shutdown(wait=False, cancel_futures=True)
+        children.stop()
+        pool.shutdown(wait=True)
         raise
+    pool.shutdown()
     cells = [done[cell.bundle] for cell in matrix.cells]
     code = aggregate([c["exit_code"] for c in cells])
     _write(out / "matrix.json", {"schema": SCHEMA_ID, "matrix": str(matrix.source), "axes": matrix.axes,
@@ -98,7 +103,7 @@ def cell_command(cell: Cell, out: Path) -> list[str]:
     """The `edgekit build` command line of one cell."""
     model = cell.model
     command = [sys.executable, "-m", "edgekit.cli", "build", model.model, "--out", str(out / cell.bundle),
-               "--force", "--json"]
+               "--force"]
     for key, value in [("calibration", model.calibration), ("eval", model.eval), *model.settings.items(),
                        *cell.axes.items()]:
         if value is not None:
@@ -107,41 +112,84 @@ def cell_command(cell: Cell, out: Path) -> list[str]:
     return command
 
 
-def _build(cell: Cell, out: Path, children: dict, lock: threading.Lock, digest: str) -> dict:
+class _Children:
+    """The running builds; after stop() none starts and every running one has been sent SIGTERM."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+        self._stopped = False
+
+    def run(self, command: list[str], stderr) -> int:
+        with self._lock:
+            if self._stopped:
+                return 130
+            child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+            self._running.add(child)
+        try:
+            return child.wait()
+        finally:
+            with self._lock:
+                self._running.discard(child)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            running = list(self._running)
+        for child in running:
+            child.terminate()  # the build removes its staging and work folders, stops its own children
+        for child in running:
+            try:
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def _build(cell: Cell, out: Path, children: _Children, digest: str) -> dict | None:
+    if children.stopped:
+        return None
     start = time.perf_counter()
     log = out / cell.model.name / f"{cell.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     _stamp(cell, out).unlink(missing_ok=True)
     with open(log, "w") as stderr:
-        child = subprocess.Popen(cell_command(cell, out), stdout=subprocess.PIPE, stderr=stderr, text=True)
-        with lock:
-            children[cell.bundle] = child
-        stdout, _ = child.communicate()
-        with lock:
-            children.pop(cell.bundle, None)
-    report = _report(stdout) if child.returncode in (0, 3) else None
+        code = children.run(cell_command(cell, out), stderr)
+    report = _report(out / cell.bundle / "report.json") if code in (0, 3) else None
     if report is not None:  # the bundle is complete: --resume may keep it
         _stamp(cell, out).write_text(digest)
-    return _row(cell, child.returncode, report, log, time.perf_counter() - start)
+    return _row(cell, code, report, log, time.perf_counter() - start)
 
 
-def inputs_hash(cell: Cell, out: Path) -> str:
-    """sha256 of what makes a cell's bundle: its command, the contents of its files, the installed tools."""
+def inputs_hash(cell: Cell, out: Path, known: dict[str, str] | None = None) -> str:
+    """sha256 of what makes a cell's bundle: its command, the contents of its files and folders (an image folder),
+    the installed tools. `known`: sha256 already computed, by path."""
     import hashlib
 
+    known = {} if known is None else known
     command = cell_command(cell, out)[3:]
-    files = {arg: _file_sha256(arg) for arg in command if Path(arg).is_file()}
+    for arg in command:
+        if arg not in known and Path(arg).exists() and arg != str(out / cell.bundle):
+            known[arg] = _tree_sha256(Path(arg))
+    files = {arg: known[arg] for arg in command if arg in known}
     text = json.dumps({"command": command, "files": files, "versions": _versions()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _file_sha256(path: str) -> str:
+def _tree_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, or of a folder's file names and bytes."""
     import hashlib
 
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    for item in sorted(path.rglob("*")) if path.is_dir() else [path]:
+        if item.is_file():
+            digest.update(str(item.relative_to(path) if path.is_dir() else item.name).encode())
+            with open(item, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
     return digest.hexdigest()
 
 
@@ -174,10 +222,11 @@ def _resumed(cell: Cell, out: Path, digest: str) -> dict | None:
     return {**_row(cell, 0 if passed(report) else 3, report, log, 0.0), "resumed": True}
 
 
-def _report(stdout: str) -> dict | None:
+def _report(path: Path) -> dict | None:
+    """The bundle's report.json (not the build's stdout, which a model's own prints could garble)."""
     try:
-        return json.loads(stdout)
-    except json.JSONDecodeError:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
         return None
 
 
@@ -204,24 +253,11 @@ def _line(row: dict) -> str:
     drift = row["drift"] or {}
     if row["exit_code"] in (0, 3):
         verdict = "passed" if row["passed"] else "drift over a threshold"
-        drop = drift.get("accuracy_drop")
+        drop, size = drift.get("accuracy_drop"), (row["size"] or {}).get("device_bytes")
         return (f"{row['model']}/{row['name']}: exit {row['exit_code']} ({verdict}), drop "
-                f"{'n/a' if drop is None else f'{drop:.2f}'}, {row['size']['device_bytes']:,} bytes, "
+                f"{'n/a' if drop is None else f'{drop:.2f}'}, {'n/a' if size is None else f'{size:,}'} bytes, "
                 f"{row['seconds']:.1f} s")
     return f"{row['model']}/{row['name']}: exit {row['exit_code']}: {row['error']}"
-
-
-def _stop(children: dict, lock: threading.Lock) -> None:
-    """Ctrl-C: every running build gets SIGTERM (it removes its staging and work folders) and is waited for."""
-    with lock:
-        running = list(children.values())
-    for child in running:
-        child.terminate()
-    for child in running:
-        try:
-            child.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            child.kill()
 
 
 def _write(path: Path, data: dict) -> None:

@@ -147,3 +147,12 @@ def test_sensitivity_ranks_the_culprit_by_its_effect_on_the_output(broken, digit
     worst = min(scores, key=scores.get)
     assert worst == next(r["tensor"] for r in rows if r["module"] == "features.1") and scores[worst] < 5.0
     assert all(v > 35.0 for k, v in scores.items() if k != worst)
+
+
+def test_a_non_finite_output_ranks_below_every_finite_one():
+    from types import SimpleNamespace
+
+    from edgekit.fallback import _worst_sqnr
+
+    assert _worst_sqnr(SimpleNamespace(drift={"outputs": [{"sqnr_db": 30.0}, {"sqnr_db": None}]})) == float("-inf")
+    assert _worst_sqnr(SimpleNamespace(drift={"outputs": [{"sqnr_db": 30.0}, {"sqnr_db": 12.5}]})) == 12.5

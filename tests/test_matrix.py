@@ -89,6 +89,9 @@ def test_the_exit_code_is_the_worst_cell_in_the_contract_order():
     (MINIMAL.replace("max_drop = 1.0", "max_dorp = 1.0"), "unknown keys max_dorp"),
     (MINIMAL + '\n[[exclude]]\ntarget = "android-arm64-int8"\n[[exclude]]\ntarget = "android-arm64-fp16"\n',
      "every cell is excluded"),
+    (MINIMAL.split("[axes]")[0] + '[axes]\ncalibration_method = ["minmax"]\n', "a cell of digits has no target"),
+    (MINIMAL.replace('target = ["android-arm64-int8", "android-arm64-fp16"]', "target = [8]"),
+     "target 8 is not a target name"),
 ])
 def test_a_bad_matrix_file_is_refused_before_any_build(text, message, tmp_path: Path, monkeypatch):
     monkeypatch.chdir(ROOT)
@@ -113,6 +116,24 @@ calibration_method = "entropy"
 """)
     cells = [c.name for c in load_matrix(tmp_path / "matrix.toml").cells]
     assert cells == ["android-arm64-int8-minmax", "android-arm64-fp16", "jetson-orin-int8-entropy"]
+
+
+def test_settings_that_do_not_apply_collapse_their_cells(tmp_path: Path, monkeypatch):
+    """--percentile only with the percentile method, ladder bounds only with --fallback auto, equalization only on
+    INT8: the build would ignore or refuse them, so the matrix never makes cells of them."""
+    monkeypatch.chdir(ROOT)
+    (tmp_path / "matrix.toml").write_text(MINIMAL.split("[axes]")[0] + """
+[axes]
+target = ["android-arm64-int8", "android-arm64-w4"]
+percentile = [99.9, 99.99]
+fallback = ["none", "auto"]
+max_float_layers = [1, 2]
+equalize = ["auto", "off"]
+""")
+    names = [c.name for c in load_matrix(tmp_path / "matrix.toml").cells]
+    assert names == ["android-arm64-int8-none-auto", "android-arm64-int8-none-off", "android-arm64-int8-auto-1-auto",
+                     "android-arm64-int8-auto-1-off", "android-arm64-int8-auto-2-auto", "android-arm64-int8-auto-2-off",
+                     "android-arm64-w4-none", "android-arm64-w4-auto-1", "android-arm64-w4-auto-2"]
 
 
 def test_resume_rebuilds_only_the_missing_or_changed_cells(digits_files, tmp_path: Path):
@@ -145,3 +166,44 @@ seed = [0, 1]
     matrix.write_text(matrix.read_text().replace('eval = "', 'max_drop = 2.0\neval = "'))  # a changed input
     changed = edgekit.matrix(matrix, tmp_path / "out", jobs=2, resume=True)
     assert [c["resumed"] for c in changed.cells] == [False, False]
+
+
+def test_sigint_stops_the_running_cell_and_starts_no_other(digits_files, tmp_path: Path):
+    """Ctrl-C while the first of three cells converts: exit 130, no cell after it starts, no staging or work
+    folder anywhere, no build process left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_faults import children, wait_gone
+
+    matrix = tmp_path / "m.toml"
+    matrix.write_text(f"""
+[[models]]
+name = "digits"
+model = "{digits_files['pt2']}"
+calibration = "{digits_files['calib']}"
+
+[axes]
+target = "android-arm64-int8"
+emulator = "host"
+seed = [0, 1, 2]
+""")
+    (tmp_path / "tmp").mkdir()
+    run = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "matrix", str(matrix), "--out", str(tmp_path / "out"),
+                            "--jobs", "1"], stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
+    log = tmp_path / "out" / "digits" / "android-arm64-int8-host-0.log"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and "converting" not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.2)
+    builds = children(run.pid)
+    assert builds  # the first cell's build runs
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130 and "Traceback" not in stderr, stderr
+    assert wait_gone(builds) == []
+    assert sorted(p.name for p in (tmp_path / "out" / "digits").iterdir()) == ["android-arm64-int8-host-0.log"]
+    assert list((tmp_path / "tmp").iterdir()) == [] and not (tmp_path / "out" / "matrix.json").exists()

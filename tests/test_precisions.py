@@ -151,3 +151,23 @@ def test_a_weight_method_where_it_does_not_apply_is_refused(target, message, dig
     with pytest.raises(UnsupportedError, match=message) as caught:
         _build(digits_files, target, tmp_path / "b", calibration_method=edgekit.Calibration(weights="octav"))
     assert caught.value.exit_code == 2 and not (tmp_path / "b").exists()
+
+
+def test_a_weight_method_leaves_every_other_op_quantized(digits, tmp_path: Path):
+    """MSE has rules for weighted ops only: the other ops (pooling, reshape, the I/O) stay on INT8 min/max."""
+    import torch
+
+    from edgekit.backends.litert_torch import convert_float
+    from edgekit.runners.litert import open_interpreter
+    from edgekit.steps.quantize_tflite import collect_ranges, quantize_tflite
+
+    model, data = digits
+    x = data["x_calib"][:32].astype(np.float32)
+    path, _ = convert_float(model.eval(), (torch.from_numpy(x[:1]),), tmp_path / "float.tflite")
+    ranges = collect_ranges(path, [{"args_0": x[i:i + 1]} for i in range(len(x))])
+    interpreter = open_interpreter(quantize_tflite(path, ranges, tmp_path / "mse.tflite", io="int8", weights="mse"))
+    details = {t["index"]: t for t in interpreter.get_tensor_details()}
+    kinds = {(op["op_name"], np.dtype(details[int(op["outputs"][0])]["dtype"]).name)
+             for op in interpreter._get_ops_details() if op["op_name"] != "DELEGATE"}
+    assert {dtype for _, dtype in kinds} == {"int8"} and ("MAX_POOL_2D", "int8") in kinds
+    assert np.dtype(interpreter.get_input_details()[0]["dtype"]).name == "int8"

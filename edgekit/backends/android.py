@@ -177,8 +177,9 @@ def requantizer(plan: Plan, export: OnnxExport, floats: tuple[Path, list[Binding
     float_path, float_in, samples = floats
 
     def with_precisions(moves: dict[str, list[dict]]) -> DeviceModel:
+        # a weight-quantized layer is its own op: its readers keep their own weights
         scopes = {precision: _producer_and_consumer_outputs(float_path, [r.get("float_tensor") or r["device_tensor"]
-                                                                          for r in rows])
+                                                                          for r in rows], plan.target.calibrated)
                   for precision, rows in moves.items() if rows}
         in_float = scopes.get("float32", [])
         in_16 = [op for op in scopes.get("int16x8", []) if op not in in_float]
@@ -191,8 +192,9 @@ def requantizer(plan: Plan, export: OnnxExport, floats: tuple[Path, list[Binding
     return with_precisions
 
 
-def _producer_and_consumer_outputs(float_path: Path, tensors: list[str]) -> list[str]:
-    """Output tensor names (op scopes) of the ops that write or read `tensors` in the float32 model."""
+def _producer_and_consumer_outputs(float_path: Path, tensors: list[str], readers: bool = True) -> list[str]:
+    """Output tensor names (op scopes) of the ops that write (and, with `readers`, read) `tensors` in the float32
+    model."""
     from edgekit.runners.litert import open_interpreter
 
     interpreter = open_interpreter(float_path)
@@ -200,7 +202,8 @@ def _producer_and_consumer_outputs(float_path: Path, tensors: list[str]) -> list
     wanted = {i for i, n in names.items() if n in tensors}
     found = []
     for op in interpreter._get_ops_details():  # no public API lists the graph's ops
-        if op["op_name"] != "DELEGATE" and wanted & {int(i) for i in (*op["inputs"], *op["outputs"])}:
+        touched = (*op["inputs"], *op["outputs"]) if readers else op["outputs"]
+        if op["op_name"] != "DELEGATE" and wanted & {int(i) for i in touched}:
             found.append(names[int(op["outputs"][0])])
     return list(dict.fromkeys(found))
 

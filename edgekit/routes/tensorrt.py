@@ -19,7 +19,9 @@ class TensorRTRoute(Route):
     def check_request(self, plan) -> None:
         """Its own checks: the [tensorrt] profile, the converter and float32 I/O (backends/tensorrt.py)."""
         from edgekit.backends.tensorrt import check_request
+        from edgekit.routes import check_method
 
+        check_method(plan, self.methods, self.name, self.weight_methods)
         check_request(plan)
 
     def build(self, plan, export, workdir: Path):

@@ -22,7 +22,7 @@ from edgekit.errors import ConfigError, ToolError, UnsupportedError
 
 CHUNK = 16  # samples per histogram update
 _VALID = 3e38  # beyond this a value is a padding sentinel (-inf in PADV2), not data: as ai-edge-quantizer does
-_FP16_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_2D_TRANSPOSE", "EMBEDDING_LOOKUP")
+WEIGHTED_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_2D_TRANSPOSE", "EMBEDDING_LOOKUP")
 
 
 def _aeq() -> SimpleNamespace:
@@ -143,7 +143,8 @@ def quantize_tflite(float_tflite: Path, ranges: dict[str, dict] | None, out_path
     `float_ops`: regular expressions left in float; a pattern that is a TFLite op type (e.g. "SOFTMAX") keeps
     every op of that type, any other pattern keeps the ops whose output tensor names it matches. `int16_ops`
     (int8 only): op scopes computed 16x8 inside the INT8 model (the quantizer requantizes at their edges).
-    `weights`: the weight algorithm (WEIGHT_ALGORITHMS), for every quantized op.
+    `weights`: the weight algorithm (WEIGHT_ALGORITHMS) of the weighted ops (WEIGHTED_OPS; 16x8 layers of a
+    mixed model keep min/max weights).
     """
     if int16_ops and precision != "int8":
         raise ConfigError(f"16x8 layers inside a {precision} model", hint="int16_ops apply to int8 models only")
@@ -157,8 +158,14 @@ def quantize_tflite(float_tflite: Path, ranges: dict[str, dict] | None, out_path
                           hint=f"use one of: {', '.join(WEIGHT_ALGORITHMS)}")
     aeq = _aeq()
     ops = aeq.qtyping.TFLOperationName
-    algorithm = aeq.algorithm_manager.AlgorithmName[WEIGHT_ALGORITHMS[weights]]
-    q = aeq.quantizer.Quantizer(str(float_tflite), getattr(aeq.recipe, RECIPES[precision])(algorithm_key=algorithm))
+    base = getattr(aeq.recipe, RECIPES[precision])()
+    q = aeq.quantizer.Quantizer(str(float_tflite), base)
+    if weights != "minmax":  # the weighted ops only: the other ops stay on min/max (MSE has no rule for them)
+        config = aeq.qtyping.OpQuantizationConfig.from_dict(base[0]["op_config"])
+        algorithm = aeq.algorithm_manager.AlgorithmName[WEIGHT_ALGORITHMS[weights]]
+        for op in WEIGHTED_OPS:
+            with contextlib.suppress(ValueError):  # an op this recipe does not quantize (EMBEDDING_LOOKUP in int8)
+                q.update_quantization_recipe(".*", ops(op), config, algorithm_key=algorithm)
     keep = aeq.algorithm_manager.AlgorithmName.NO_QUANTIZE
     if io == "float32" and ranges is not None:  # a QUANTIZE after each input and a DEQUANTIZE before each output
         for edge in (ops.INPUT, ops.OUTPUT):
@@ -168,8 +175,7 @@ def quantize_tflite(float_tflite: Path, ranges: dict[str, dict] | None, out_path
         q.update_quantization_recipe(".*" if op_type else _checked_regex(pattern), op_type or ops.ALL_SUPPORTED,
                                      algorithm_key=keep)
     for pattern in int16_ops:
-        q.update_quantization_recipe(_checked_regex(pattern), ops.ALL_SUPPORTED, _config_16x8(aeq.qtyping),
-                                     algorithm_key=algorithm)
+        q.update_quantization_recipe(_checked_regex(pattern), ops.ALL_SUPPORTED, _config_16x8(aeq.qtyping))
     return _write(q, ranges, out_path)
 
 
@@ -208,7 +214,7 @@ def float16_weights(float_tflite: Path, out_path: Path) -> Path:
     config = types.OpQuantizationConfig(
         weight_tensor_config=types.TensorQuantizationConfig(num_bits=16, dtype=types.TensorDataType.FLOAT),
         compute_precision=types.ComputePrecision.FLOAT, explicit_dequantize=True)
-    for op in _FP16_OPS:
+    for op in WEIGHTED_OPS:
         q.update_quantization_recipe(".*", types.TFLOperationName(op), config,
                                      algorithm_key=aeq.algorithm_manager.AlgorithmName.FLOAT_CASTING)
     return _write(q, None, out_path)
