@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.matrix_file import Cell, Matrix
+from edgekit.matrix_html import write_matrix_html
 
 SCHEMA_ID = "edgekit.matrix/1"
 GB = 2**30
@@ -87,8 +88,10 @@ def run_matrix(matrix: Matrix, out: Path, jobs: int | None = None,
     pool.shutdown()
     cells = [done[cell.bundle] for cell in matrix.cells]
     code = aggregate([c["exit_code"] for c in cells])
-    _write(out / "matrix.json", {"schema": SCHEMA_ID, "matrix": str(matrix.source), "axes": matrix.axes,
-                                 "exit_code": code, "cells": cells})
+    written = {"schema": SCHEMA_ID, "matrix": str(matrix.source), "axes": matrix.axes, "exit_code": code,
+               "cells": cells}
+    _write(out / "matrix.json", written)
+    write_matrix_html(out / "matrix.html", written)
     return MatrixResult(out, cells, code)
 
 

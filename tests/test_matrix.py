@@ -53,6 +53,12 @@ def test_the_minimal_file_builds_every_cell_once(tmp_path: Path, monkeypatch):
     assert percentile["quantization"]["method"] == "percentile"
     assert cells["android-arm64-fp16"]["size"]["device_bytes"] > cells["android-arm64-int8-minmax"]["size"][
         "device_bytes"]
+    page = (tmp_path / "out" / "matrix.html").read_text()
+    for name in cells:
+        assert f'<a href="digits/{name}/report.html">report.html</a>' in page
+    pivot = page[page.index('id="pivot"'):page.index('id="cells"')]
+    assert "<th>android-arm64-int8</th><th>android-arm64-fp16</th>" in pivot
+    assert '<td class="pass">2/2 passed, worst SQNR' in pivot and '<td class="pass">1/1 passed' in pivot
 
 
 def test_a_failing_cell_does_not_stop_the_others(digits_files, tmp_path: Path):
