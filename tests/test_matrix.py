@@ -30,6 +30,16 @@ calibration_method = ["minmax", "percentile"]
 """
 
 
+def _digits_matrix(digits_files, folder: Path, axes: str, with_eval: bool = False) -> Path:
+    """A matrix file of the digits model: its calibration data (and eval data when asked), then `axes`."""
+    model, calibration, evaluation = digits_files["pt2"], digits_files["calib"], digits_files["eval"]
+    lines = ["[[models]]", 'name = "digits"', f'model = "{model}"', f'calibration = "{calibration}"',
+             *([f'eval = "{evaluation}"'] if with_eval else []), "", "[axes]", axes, ""]
+    matrix = folder / "m.toml"
+    matrix.write_text("\n".join(lines))
+    return matrix
+
+
 def test_the_minimal_file_builds_every_cell_once(tmp_path: Path, monkeypatch):
     """2 targets x 2 methods, but a calibration method does not apply to fp16: three cells, each a bundle."""
     monkeypatch.chdir(ROOT)  # the file's paths are the repository's, as written in the issue
@@ -62,18 +72,8 @@ def test_the_minimal_file_builds_every_cell_once(tmp_path: Path, monkeypatch):
 
 
 def test_a_failing_cell_does_not_stop_the_others(digits_files, tmp_path: Path):
-    matrix = tmp_path / "m.toml"
-    matrix.write_text(f"""
-[[models]]
-name = "digits"
-model = "{digits_files['pt2']}"
-calibration = "{digits_files['calib']}"
-
-[axes]
-target = ["android-arm64-fp32"]
-io = ["float32", "int8"]
-emulator = "host"
-""")
+    matrix = _digits_matrix(digits_files, tmp_path,
+                            'target = ["android-arm64-fp32"]\nio = ["float32", "int8"]\nemulator = "host"')
     result = edgekit.matrix(matrix, tmp_path / "out", jobs=1)
     good, bad = result.cells
     assert (good["name"], good["exit_code"], good["passed"]) == ("android-arm64-fp32-float32-host", 0, True)
@@ -145,19 +145,8 @@ equalize = ["auto", "off"]
 def test_resume_rebuilds_only_the_missing_or_changed_cells(digits_files, tmp_path: Path):
     import shutil
 
-    matrix = tmp_path / "m.toml"
-    matrix.write_text(f"""
-[[models]]
-name = "digits"
-model = "{digits_files['pt2']}"
-calibration = "{digits_files['calib']}"
-eval = "{digits_files['eval']}"
-
-[axes]
-target = "android-arm64-fp32"
-emulator = "host"
-seed = [0, 1]
-""")
+    matrix = _digits_matrix(digits_files, tmp_path, 'target = "android-arm64-fp32"\nemulator = "host"\nseed = [0, 1]',
+                            with_eval=True)
     first = edgekit.matrix(matrix, tmp_path / "out", jobs=2)
     assert first.exit_code == 0 and [c["resumed"] for c in first.cells] == [False, False]
     kept = tmp_path / "out" / first.cells[1]["bundle"] / "manifest.json"
@@ -185,18 +174,8 @@ def test_sigint_stops_the_running_cell_and_starts_no_other(digits_files, tmp_pat
 
     from tests.test_faults import children, wait_gone
 
-    matrix = tmp_path / "m.toml"
-    matrix.write_text(f"""
-[[models]]
-name = "digits"
-model = "{digits_files['pt2']}"
-calibration = "{digits_files['calib']}"
-
-[axes]
-target = "android-arm64-int8"
-emulator = "host"
-seed = [0, 1, 2]
-""")
+    matrix = _digits_matrix(digits_files, tmp_path,
+                            'target = "android-arm64-int8"\nemulator = "host"\nseed = [0, 1, 2]')
     (tmp_path / "tmp").mkdir()
     run = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "matrix", str(matrix), "--out", str(tmp_path / "out"),
                             "--jobs", "1"], stderr=subprocess.PIPE, text=True,
