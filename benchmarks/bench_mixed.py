@@ -49,11 +49,11 @@ def _sources(model: str, cache: Path) -> tuple[str, Path, Path]:
     return f"benchmarks.zoo.trained:{model}_trained", calibration, evaluation
 
 
-def build(model: str, name: str, target: str, options: list[str], cache: Path) -> dict:
+def build(model: str, name: str, target: str, options: list[str], cache: Path, equalize: str = "off") -> dict:
     source, calibration, evaluation = _sources(model, cache)
     return cached_build(cache / model / name, [
         source, "--target", target, "--calibration", str(calibration), "--eval", str(evaluation), "--emulator",
-        "host", "--max-drop", "100", "--min-agreement", "0", "--equalize", "off", *options])
+        "host", "--max-drop", "100", "--min-agreement", "0", "--equalize", equalize, *options])
 
 
 def onnx2tf_16x8(model: str, cache: Path) -> dict:
@@ -101,16 +101,19 @@ def rows_for(model: str, cache: Path) -> list[str]:
     base = int8["onnx2tf"]["report"]
     size, latency = base["size"]["device_bytes"], base["latency_ms"]["host"]
     whole = build(model, "int16x8", "android-arm64-int16x8", [], cache)
-    mixed = build(model, "mixed", "android-arm64-int8", [
+    corrected = build(model, "int8-bias-corrected", "android-arm64-int8", ["--converter", "onnx2tf"], cache, "on")
+    mixed = build(model, "mixed-bias-corrected", "android-arm64-int8", [
         "--converter", "onnx2tf", "--fallback", "auto", "--task", "regress", "--min-sqnr", "40", "--max-size",
-        str(int(1.5 * size)), "--max-latency-ratio", "2"], cache)
+        str(int(1.5 * size)), "--max-latency-ratio", "2"], cache, "on")
     theirs = onnx2tf_16x8(model, cache)
     rows = [_row(model, f"INT8, {conv} (plain)", r["report"], size, latency) for conv, r in int8.items()]
     rows.append(f"| {model} | 16x8, onnx2tf's own file | {theirs['sqnr_db']:.1f} | {theirs['bytes']:,} | "
                 f"{theirs['bytes'] / size:.2f} | {theirs['latency_ms']:.3f} | {theirs['latency_ms'] / latency:.2f} "
                 f"| all int16x8 |")
     rows.append(_row(model, "int16x8 target (whole model)", whole["report"], size, latency))
-    rows.append(_row(model, "mixed: INT8 + ladder (--min-sqnr 40)", mixed["report"], size, latency))
+    rows.append(_row(model, "INT8 + bias correction (--equalize on)", corrected["report"], size, latency))
+    rows.append(_row(model, "mixed: INT8 + bias correction + ladder (--min-sqnr 40)", mixed["report"], size,
+                     latency))
     return rows
 
 

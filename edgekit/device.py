@@ -36,6 +36,7 @@ class DeviceModel:
     # a route's own accuracy-aware fallback, for routes without per-layer rows (OpenVINO: NNCF's accuracy control)
     own_fallback: Callable[[], DeviceModel] | None = None
     conversion: dict = field(default_factory=dict)  # extra keys of report.json's conversion block (repairs, ...)
+    quantization: dict = field(default_factory=dict)  # extra keys of report.json's quantization block
 
 
 def model_bytes(device: DeviceModel) -> int:

@@ -96,7 +96,7 @@ def make_report(plan, device, measured, timings_s: dict[str, float], size: dict)
         quantization = {"method": method, "weight_method": plan.options.calibration.weights,
                         "float_modules": list(device.float_modules),
                         "outputs": measured.quantization, "equalization": measured.equalization,
-                        "ladder": measured.ladder}
+                        "ladder": measured.ladder, "bias_correction": None, **device.quantization}
     return {
         "schema": SCHEMA_ID,
         "target": plan.target.name,

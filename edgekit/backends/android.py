@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgekit.backends import onnx2tf
+from edgekit.bias_correction import SAMPLES as BIAS_SAMPLES
+from edgekit.bias_correction import Corrected, correct_biases
 from edgekit.config import CALIBRATED, LAYER_PRECISION
 from edgekit.device import DeviceModel
 from edgekit.errors import ConversionError
@@ -137,9 +139,23 @@ def _quantize(plan: Plan, float_path: Path, ranges: dict | None, out: Path, floa
                            weights=plan.options.calibration.weights)
 
 
+def bias_corrected(plan: Plan, export: OnnxExport, device: tuple[Path, list[Binding]],
+                   floats: tuple[Path, list[Binding]]) -> Corrected:
+    """The INT8 device model with empirical bias correction (edgekit/bias_correction.py) under --equalize auto/on,
+    measured on the first calibration samples that fit the layer budget."""
+    (path, device_in), (float_path, float_in) = device, floats
+    if plan.target.precision != "int8" or plan.options.equalize == "off":
+        return Corrected(path, None)
+    samples = plan.calibration.take(slice(0, layer_samples(export.path, BIAS_SAMPLES))).inputs
+    return correct_biases(path, device_in, float_path, float_in, samples, plan.options.equalize,
+                          path.with_name(f"{path.stem}_bias_corrected.tflite"))
+
+
 def _device_model(plan: Plan, export: OnnxExport, floats: _FloatModel, device_path: Path, runtime: dict,
                   quantizer: dict, workdir: Path) -> DeviceModel:
     device_in = onnx2tf.bind_inputs(device_path, export)
+    corrected = bias_corrected(plan, export, (device_path, device_in), (floats.path, floats.inputs))
+    device_path = corrected.path
     device_out, errors = onnx2tf.bind_outputs(device_path, device_in, floats.samples, floats.sample_outputs)
     _check_order(export, device_out)
     _, runtime_name, runtime_version = interpreter_class()
@@ -155,6 +171,7 @@ def _device_model(plan: Plan, export: OnnxExport, floats: _FloatModel, device_pa
         open_float_runner=lambda: LiteRTRunner(floats.path, floats.inputs, floats.outputs),
         output_steps={b.model_name: output_step(device_path, b.device_index) for b in device_out},
         per_layer=tflite_layers(plan, export, floats.path, device_path, floats.inputs, device_in),
+        quantization={"bias_correction": corrected.block} if corrected.block else {},
     )
     if "keep" not in quantizer:  # onnx2tf's own INT8: no per-layer control
         return device

@@ -9,6 +9,7 @@ shape and values against the reference ONNX outputs, never by position.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import time
 import warnings
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.backends.android import requantizer, tflite_layers, with_ladder
+from edgekit.backends.android import bias_corrected, requantizer, tflite_layers, with_ladder
 from edgekit.backends.onnx2tf import bind_outputs
 from edgekit.config import LAYER_PRECISION
 from edgekit.device import DeviceModel
@@ -73,9 +74,13 @@ def build_litert(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
 
     def rebuild(path: Path) -> DeviceModel:
         device_in = bind_inputs(path, plan)
+        corrected = bias_corrected(plan, export, (path, device_in), (float_path, float_in))
+        path = corrected.path
         device_out, errors = bind_outputs(path, device_in, samples, float_outputs)
-        return _device_model(plan, export, (float_path, float_in, float_out), (path, device_in, device_out), errors,
-                             version)
+        device = _device_model(plan, export, (float_path, float_in, float_out), (path, device_in, device_out), errors,
+                               version)
+        return dataclasses.replace(device, quantization={"bias_correction": corrected.block}) if corrected.block \
+            else device
 
     device = rebuild(device_path)
     if plan.target.precision not in LAYER_PRECISION:
