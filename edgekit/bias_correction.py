@@ -52,21 +52,23 @@ def correct_biases(device_path: Path, device_in: list[Binding], float_path: Path
     if mode == "off" or len(content) > MAX_BYTES:
         return Corrected(device_path, None)
     model = _unpack(content)
-    ops = _weighted_ops(model)
-    names = [op.output for op in ops]
     float_content = float_path.read_bytes()
     outputs = _paired_outputs(model, _unpack(float_content))
-    floats = _values(float_content, float_in, samples, [*names, *outputs.values()])
-    ops = [op for op in ops if op.output in floats]
+    dequantized = _dequantized(model)
+    # an op's float counterpart: the same tensor name, or for a last op, the float output its DEQUANTIZE pairs with
+    ops = [(op, op.output if op.output not in dequantized else outputs.get(dequantized[op.output], op.output))
+           for op in _weighted_ops(model)]
+    floats = _values(float_content, float_in, samples, [*(name for _, name in ops), *outputs.values()])
+    ops = [(op, name) for op, name in ops if name in floats]
     if not ops or not outputs:  # nothing to correct, or nothing to judge it by
         return Corrected(device_path, None)
     before = _output_sqnr(content, device_in, samples, floats, outputs)
     corrected = []
-    for op in ops:
+    for op, reference in ops:
         got = _values(content, device_in, samples, [op.output])[op.output]
-        if got.shape != floats[op.output].shape:
+        if got.shape != floats[reference].shape:
             continue
-        shift = _mean_error(got, floats[op.output], op.active)
+        shift = _mean_error(got, floats[reference], op.active)
         bias = np.frombuffer(bytes(model.buffers[op.buffer].data), np.int32).astype(np.int64)
         bias = np.clip(bias - np.round(shift / op.scales).astype(np.int64), -2**31, 2**31 - 1).astype(np.int32)
         model.buffers[op.buffer].data = np.frombuffer(bias.tobytes(), np.uint8)
@@ -128,6 +130,18 @@ def _weighted_ops(model) -> list[_Op]:
 def _outputs(model) -> list[str]:
     graph = model.subgraphs[0]
     return [graph.tensors[i].name.decode() for i in graph.outputs]
+
+
+def _dequantized(model) -> dict[str, str]:
+    """Tensor -> the output of the DEQUANTIZE op that reads it (a quantizer's float output)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    graph, found = model.subgraphs[0], {}
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == schema.BuiltinOperator.DEQUANTIZE:
+            found[graph.tensors[op.inputs[0]].name.decode()] = graph.tensors[op.outputs[0]].name.decode()
+    return found
 
 
 def _paired_outputs(device, floats) -> dict[str, str]:
