@@ -26,7 +26,7 @@ import numpy as np
 from benchmarks import cached_build, markdown_table, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("yolo_style_dfl", "tcn_1d")
+MODELS = ("yolo_style_dfl", "tcn_1d", "tcn_1d_energies")
 
 
 def _sources(model: str, cache: Path) -> tuple[str, Path, Path]:
@@ -56,9 +56,10 @@ def build(model: str, name: str, target: str, options: list[str], cache: Path, e
         "host", "--max-drop", "100", "--min-agreement", "0", "--equalize", equalize, *options])
 
 
-def onnx2tf_16x8(model: str, cache: Path) -> dict:
-    """onnx2tf's own 16x8 file of the model, against PyTorch on the eval data: {"sqnr_db", "bytes", "latency_ms"}."""
-    result_file = cache / model / "onnx2tf_16x8.json"
+def onnx2tf_files(model: str, cache: Path) -> dict:
+    """onnx2tf's own INT8 and 16x8 files of the model (what a user gets by hand), against PyTorch on the eval data:
+    {"int8" | "16x8": {"sqnr_db", "bytes", "latency_ms"}}."""
+    result_file = cache / model / "onnx2tf_files.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
     from edgekit.backends import onnx2tf
@@ -80,17 +81,19 @@ def onnx2tf_16x8(model: str, cache: Path) -> dict:
     export = export_onnx(loaded, inputs, work / "model.onnx")
     name = inputs[0].name
     files = onnx2tf.convert(export, {name: calib.inputs["x"]}, load_target("android-arm64-int8"), "float32", work)
-    path = files.float32.with_name(f"{export.path.stem}_integer_quant_with_int16_act.tflite")
     samples = {name: data.inputs["x"][:8]}
     with OnnxRunner(export.path) as runner:
         reference = runner.run({name: data.inputs["x"]})
-    device_in = onnx2tf.bind_inputs(path, export)
-    device_out, _ = onnx2tf.bind_outputs(path, device_in, samples, {k: v[:8] for k, v in reference.items()})
-    with LiteRTRunner(path, device_in, device_out) as runner:
-        outputs = runner.run({name: data.inputs["x"]})
-        latency = runner.median_latency_ms()
-    sqnr = min(r["sqnr_db"] for r in output_metrics(reference, outputs))
-    result = {"sqnr_db": round(sqnr, 2), "bytes": path.stat().st_size, "latency_ms": round(latency, 4)}
+    result = {}
+    for precision, suffix in (("int8", "integer_quant"), ("16x8", "integer_quant_with_int16_act")):
+        path = files.float32.with_name(f"{export.path.stem}_{suffix}.tflite")
+        device_in = onnx2tf.bind_inputs(path, export)
+        device_out, _ = onnx2tf.bind_outputs(path, device_in, samples, {k: v[:8] for k, v in reference.items()})
+        with LiteRTRunner(path, device_in, device_out) as runner:
+            outputs = runner.run({name: data.inputs["x"]})
+            latency = runner.median_latency_ms()
+        sqnr = min(r["sqnr_db"] for r in output_metrics(reference, outputs))
+        result[precision] = {"sqnr_db": round(sqnr, 2), "bytes": path.stat().st_size, "latency_ms": round(latency, 4)}
     result_file.write_text(json.dumps(result))
     return result
 
@@ -105,16 +108,21 @@ def rows_for(model: str, cache: Path) -> list[str]:
     mixed = build(model, "mixed-bias-corrected", "android-arm64-int8", [
         "--converter", "onnx2tf", "--fallback", "auto", "--task", "regress", "--min-sqnr", "40", "--max-size",
         str(int(1.5 * size)), "--max-latency-ratio", "2"], cache, "on")
-    theirs = onnx2tf_16x8(model, cache)
-    rows = [_row(model, f"INT8, {conv} (plain)", r["report"], size, latency) for conv, r in int8.items()]
-    rows.append(f"| {model} | 16x8, onnx2tf's own file | {theirs['sqnr_db']:.1f} | {theirs['bytes']:,} | "
-                f"{theirs['bytes'] / size:.2f} | {theirs['latency_ms']:.3f} | {theirs['latency_ms'] / latency:.2f} "
-                f"| all int16x8 |")
+    theirs = onnx2tf_files(model, cache)
+    rows = [_own(model, "INT8, onnx2tf's own file (by hand)", theirs["int8"], size, latency, "all int8")]
+    rows += [_row(model, f"INT8, edgekit {conv}, --equalize off", r["report"], size, latency)
+             for conv, r in int8.items()]
+    rows.append(_own(model, "16x8, onnx2tf's own file", theirs["16x8"], size, latency, "all int16x8"))
     rows.append(_row(model, "int16x8 target (whole model)", whole["report"], size, latency))
     rows.append(_row(model, "INT8 + bias correction (--equalize on)", corrected["report"], size, latency))
     rows.append(_row(model, "mixed: INT8 + bias correction + ladder (--min-sqnr 40)", mixed["report"], size,
                      latency))
     return rows
+
+
+def _own(model: str, what: str, theirs: dict, size: int, latency: float, choices: str) -> str:
+    return (f"| {model} | {what} | {theirs['sqnr_db']:.1f} | {theirs['bytes']:,} | {theirs['bytes'] / size:.2f} | "
+            f"{theirs['latency_ms']:.3f} | {theirs['latency_ms'] / latency:.2f} | {choices} |")
 
 
 def _row(model: str, what: str, report: dict | None, size: int, latency: float) -> str:
@@ -143,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for model in args.models.split(","):
         rows += rows_for(model, args.cache)
-        print("\n".join(rows[-5:]), flush=True)
+        print("\n".join(rows[-7:]), flush=True)
     write_section(args.out, "bench_mixed", table(rows))
     return 0
 

@@ -160,7 +160,8 @@ def _shape(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 @click.option("--max-float-layers", type=int, default=3, show_default=True,
               help="--fallback auto: the most layers kept in float")
 @click.option("--equalize", default="auto", show_default=True, type=click.Choice(["auto", "on", "off"]),
-              help="cross-layer equalization before INT8 (auto: kept when it measures better)")
+              help="cross-layer equalization before INT8, bias correction after it on LiteRT (auto: each kept "
+                   "when it measures better)")
 @click.option("--converter", type=click.Choice(["onnx2tf", "litert-torch", "auto"]))
 @click.option("--emulator", type=click.Choice(["host", "arm64"]))
 @click.option("--emulator-samples", type=int, default=64, show_default=True,

@@ -345,7 +345,7 @@ class BuildOptions:
     accept_conversion_error: bool = False  # ship a float32 conversion that is wrong beyond rounding (warned)
     ignore_index: int | None = None  # an eval label left out of accuracy (segmentation's -100)
     allow_small_calibration: bool = False  # calibrate on fewer than MIN_CALIBRATION_FLOOR samples (warned)
-    equalize: str = "auto"  # cross-layer equalization before INT8: auto keeps it when it measures better
+    equalize: str = "auto"  # equalization before INT8, bias correction after: auto keeps each when better
     task: str | None = None  # every output's task (classify | regress | embed); None: edgekit decides (tasks.py)
     outputs: dict[str, str] | None = None  # per output name, its task (--outputs FILE.toml)
     min_sqnr: float | None = None  # SQNR floor (dB) for regress/embed outputs; None: the target's min_sqnr_db

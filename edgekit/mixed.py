@@ -1,6 +1,8 @@
 """Mixed-range outputs: a Concat that joins tensors of very different ranges (boxes in pixels with scores in
 0..1) would share one INT8 scale and wipe out the small ones. Such concats are found on the calibration data and
-kept in float, so each input keeps its own quantization parameters."""
+kept in float, so each input keeps its own quantization parameters. A Concat that joins such a concat's output
+(through reshapes and transposes: a detector's per-scale heads joined along the anchors) carries the same mixed
+rows, so it stays in float too: in INT8 its one scale would wipe out the scores again at the very output."""
 
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ from pathlib import Path
 import numpy as np
 
 RANGE_RATIO = 16.0  # inputs whose max |x| differ this much cannot share one INT8 scale
+_SHAPE_ONLY = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity")
 
 
 def mixed_range_concats(onnx_path: Path, samples: dict[str, np.ndarray]) -> dict[str, list[float]]:
-    """ONNX Concat outputs whose inputs' ranges differ by more than RANGE_RATIO, with those ranges."""
+    """ONNX Concat outputs whose inputs' ranges differ by more than RANGE_RATIO, with those ranges; the concats that
+    join their outputs, with none."""
     import onnx
 
     from edgekit.steps.calibrate import onnx_values
@@ -33,4 +37,25 @@ def mixed_range_concats(onnx_path: Path, samples: dict[str, np.ndarray]) -> dict
         positive = [p for p in peaks if p > 0]
         if len(positive) >= 2 and max(positive) / min(positive) > RANGE_RATIO:
             found[node.output[0]] = peaks
+    return _joined(graph, concats, found, peaks_of)
+
+
+def _joined(graph, concats: list, found: dict[str, list[float]], peaks_of: dict[str, float]) -> dict:
+    """`found` with every Concat that joins a found concat's output (through shape-only ops), to a fixed point."""
+    producers = {out: node for node in graph.node for out in node.output}
+
+    def source(name: str) -> str:
+        node = producers.get(name)
+        while node is not None and node.op_type in _SHAPE_ONLY:
+            name = node.input[0]
+            node = producers.get(name)
+        return name
+
+    changed = True
+    while changed:
+        changed = False
+        for node in concats:
+            if node.output[0] not in found and any(source(i) in found for i in node.input):
+                found[node.output[0]] = []  # no ranges of its own to report: it joins mixed rows
+                changed = True
     return found

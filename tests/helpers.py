@@ -80,6 +80,31 @@ def broken_digits_cnn():
     return int8_breaking_copy(shipped_digits_cnn())
 
 
+def two_scale_head_model(seed: int = 0):
+    """mixed_head_model at two "scales" whose [boxes, scores] concats are joined along a new anchor axis, as a
+    detector joins its per-scale heads: output (N, 14, 2)."""
+    import torch
+    from torch import nn
+
+    single = mixed_head_model(seed)
+
+    class TwoScales(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = single
+            self.other = nn.Linear(10, 4)
+
+        def forward(self, x):
+            first = self.head(x)
+            logits = self.head.net(x)
+            boxes = torch.relu(self.other(logits)) * 40.0 + 60.0
+            second = torch.cat([boxes, torch.softmax(logits * 0.5, dim=1)], dim=1)
+            return torch.cat([first.unsqueeze(2), second.unsqueeze(2)], dim=2)
+
+    torch.manual_seed(seed + 1)
+    return TwoScales().eval()
+
+
 def mixed_head_model(seed: int = 0):
     """The shipped digits classifier with a single output that concatenates box-like values (0..~600) with class
     scores (0..1): one INT8 scale for both would wipe out the scores. `seed` draws the box head's weights."""

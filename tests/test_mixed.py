@@ -10,7 +10,7 @@ import pytest
 import edgekit
 from edgekit import mixed
 from examples.digits import load_digits_split
-from tests.helpers import mixed_head_model
+from tests.helpers import mixed_head_model, two_scale_head_model
 
 
 @pytest.fixture(scope="module")
@@ -43,3 +43,18 @@ def test_without_separate_scales_the_scores_are_lost(head, tmp_path: Path, monke
     assert not any("very different ranges" in w for w in result.report["warnings"])
     assert _scores_error(tmp_path / "shared") > 0.3
     assert result.report["drift"]["outputs"][0]["sqnr_db"] < 30
+
+
+def test_a_concat_that_joins_mixed_concats_stays_in_float_too(tmp_path: Path, monkeypatch):
+    """A detector joins its per-scale [boxes, scores] heads along the anchors: that last concat carries the same
+    mixed rows, and one INT8 scale at the very output would zero the scores while the output's SQNR, dominated by
+    the boxes, still looks fine."""
+    data = load_digits_split(0)
+    model = two_scale_head_model()
+    result = edgekit.build(model, "android-arm64-int8", calibration=data["x_calib"], eval_data=data["x_eval"],
+                           out=tmp_path / "b", emulator="host")
+    joined = [w for w in result.report["warnings"] if "joins the outputs of mixed-range concats" in w]
+    assert len(joined) == 1, result.report["warnings"]
+    with np.load(tmp_path / "b" / "golden" / "outputs.npz") as golden:
+        error = np.abs(golden["reference/output"][:, 4:] - golden["device/output"][:, 4:])
+    assert float(error.max()) < 0.05

@@ -74,9 +74,10 @@ def mnist(seed: int = 0) -> dict[str, np.ndarray]:
     return {"x_train": images[:4000], "y_train": labels[:4000], "x_test": images[4000:], "y_test": labels[4000:]}
 
 
-def keywords(seed: int = 0) -> dict[str, np.ndarray]:
-    """Log-mel features (N, 49, 40) of spoken keywords, 'unknown' words and silence; test = two held-out voices."""
-    cached = CACHE / "keywords.npz"
+def keywords(seed: int = 0, normalized: bool = True) -> dict[str, np.ndarray]:
+    """Log-mel features (N, 49, 40) of spoken keywords, 'unknown' words and silence; test = two held-out voices.
+    `normalized=False`: the raw log-mel energies (what a model that normalizes inside its graph takes in)."""
+    cached = CACHE / ("keywords.npz" if normalized else "keywords_energies.npz")
     if cached.exists():
         with np.load(cached) as data:
             return dict(data)
@@ -91,9 +92,10 @@ def keywords(seed: int = 0) -> dict[str, np.ndarray]:
                 others = [(10, OTHER_WORDS[i]) for i in rng.integers(0, len(OTHER_WORDS), 2)]
                 for label, word in [*enumerate(KEYWORDS), *others]:
                     clip = _speak(espeak, word, f"{voice}+{variant}", rng, Path(folder))
-                    rows[f"x_{split}"].append(_features(_placed(clip, rng)))
+                    rows[f"x_{split}"].append(_features(_placed(clip, rng), normalized))
                     rows[f"y_{split}"].append(label)
-                rows[f"x_{split}"].append(_features(_placed(np.zeros(SAMPLE_RATE // 4, np.float32), rng)))
+                rows[f"x_{split}"].append(_features(_placed(np.zeros(SAMPLE_RATE // 4, np.float32), rng),
+                                                    normalized))
                 rows[f"y_{split}"].append(classes.index("silence"))
     data = {k: np.asarray(v, dtype=np.float32 if k[0] == "x" else np.int64) for k, v in rows.items()}
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -139,11 +141,14 @@ def _placed(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return signal + rng.standard_normal(SAMPLE_RATE).astype(np.float32) * 0.5 * 10 ** (-rng.uniform(10, 30) / 20)
 
 
-def _features(signal: np.ndarray, bands: int = 40, window: int = 480, hop: int = 320) -> np.ndarray:
+def _features(signal: np.ndarray, normalized: bool = True, bands: int = 40, window: int = 480,
+              hop: int = 320) -> np.ndarray:
     """Log-mel energies (49 frames x 40 bands) of 1 s at 16 kHz: 30 ms Hann windows every 20 ms, 512-point FFT."""
     frames = np.lib.stride_tricks.sliding_window_view(signal, window)[::hop] * np.hanning(window)
     power = np.abs(np.fft.rfft(frames, 512)) ** 2
     energies = np.log(power @ _mel_filters(bands, 512).T + 1e-6)
+    if not normalized:
+        return energies.astype(np.float32)
     # per-utterance mean and variance normalization of each band (without it the LSTM did not learn at all)
     return ((energies - energies.mean(0)) / (energies.std(0) + 1e-3)).astype(np.float32)
 
@@ -170,6 +175,10 @@ def _definition(name: str):
         return timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=IMAGE_SIZE, num_classes=10)
     if name in ("kws_lstm", "tcn_1d"):
         return architectures.get(name).make()
+    if name == "tcn_1d_energies":  # the same net on raw log-mel energies, normalized inside the graph
+        import torch
+
+        return torch.nn.Sequential(torch.nn.BatchNorm1d(40), architectures.get("tcn_1d").make())
     builder = {"shufflenet": "shufflenet_v2_x1_0"}.get(name, name)
     return getattr(architectures._torchvision().models, builder)(weights=None, num_classes=10)
 
@@ -177,14 +186,14 @@ def _definition(name: str):
 TRAINING = {  # name -> (data, epochs, learning rate)
     "mobilenet_v2": ("mnist", 4, 2e-3), "mobilenet_v3_small": ("mnist", 6, 2e-3), "resnet18": ("mnist", 3, 1e-3),
     "efficientnet_b0": ("mnist", 5, 2e-3), "deit_tiny": ("mnist", 10, 1e-3), "kws_lstm": ("keywords", 25, 2e-3),
-    "tcn_1d": ("keywords", 15, 2e-3)}
+    "tcn_1d": ("keywords", 15, 2e-3), "tcn_1d_energies": ("keywords_energies", 15, 2e-3)}
 
 
 def dataset(name: str) -> dict[str, np.ndarray]:
     if TRAINING[name][0] == "mnist":
         return mnist()
-    data = keywords()
-    if name == "tcn_1d":  # a 1-D conv net over time: (N, bands, frames)
+    data = keywords(normalized=TRAINING[name][0] == "keywords")
+    if name.startswith("tcn_1d"):  # a 1-D conv net over time: (N, bands, frames)
         data = {k: np.ascontiguousarray(v.transpose(0, 2, 1)) if k[0] == "x" else v for k, v in data.items()}
     return data
 
@@ -201,7 +210,7 @@ def train(name: str) -> dict:
     model = _definition(name)
     optimizer = torch.optim.AdamW(model.parameters(), lr=rate, weight_decay=0.01)
     x, y = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"])
-    batch_size = 32 if TRAINING[name][0] == "keywords" else 64
+    batch_size = 32 if TRAINING[name][0].startswith("keywords") else 64
     steps = epochs * (len(x) // batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=rate, total_steps=steps)
     generator = torch.Generator().manual_seed(0)
@@ -288,6 +297,10 @@ def kws_lstm_trained():
 
 def tcn_1d_trained():
     return trained("tcn_1d")
+
+
+def tcn_1d_energies_trained():
+    return trained("tcn_1d_energies")
 
 
 # --- builds ------------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from edgekit.steps.quantize_tflite import RECIPES
 from edgekit.weight_layers import weight_layer_drift
 
 MAPPING_SAMPLES = 8
+_LAYOUT_OPS = ("RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS")
 
 
 def uses_ai_edge_quantizer(plan: Plan) -> bool:
@@ -77,7 +78,9 @@ def build_tflite(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
     runtime = {"converter": "onnx2tf", "converter_version": files.converter_version}
     device = _device_model(plan, export, floats, device_path, runtime, quantizer, workdir)
     notes = [f"{name} joins tensors of very different ranges (max |x| {', '.join(f'{p:.3g}' for p in peaks)}): "
-             "kept in float so each input keeps its own INT8 scale" for name, peaks in mixed.items()]
+             "kept in float so each input keeps its own INT8 scale" if peaks else
+             f"{name} joins the outputs of mixed-range concats: kept in float too, one INT8 scale would lose the "
+             "small rows again" for name, peaks in mixed.items()]
     return dataclasses.replace(device, notes=[*device.notes, *checked.notes, *notes], conversion=checked.conversion,
                                bindings={**device.bindings, "repairs": checked.conversion["repairs"]})
 
@@ -90,7 +93,41 @@ def _tflite_names(export: OnnxExport, floats: _FloatModel, onnx_names: list[str]
 
     to_onnx = match_to_onnx(tflite_activations(floats.path, floats.inputs, floats.samples),
                             onnx_activations(export.path, floats.samples))
-    return tuple(t for t, o in to_onnx.items() if o in onnx_names)
+    return _through_layout_ops(floats.path, [t for t, o in to_onnx.items() if o in onnx_names])
+
+
+def _through_layout_ops(float_path: Path, tensors: list[str]) -> tuple[str, ...]:
+    """`tensors` and the layout-only ops (reshape, transpose) next to them: those that write a kept tensor from
+    another, and those between two kept tensors (a concat that joins reshaped concats). In INT8 such an op would
+    give the values one scale again."""
+    from edgekit.runners.litert import open_interpreter
+
+    interpreter = open_interpreter(float_path)
+    names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+    producers = {names[int(op["outputs"][0])]: op for op in interpreter._get_ops_details()
+                 if op["op_name"] != "DELEGATE" and len(op["outputs"])}
+
+    def layout_source(name: str) -> str | None:
+        op = producers.get(name)
+        return names[int(op["inputs"][0])] if op is not None and op["op_name"] in _LAYOUT_OPS else None
+
+    found = list(dict.fromkeys(tensors))
+    for tensor in list(found):
+        source = layout_source(tensor)  # the kept tensor is a reshape of the op that computed it
+        while source is not None and source not in found:
+            found.append(source)
+            source = layout_source(source)
+    kept = set(found)
+    for tensor in list(found):  # layout ops between two kept tensors
+        op = producers.get(tensor)
+        for index in op["inputs"] if op is not None else ():
+            path, name = [], names.get(int(index))
+            while name is not None and layout_source(name) is not None:
+                path.append(name)
+                name = layout_source(name)
+            if path and name in kept:
+                found.extend(p for p in path if p not in found)
+    return tuple(found)
 
 
 @dataclasses.dataclass(frozen=True)
