@@ -348,16 +348,20 @@ def emulator_status(as_json: bool) -> None:
 @click.option("--jobs", type=click.IntRange(min=1), help="cells built at once [what the cores and memory allow]")
 @click.option("--resume", is_flag=True, help="keep the cells already built from the same inputs (command, file "
                                              "contents, tool versions); build the others")
+@click.option("--ray", "ray", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="build each cell as a Ray task: --ray alone starts a local Ray runtime, --ray ADDRESS joins "
+                   "that cluster (pip install 'edgekit[ray]')")
 @click.option("--json", "as_json", is_flag=True, help="print matrix.json on stdout (progress stays on stderr)")
 @handle_errors
-def matrix_command(matrix_file: Path, out: Path | None, jobs: int | None, resume: bool, as_json: bool) -> int:
+def matrix_command(matrix_file: Path, out: Path | None, jobs: int | None, resume: bool, ray: str | None,
+                   as_json: bool) -> int:
     """Build every cell of MATRIX_FILE (models x axes, each an ordinary build) and gather the verdicts in
     OUT/matrix.json; exit 1 if any cell gave 1, else 2, else 3, else 0."""
     import edgekit
 
     console = _console()
     result = edgekit.matrix(matrix_file, out, jobs, progress=lambda line: console.print(line, markup=False),
-                            resume=resume)
+                            resume=resume, ray=ray)
     if as_json:
         click.echo((result.out / "matrix.json").read_text(), nl=False)
     passed = sum(c["passed"] for c in result.cells)

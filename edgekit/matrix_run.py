@@ -34,15 +34,21 @@ class MatrixResult:
 
 
 def matrix(path: str | Path, out: str | Path | None = None, jobs: int | None = None,
-           progress: Callable[[str], None] | None = None, resume: bool = False) -> MatrixResult:
+           progress: Callable[[str], None] | None = None, resume: bool = False,
+           ray: str | None = None) -> MatrixResult:
     """`edgekit matrix`: read and check MATRIX.toml completely (ConfigError, exit 2, before any build), build
     every cell into OUT (default: dist/<matrix-stem>), write OUT/matrix.json. `resume`: a cell whose bundle
-    exists from a build of the same inputs (command, file contents, tool versions) is not built again."""
+    exists from a build of the same inputs (command, file contents, tool versions) is not built again. `ray`:
+    None builds on this machine; "local" starts a local Ray runtime, an address joins that cluster."""
     from edgekit.matrix_file import load_matrix
 
     loaded = load_matrix(path)
+    if ray is not None:
+        from edgekit.matrix_ray import ray_module
+
+        ray_module()  # not installed: exit 2 before any build
     return run_matrix(loaded, Path(out) if out is not None else Path("dist") / loaded.source.stem, jobs, progress,
-                      resume)
+                      resume, ray)
 
 
 def default_jobs() -> int:
@@ -56,14 +62,17 @@ def default_jobs() -> int:
 
 
 def run_matrix(matrix: Matrix, out: Path, jobs: int | None = None,
-               progress: Callable[[str], None] | None = None, resume: bool = False) -> MatrixResult:
+               progress: Callable[[str], None] | None = None, resume: bool = False,
+               ray: str | None = None) -> MatrixResult:
     """Build every cell (at most `jobs` at once), write OUT/matrix.json, return the cells and the exit code: 1 if
     any cell gave 1, else 2 if any gave 2, else 3 if any gave 3, else 0. A failing cell never stops the others."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = jobs or default_jobs()
     say = progress or (lambda line: None)
-    say(f"matrix {matrix.source.name}: {len(matrix.cells)} cells, {jobs} at a time, bundles under {out}")
+    where = (f"{jobs} at a time" if ray is None else
+             "as Ray tasks on a local Ray runtime" if ray == "local" else f"as Ray tasks on the cluster at {ray}")
+    say(f"matrix {matrix.source.name}: {len(matrix.cells)} cells, {where}, bundles under {out}")
     children = _Children()
     hashes: dict[str, str] = {}
     files: dict[str, str] = {}  # path -> sha256, each file read once
@@ -72,6 +81,9 @@ def run_matrix(matrix: Matrix, out: Path, jobs: int | None = None,
     done = {cell.bundle: row for cell in matrix.cells if resume and (row := _resumed(cell, out, hashes[cell.bundle]))}
     if done:
         say(f"--resume: {len(done)} of {len(matrix.cells)} cells already built from the same inputs, kept")
+    if ray is not None:
+        _on_ray(matrix, out, ray, hashes, done, say)
+        return _finish(matrix, out, done)
     pool = ThreadPoolExecutor(max_workers=jobs)
     try:
         futures = {pool.submit(_build, cell, out, children, hashes[cell.bundle]): cell
@@ -86,6 +98,10 @@ def run_matrix(matrix: Matrix, out: Path, jobs: int | None = None,
         pool.shutdown(wait=True)
         raise
     pool.shutdown()
+    return _finish(matrix, out, done)
+
+
+def _finish(matrix: Matrix, out: Path, done: dict[str, dict]) -> MatrixResult:
     cells = [done[cell.bundle] for cell in matrix.cells]
     code = aggregate([c["exit_code"] for c in cells])
     written = {"schema": SCHEMA_ID, "matrix": str(matrix.source), "axes": matrix.axes, "exit_code": code,
@@ -93,6 +109,31 @@ def run_matrix(matrix: Matrix, out: Path, jobs: int | None = None,
     _write(out / "matrix.json", written)
     write_matrix_html(out / "matrix.html", written)
     return MatrixResult(out, cells, code)
+
+
+def _on_ray(matrix: Matrix, out: Path, ray: str, hashes: dict[str, str], done: dict[str, dict], say) -> None:
+    """The cells not `done` as Ray tasks (edgekit/matrix_ray.py); each row into `done` as it comes back."""
+    from edgekit.matrix_ray import run_on_ray, unpack_bundle
+
+    def finish(cell: Cell, code: int, archive: bytes | None, log_text: str, seconds: float) -> dict:
+        log = out / cell.model.name / f"{cell.name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(log_text)
+        _stamp(cell, out).unlink(missing_ok=True)
+        report = None
+        if archive is not None and code in (0, 3):
+            unpack_bundle(archive, out / cell.bundle)
+            report = _report(out / cell.bundle / "report.json")
+            if report is not None:
+                _stamp(cell, out).write_text(hashes[cell.bundle])
+        return _row(cell, code, report, log, seconds)
+
+    def record(row: dict) -> None:
+        done[f"{row['model']}/{row['name']}"] = row
+        say(f"[{len(done)}/{len(matrix.cells)}] {_line(row)}")
+
+    todo = [cell for cell in matrix.cells if cell.bundle not in done]
+    run_on_ray(todo, out, None if ray == "local" else ray, cell_command, finish, record, CELL_MEMORY)
 
 
 def aggregate(codes: list[int]) -> int:

@@ -40,12 +40,21 @@ def _digits_matrix(digits_files, folder: Path, axes: str, with_eval: bool = Fals
     return matrix
 
 
-def test_the_minimal_file_builds_every_cell_once(tmp_path: Path, monkeypatch):
+@pytest.fixture(scope="module")
+def minimal_local(tmp_path_factory) -> tuple[Path, object]:
+    """The minimal file built on this machine with --jobs 2: (its folder, the CLI result)."""
+    folder = tmp_path_factory.mktemp("minimal")
+    (folder / "matrix.toml").write_text(MINIMAL)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(ROOT)  # the file's paths are the repository's, as written in the issue
+        result = CliRunner().invoke(main, ["matrix", str(folder / "matrix.toml"), "--out", str(folder / "out"),
+                                           "--jobs", "2", "--json"])
+    return folder, result
+
+
+def test_the_minimal_file_builds_every_cell_once(minimal_local):
     """2 targets x 2 methods, but a calibration method does not apply to fp16: three cells, each a bundle."""
-    monkeypatch.chdir(ROOT)  # the file's paths are the repository's, as written in the issue
-    (tmp_path / "matrix.toml").write_text(MINIMAL)
-    result = CliRunner().invoke(main, ["matrix", str(tmp_path / "matrix.toml"), "--out", str(tmp_path / "out"),
-                                       "--jobs", "2", "--json"])
+    tmp_path, result = minimal_local
     assert result.exit_code == 0, result.output
     written = json.loads((tmp_path / "out" / "matrix.json").read_text())
     assert json.loads(result.stdout) == written and written["schema"] == "edgekit.matrix/1"
@@ -192,3 +201,43 @@ def test_sigint_stops_the_running_cell_and_starts_no_other(digits_files, tmp_pat
     assert wait_gone(builds) == []
     assert sorted(p.name for p in (tmp_path / "out" / "digits").iterdir()) == ["android-arm64-int8-host-0.log"]
     assert list((tmp_path / "tmp").iterdir()) == [] and not (tmp_path / "out" / "matrix.json").exists()
+
+
+def test_ray_builds_the_same_cells_as_the_local_pool(minimal_local, tmp_path: Path, monkeypatch):
+    """--ray (a local Ray runtime started here): every cell a Ray task, its files through the object store, its
+    bundle sent back; the drift and size of every cell equal the local pool's."""
+    pytest.importorskip("ray", reason="Ray is not installed: pip install 'edgekit[ray]'")
+    local = json.loads((minimal_local[0] / "out" / "matrix.json").read_text())
+    monkeypatch.chdir(ROOT)
+    (tmp_path / "matrix.toml").write_text(MINIMAL)
+    result = CliRunner().invoke(main, ["matrix", str(tmp_path / "matrix.toml"), "--out", str(tmp_path / "out"),
+                                       "--ray"])
+    assert result.exit_code == 0, result.output
+    assert "as Ray tasks on a local Ray runtime" in result.output
+    on_ray = json.loads((tmp_path / "out" / "matrix.json").read_text())
+    assert [c["name"] for c in on_ray["cells"]] == [c["name"] for c in local["cells"]]
+    for ours, theirs in zip(on_ray["cells"], local["cells"]):
+        assert ours["exit_code"] == 0 and ours["drift"] == theirs["drift"] and ours["size"] == theirs["size"]
+        report = json.loads((tmp_path / "out" / ours["bundle"] / "report.json").read_text())
+        assert report["size"]["device_bytes"] == ours["size"]["device_bytes"]
+        assert (tmp_path / "out" / ours["bundle"] / "model.tflite").is_file()
+    assert not list((tmp_path / "out" / "digits").glob(".*"))  # no staging folder left
+
+
+def test_ray_missing_is_refused_before_any_build(tmp_path: Path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray":
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    (tmp_path / "matrix.toml").write_text(MINIMAL)
+    result = CliRunner().invoke(main, ["matrix", str(tmp_path / "matrix.toml"), "--out", str(tmp_path / "out"),
+                                       "--ray"])
+    assert result.exit_code == 2 and "needs Ray, which is not installed" in result.output
+    assert "pip install 'edgekit[ray]'" in result.output and not (tmp_path / "out").exists()
