@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Callable
@@ -122,7 +123,11 @@ def _on_ray(matrix: Matrix, out: Path, ray: str, hashes: dict[str, str], done: d
         _stamp(cell, out).unlink(missing_ok=True)
         report = None
         if archive is not None and code in (0, 3):
-            unpack_bundle(archive, out / cell.bundle)
+            try:
+                unpack_bundle(archive, out / cell.bundle)
+            except (tarfile.TarError, OSError) as exc:  # a link or a path out of the folder: refused, not followed
+                log.write_text(f"{log_text}\nerror: the bundle that came back from Ray was refused: {exc}\n")
+                return _row(cell, 1, None, log, seconds)
             report = _report(out / cell.bundle / "report.json")
             if report is not None:
                 _stamp(cell, out).write_text(hashes[cell.bundle])

@@ -241,3 +241,31 @@ def test_ray_missing_is_refused_before_any_build(tmp_path: Path, monkeypatch):
                                        "--ray"])
     assert result.exit_code == 2 and "needs Ray, which is not installed" in result.output
     assert "pip install 'edgekit[ray]'" in result.output and not (tmp_path / "out").exists()
+
+
+def test_a_bundle_from_ray_is_unpacked_only_into_its_own_folder(tmp_path: Path):
+    """matrix_ray.unpack_bundle: a path out of the folder is refused and the existing bundle stays as it was."""
+    import io
+    import tarfile
+
+    from edgekit.matrix_ray import unpack_bundle
+
+    def archive(name: str, data: bytes) -> bytes:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        return buffer.getvalue()
+
+    bundle = tmp_path / "out" / "digits" / "cell"
+    unpack_bundle(archive("./report.json", b"{}"), bundle)
+    assert (bundle / "report.json").read_bytes() == b"{}"
+    with pytest.raises(tarfile.TarError):
+        unpack_bundle(archive("../../escaped.json", b"x"), bundle)
+    assert not (tmp_path / "out" / "escaped.json").exists() and not (tmp_path / "escaped.json").exists()
+    assert (bundle / "report.json").read_bytes() == b"{}"
+    assert [p.name for p in bundle.parent.iterdir()] == ["cell"]
+    unpack_bundle(archive("./report.json", b'{"new": 1}'), bundle)
+    assert (bundle / "report.json").read_bytes() == b'{"new": 1}'
+    assert [p.name for p in bundle.parent.iterdir()] == ["cell"]  # no staging folder left

@@ -247,6 +247,27 @@ def _tcn():
     return TCN()
 
 
+def _m5():
+    """M5 (Dai et al. 2017, "Very deep convolutional neural networks for raw waveforms"; the 1-D audio CNN of
+    torchaudio's speech-commands tutorial): 1 s of 16 kHz audio in, an 80-tap stride-16 front conv, 12 keywords."""
+    from torch import nn
+
+    def block(inputs: int, outputs: int, kernel: int, stride: int = 1) -> list:
+        return [nn.Conv1d(inputs, outputs, kernel, stride=stride), nn.BatchNorm1d(outputs), nn.ReLU(), nn.MaxPool1d(4)]
+
+    class M5(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(*block(1, 32, 80, 16), *block(32, 32, 3), *block(32, 64, 3),
+                                          *block(64, 64, 3))
+            self.fc = nn.Linear(64, 12)
+
+        def forward(self, waveform):
+            return self.fc(self.features(waveform).mean(2))
+
+    return M5()
+
+
 def _conformer():
     """One small conformer block (feed-forward, self-attention, depthwise conv module, feed-forward)."""
     from torch import nn
@@ -354,6 +375,8 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture("kws_lstm", "sequence", _kws_lstm, _mel(), "edgekit zoo"),
     Architecture("speech_gru", "sequence", _gru, (Input("features", (1, 100, 64)),), "edgekit zoo"),
     Architecture("tcn_1d", "sequence", _tcn, (Input("mel", (1, 40, 101)),), "edgekit zoo"),
+    Architecture("m5_audio", "sequence", _m5, (Input("waveform", (1, 1, 16000)),), "edgekit zoo",
+                 note="raw 16 kHz waveform in"),
     Architecture("conformer_block", "sequence", _conformer, (Input("features", (1, 100, 80)),), "edgekit zoo"),
     # text
     Architecture("bert_tiny", "text", _bert_tiny,

@@ -74,10 +74,12 @@ def mnist(seed: int = 0) -> dict[str, np.ndarray]:
     return {"x_train": images[:4000], "y_train": labels[:4000], "x_test": images[4000:], "y_test": labels[4000:]}
 
 
-def keywords(seed: int = 0, normalized: bool = True) -> dict[str, np.ndarray]:
+def keywords(seed: int = 0, features: str = "normalized") -> dict[str, np.ndarray]:
     """Log-mel features (N, 49, 40) of spoken keywords, 'unknown' words and silence; test = two held-out voices.
-    `normalized=False`: the raw log-mel energies (what a model that normalizes inside its graph takes in)."""
-    cached = CACHE / ("keywords.npz" if normalized else "keywords_energies.npz")
+    `features`: "normalized" (per utterance and band), "energies" (the raw log-mel energies, for a model that
+    normalizes inside its graph) or "waveform" (the 1 s of 16 kHz audio itself, (N, 16000))."""
+    cached = CACHE / {"normalized": "keywords.npz", "energies": "keywords_energies.npz",
+                      "waveform": "keywords_waveform.npz"}[features]
     if cached.exists():
         with np.load(cached) as data:
             return dict(data)
@@ -92,10 +94,10 @@ def keywords(seed: int = 0, normalized: bool = True) -> dict[str, np.ndarray]:
                 others = [(10, OTHER_WORDS[i]) for i in rng.integers(0, len(OTHER_WORDS), 2)]
                 for label, word in [*enumerate(KEYWORDS), *others]:
                     clip = _speak(espeak, word, f"{voice}+{variant}", rng, Path(folder))
-                    rows[f"x_{split}"].append(_features(_placed(clip, rng), normalized))
+                    rows[f"x_{split}"].append(_features(_placed(clip, rng), features))
                     rows[f"y_{split}"].append(label)
                 rows[f"x_{split}"].append(_features(_placed(np.zeros(SAMPLE_RATE // 4, np.float32), rng),
-                                                    normalized))
+                                                    features))
                 rows[f"y_{split}"].append(classes.index("silence"))
     data = {k: np.asarray(v, dtype=np.float32 if k[0] == "x" else np.int64) for k, v in rows.items()}
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -141,13 +143,15 @@ def _placed(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return signal + rng.standard_normal(SAMPLE_RATE).astype(np.float32) * 0.5 * 10 ** (-rng.uniform(10, 30) / 20)
 
 
-def _features(signal: np.ndarray, normalized: bool = True, bands: int = 40, window: int = 480,
+def _features(signal: np.ndarray, features: str = "normalized", bands: int = 40, window: int = 480,
               hop: int = 320) -> np.ndarray:
     """Log-mel energies (49 frames x 40 bands) of 1 s at 16 kHz: 30 ms Hann windows every 20 ms, 512-point FFT."""
+    if features == "waveform":
+        return signal.astype(np.float32)
     frames = np.lib.stride_tricks.sliding_window_view(signal, window)[::hop] * np.hanning(window)
     power = np.abs(np.fft.rfft(frames, 512)) ** 2
     energies = np.log(power @ _mel_filters(bands, 512).T + 1e-6)
-    if not normalized:
+    if features == "energies":
         return energies.astype(np.float32)
     # per-utterance mean and variance normalization of each band (without it the LSTM did not learn at all)
     return ((energies - energies.mean(0)) / (energies.std(0) + 1e-3)).astype(np.float32)
@@ -173,7 +177,7 @@ def _definition(name: str):
         import timm
 
         return timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=IMAGE_SIZE, num_classes=10)
-    if name in ("kws_lstm", "tcn_1d"):
+    if name in ("kws_lstm", "tcn_1d", "m5_audio"):
         return architectures.get(name).make()
     if name == "tcn_1d_energies":  # the same net on raw log-mel energies, normalized inside the graph
         import torch
@@ -186,13 +190,17 @@ def _definition(name: str):
 TRAINING = {  # name -> (data, epochs, learning rate)
     "mobilenet_v2": ("mnist", 4, 2e-3), "mobilenet_v3_small": ("mnist", 6, 2e-3), "resnet18": ("mnist", 3, 1e-3),
     "efficientnet_b0": ("mnist", 5, 2e-3), "deit_tiny": ("mnist", 10, 1e-3), "kws_lstm": ("keywords", 25, 2e-3),
-    "tcn_1d": ("keywords", 15, 2e-3), "tcn_1d_energies": ("keywords_energies", 15, 2e-3)}
+    "tcn_1d": ("keywords", 15, 2e-3), "tcn_1d_energies": ("keywords_energies", 15, 2e-3),
+    "m5_audio": ("keywords_waveform", 20, 1e-2)}
 
 
 def dataset(name: str) -> dict[str, np.ndarray]:
     if TRAINING[name][0] == "mnist":
         return mnist()
-    data = keywords(normalized=TRAINING[name][0] == "keywords")
+    data = keywords(features=TRAINING[name][0].removeprefix("keywords_") if "_" in TRAINING[name][0]
+                    else "normalized")
+    if name == "m5_audio":  # (N, 1, 16000): one channel of audio
+        data = {k: v[:, None] if k[0] == "x" else v for k, v in data.items()}
     if name.startswith("tcn_1d"):  # a 1-D conv net over time: (N, bands, frames)
         data = {k: np.ascontiguousarray(v.transpose(0, 2, 1)) if k[0] == "x" else v for k, v in data.items()}
     return data
@@ -301,6 +309,10 @@ def tcn_1d_trained():
 
 def tcn_1d_energies_trained():
     return trained("tcn_1d_energies")
+
+
+def m5_audio_trained():
+    return trained("m5_audio")
 
 
 # --- builds ------------------------------------------------------------------------------------------------------
