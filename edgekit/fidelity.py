@@ -170,7 +170,8 @@ class CheckedConversion:
     def conversion(self) -> dict:
         """Extra keys of report.json's `conversion` block."""
         return {"repairs": [a.to_dict() for a in self.repairs],
-                "first_divergence": None if self.check.faithful else self.check.divergence}
+                "first_divergence": None if self.check.faithful else self.check.divergence,
+                "reused": bool(getattr(self.files, "reused", False))}
 
 
 def convert_checked(export, calibration: dict[str, np.ndarray], target, io: str, workdir: Path,

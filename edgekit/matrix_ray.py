@@ -119,7 +119,8 @@ def _cell_task(argv: list[str], files: dict, staging_bundle: str, cwd: str) -> t
         bundle = Path(work) / "bundle"
         command = [sys.executable, *(local.get(a, str(bundle) if a == staging_bundle else a) for a in argv[1:])]
         here = cwd if Path(cwd).is_dir() else None
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p),
+               "EDGEKIT_STEP_CACHE": str(root / "steps")}  # shared by the cells that run on this node
         done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=here,
                               env=env)
         archive = None

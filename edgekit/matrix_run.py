@@ -15,11 +15,13 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgekit import step_cache
 from edgekit.matrix_file import Cell, Matrix
 from edgekit.matrix_html import write_matrix_html
 
 SCHEMA_ID = "edgekit.matrix/1"
 GB = 2**30
+STEPS = ".steps"  # OUT/.steps: the step cache the cells share (edgekit/step_cache.py)
 CELL_MEMORY = 4 * GB  # what one conversion may take (onnx2tf on a mid-size CNN); the pool never overcommits it
 
 
@@ -84,7 +86,7 @@ def run_matrix(matrix: Matrix, out: Path, jobs: int | None = None,
         say(f"--resume: {len(done)} of {len(matrix.cells)} cells already built from the same inputs, kept")
     if ray is not None:
         _on_ray(matrix, out, ray, hashes, done, say)
-        return _finish(matrix, out, done)
+        return _finish(matrix, out, done, say)
     pool = ThreadPoolExecutor(max_workers=jobs)
     try:
         futures = {pool.submit(_build, cell, out, children, hashes[cell.bundle]): cell
@@ -99,11 +101,14 @@ def run_matrix(matrix: Matrix, out: Path, jobs: int | None = None,
         pool.shutdown(wait=True)
         raise
     pool.shutdown()
-    return _finish(matrix, out, done)
+    return _finish(matrix, out, done, say)
 
 
-def _finish(matrix: Matrix, out: Path, done: dict[str, dict]) -> MatrixResult:
+def _finish(matrix: Matrix, out: Path, done: dict[str, dict], say) -> MatrixResult:
     cells = [done[cell.bundle] for cell in matrix.cells]
+    built = [c for c in cells if not c.get("resumed") and c["bundle"]]
+    say(f"step cache: {sum(c['reused'] for c in built)} of {len(built)} built cells reused a conversion "
+        f"({out / STEPS})")
     code = aggregate([c["exit_code"] for c in cells])
     written = {"schema": SCHEMA_ID, "matrix": str(matrix.source), "axes": matrix.axes, "exit_code": code,
                "cells": cells}
@@ -169,11 +174,11 @@ class _Children:
         self._running: set[subprocess.Popen] = set()
         self._stopped = False
 
-    def run(self, command: list[str], stderr) -> int:
+    def run(self, command: list[str], stderr, env: dict[str, str] | None = None) -> int:
         with self._lock:
             if self._stopped:
                 return 130
-            child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+            child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
             self._running.add(child)
         try:
             return child.wait()
@@ -206,7 +211,7 @@ def _build(cell: Cell, out: Path, children: _Children, digest: str) -> dict | No
     log.parent.mkdir(parents=True, exist_ok=True)
     _stamp(cell, out).unlink(missing_ok=True)
     with open(log, "w") as stderr:
-        code = children.run(cell_command(cell, out), stderr)
+        code = children.run(cell_command(cell, out), stderr, {**os.environ, step_cache.ENV: str(out / STEPS)})
     report = _report(out / cell.bundle / "report.json") if code in (0, 3) else None
     if report is not None:  # the bundle is complete: --resume may keep it
         _stamp(cell, out).write_text(digest)
@@ -290,6 +295,7 @@ def _row(cell: Cell, code: int, report: dict | None, log: Path, seconds: float) 
             "size": None if report is None else {"device_bytes": report["size"]["device_bytes"],
                                                  "device_gzip_bytes": report["size"]["device_gzip_bytes"]},
             "latency_ms": None if report is None else report["latency_ms"].get("host"),
+            "reused": bool(((report or {}).get("conversion") or {}).get("reused")),
             "seconds": round(seconds, 1), "error": None if report else _error(log), "resumed": False}
 
 

@@ -166,6 +166,12 @@ def test_resume_rebuilds_only_the_missing_or_changed_cells(digits_files, tmp_pat
     assert [c["resumed"] for c in again.cells] == [False, True] and again.exit_code == 0
     assert kept.stat().st_mtime_ns == stamp  # not rebuilt
     assert "--resume: 1 of 2 cells already built from the same inputs, kept" in lines
+    # the rebuilt cell took the float conversion from the step cache the first run left in OUT/.steps
+    assert again.cells[0]["reused"] and again.cells[0]["drift"] == first.cells[0]["drift"]
+    report = json.loads((tmp_path / "out" / again.cells[0]["bundle"] / "report.json").read_text())
+    assert report["conversion"]["reused"] is True and report["size"] == json.loads(
+        (tmp_path / "out" / again.cells[1]["bundle"] / "report.json").read_text())["size"]
+    assert any(line.startswith("step cache: 1 of 1 built cells reused a conversion") for line in lines)
     assert again.cells[1]["drift"] == first.cells[1]["drift"] and again.cells[1]["size"] == first.cells[1]["size"]
     matrix.write_text(matrix.read_text().replace('eval = "', 'max_drop = 2.0\neval = "'))  # a changed input
     changed = edgekit.matrix(matrix, tmp_path / "out", jobs=2, resume=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit import step_cache
 from edgekit.children import run_child
 from edgekit.config import Target
 from edgekit.errors import ConversionError, ToolError, UnsupportedError
@@ -36,6 +37,7 @@ class TfliteFiles:
     seconds: float
     converter: str = "onnx2tf"
     converter_version: str = ""
+    reused: bool = False  # taken from the step cache (edgekit/step_cache.py), not converted again
 
 
 def onnx2tf_version() -> str:
@@ -72,20 +74,38 @@ def convert(export: OnnxExport, calibration: dict[str, np.ndarray], target: Targ
     (workdir / "spec.json").write_text(json.dumps(spec))
     start = time.perf_counter()
     log = workdir / "onnx2tf.log"
-    code = (run_worker or _run_worker)(workdir, log, timeout_s)
-    if code != 0:
-        raise _conversion_failure(log, code, export.path)
+    cache_key = _cache_key(export, spec, version)
+    reused = step_cache.fetch("onnx2tf", cache_key, workdir / "tflite")
+    if reused:
+        log.write_text(f"onnx2tf: reused the conversion of the same ONNX model and settings ({cache_key})\n")
+    else:
+        code = (run_worker or _run_worker)(workdir, log, timeout_s)
+        if code != 0:
+            raise _conversion_failure(log, code, export.path)
     seconds = time.perf_counter() - start
     stem = export.path.stem
     key = target.precision if target.precision != "int8" else ("int8", io)
     files = TfliteFiles(float32=workdir / "tflite" / f"{stem}_float32.tflite",
                         device=workdir / "tflite" / f"{stem}_{_SUFFIX[key]}.tflite",
-                        log=log, seconds=seconds, converter_version=version)
+                        log=log, seconds=seconds, converter_version=version, reused=reused)
     for path in (files.float32, files.device):
         if not path.is_file():
             raise ConversionError(f"onnx2tf finished without writing {path.name}: {_log_tail(log)}",
                                   hint=f"see the full log in {log}")
+    if not reused:
+        step_cache.store("onnx2tf", cache_key, sorted((workdir / "tflite").glob("*.tflite")))
     return files
+
+
+def _cache_key(export: OnnxExport, spec: dict, version: str) -> str:
+    """What onnx2tf's files depend on: the ONNX model (and its external data), INT8 or not, the calibration
+    arrays when INT8, onnx2tf's version and edgekit's worker script."""
+    model = export.path
+    external = sorted(p for p in model.parent.glob(f"{model.name}.*") if p.is_file())
+    parts = [version, WORKER_SCRIPT, model.name, model, *external, json.dumps(spec["int8"])]
+    if spec["int8"]:
+        parts += [Path(entry[1]) for entry in spec["calibration"]]
+    return step_cache.digest(*parts)
 
 
 def _calibration_files(export: OnnxExport, calibration: dict[str, np.ndarray], workdir: Path) -> list:
