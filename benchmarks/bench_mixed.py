@@ -1,15 +1,17 @@
-"""Mixed precision by measurement on two trained models whose plain INT8 loses too much: the zoo's YOLO-style
-detector (benchmarks/zoo/detection.py) and its 1-D audio CNN (tcn_1d, trained on the espeak-ng keywords of
-benchmarks/zoo/trained.py). The table in docs/precision.md.
+"""Mixed precision by measurement on trained models whose plain INT8 loses the most: the zoo's YOLO-style detector
+(benchmarks/zoo/detection.py) and its 1-D audio CNNs (benchmarks/zoo/trained.py, espeak-ng keywords: tcn_1d on
+normalized log-mel, tcn_1d_energies on raw log-mel energies normalized in the graph, m5_audio on the raw
+waveform). The table in docs/precision.md.
 
-    python -m benchmarks.bench_mixed [--models yolo_style_dfl,tcn_1d] [--cache DIR] [--out FILE]
+    python -m benchmarks.bench_mixed [--models yolo_style_dfl,tcn_1d,...] [--cache DIR] [--out FILE]
 
 Per model, each row one `edgekit build` (LiteRT, host) in its own process, cached in --cache:
-- plain INT8 through each converter (onnx2tf's own quantizer; litert-torch with ai-edge-quantizer, min/max);
-- onnx2tf's own 16x8 file (`*_integer_quant_with_int16_act.tflite`, written in the same INT8 conversion),
-  measured here against PyTorch with edgekit's bindings;
+- onnx2tf's own INT8 and 16x8 files (what a user gets by hand: `*_integer_quant.tflite`,
+  `*_integer_quant_with_int16_act.tflite`), measured here against PyTorch with edgekit's bindings;
+- edgekit's INT8 through each converter with `--equalize off` (no equalization, no bias correction);
 - the whole-model int16x8 target;
-- mixed precision: android-arm64-int8 with `--fallback auto --task regress --min-sqnr 40 --max-size <1.5x INT8>
+- INT8 with bias correction (`--equalize on`);
+- mixed precision: that, with `--fallback auto --task regress --min-sqnr 40 --max-size <1.5x INT8>
   --max-latency-ratio 2`, so the ladder climbs (16x8, then float) until every output is within 40 dB of PyTorch
   (`--task regress` gates the keyword scores by SQNR too, not by top-1 agreement), and never ships a model over
   1.5x the INT8 model's size or 2x its host latency.
@@ -26,7 +28,7 @@ import numpy as np
 from benchmarks import cached_build, markdown_table, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("yolo_style_dfl", "tcn_1d", "tcn_1d_energies")
+MODELS = ("yolo_style_dfl", "tcn_1d", "tcn_1d_energies", "m5_audio")
 
 
 def _sources(model: str, cache: Path) -> tuple[str, Path, Path]:
@@ -132,6 +134,8 @@ def _row(model: str, what: str, report: dict | None, size: int, latency: float) 
     own_size, own_latency = report["size"]["device_bytes"], report["latency_ms"]["host"]
     moved = [f"{r['module']} -> {r['precision']}" for r in report.get("layers") or []
              if r["precision"] not in ("int8", "int16x8") or "mixed precision" in (r.get("chosen_because") or "")]
+    concats = [w.split(" ", 1)[0] for w in report["warnings"] if "kept in float" in w and " joins " in w]
+    moved += [f"{', '.join(concats)} (concats) -> float32"] if concats else []
     choices = ", ".join(moved) if moved else ("all int16x8" if "int16x8" in what else "all int8")
     return (f"| {model} | {what} | {sqnr:.1f} | {own_size:,} | {own_size / size:.2f} | {own_latency:.3f} "
             f"| {own_latency / latency:.2f} | {choices} |")
