@@ -20,6 +20,7 @@ from edgekit.matrix_file import Cell, Matrix
 from edgekit.matrix_html import write_matrix_html
 
 SCHEMA_ID = "edgekit.matrix/1"
+SCHEMA_PATH = Path(__file__).parent / "schema" / "matrix.schema.json"
 GB = 2**30
 STEPS = ".steps"  # OUT/.steps: the step cache the cells share (edgekit/step_cache.py)
 CELL_MEMORY = 4 * GB  # what one conversion may take (onnx2tf on a mid-size CNN); the pool never overcommits it
@@ -112,9 +113,17 @@ def _finish(matrix: Matrix, out: Path, done: dict[str, dict], say) -> MatrixResu
     code = aggregate([c["exit_code"] for c in cells])
     written = {"schema": SCHEMA_ID, "matrix": str(matrix.source), "axes": matrix.axes, "exit_code": code,
                "cells": cells}
+    validate_matrix(written)
     _write(out / "matrix.json", written)
     write_matrix_html(out / "matrix.html", written)
     return MatrixResult(out, cells, code)
+
+
+def validate_matrix(written: dict) -> None:
+    """Raise jsonschema.ValidationError when matrix.json breaks its schema (edgekit/schema/matrix.schema.json)."""
+    import jsonschema
+
+    jsonschema.validate(written, json.loads(SCHEMA_PATH.read_text()))
 
 
 def _on_ray(matrix: Matrix, out: Path, ray: str, hashes: dict[str, str], done: dict[str, dict], say) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jsonschema
 import pytest
 from click.testing import CliRunner
 
@@ -13,7 +14,7 @@ import edgekit
 from edgekit.cli import main
 from edgekit.errors import ConfigError
 from edgekit.matrix_file import load_matrix
-from edgekit.matrix_run import aggregate
+from edgekit.matrix_run import aggregate, validate_matrix
 
 ROOT = Path(__file__).resolve().parents[1]
 MINIMAL = """
@@ -58,6 +59,10 @@ def test_the_minimal_file_builds_every_cell_once(minimal_local):
     assert result.exit_code == 0, result.output
     written = json.loads((tmp_path / "out" / "matrix.json").read_text())
     assert json.loads(result.stdout) == written and written["schema"] == "edgekit.matrix/1"
+    validate_matrix(written)  # the shipped schema, edgekit/schema/matrix.schema.json
+    broken = {**written, "cells": [{**written["cells"][0], "exit_code": "0"}]}
+    with pytest.raises(jsonschema.ValidationError):
+        validate_matrix(broken)
     cells = {c["name"]: c for c in written["cells"]}
     assert list(cells) == ["android-arm64-int8-minmax", "android-arm64-int8-percentile", "android-arm64-fp16"]
     assert cells["android-arm64-fp16"]["target"] == "android-arm64-fp16"
