@@ -351,17 +351,19 @@ def emulator_status(as_json: bool) -> None:
 @click.option("--ray", "ray", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="build each cell as a Ray task: --ray alone starts a local Ray runtime, --ray ADDRESS joins "
                    "that cluster (pip install 'edgekit[ray]')")
+@click.option("--baseline", type=click.Path(path_type=Path), help="the OUT of a previous run: compare every cell "
+              "with its bundle there (edgekit diff) and exit 3 when one regressed (the release gate)")
 @click.option("--json", "as_json", is_flag=True, help="print matrix.json on stdout (progress stays on stderr)")
 @handle_errors
 def matrix_command(matrix_file: Path, out: Path | None, jobs: int | None, resume: bool, ray: str | None,
-                   as_json: bool) -> int:
+                   baseline: Path | None, as_json: bool) -> int:
     """Build every cell of MATRIX_FILE (models x axes, each an ordinary build) and gather the verdicts in
     OUT/matrix.json; exit 1 if any cell gave 1, else 2, else 3, else 0."""
     import edgekit
 
     console = _console()
     result = edgekit.matrix(matrix_file, out, jobs, progress=lambda line: console.print(line, markup=False),
-                            resume=resume, ray=ray)
+                            resume=resume, ray=ray, baseline=baseline)
     if as_json:
         click.echo((result.out / "matrix.json").read_text(), nl=False)
     passed = sum(c["passed"] for c in result.cells)

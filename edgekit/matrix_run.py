@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit import step_cache
+from edgekit.errors import ConfigError
 from edgekit.matrix_file import Cell, Matrix
 from edgekit.matrix_html import write_matrix_html
 
@@ -39,20 +40,25 @@ class MatrixResult:
 
 def matrix(path: str | Path, out: str | Path | None = None, jobs: int | None = None,
            progress: Callable[[str], None] | None = None, resume: bool = False,
-           ray: str | None = None) -> MatrixResult:
+           ray: str | None = None, baseline: str | Path | None = None) -> MatrixResult:
     """`edgekit matrix`: read and check MATRIX.toml completely (ConfigError, exit 2, before any build), build
     every cell into OUT (default: dist/<matrix-stem>), write OUT/matrix.json. `resume`: a cell whose bundle
     exists from a build of the same inputs (command, file contents, tool versions) is not built again. `ray`:
-    None builds on this machine; "local" starts a local Ray runtime, an address joins that cluster."""
+    None builds on this machine; "local" starts a local Ray runtime, an address joins that cluster. `baseline`: the
+    OUT of a previous run; every cell built in both is compared with `edgekit diff` (the release gate: a
+    regression makes the matrix exit 3)."""
     from edgekit.matrix_file import load_matrix
 
     loaded = load_matrix(path)
+    if baseline is not None and not (Path(baseline) / "matrix.json").is_file():
+        raise ConfigError(f"--baseline {baseline} holds no matrix.json",
+                          hint="give the OUT folder of a previous edgekit matrix run")
     if ray is not None:
         from edgekit.matrix_ray import ray_module
 
         ray_module()  # not installed: exit 2 before any build
     return run_matrix(loaded, Path(out) if out is not None else Path("dist") / loaded.source.stem, jobs, progress,
-                      resume, ray)
+                      resume, ray, None if baseline is None else Path(baseline))
 
 
 def default_jobs() -> int:
@@ -67,7 +73,7 @@ def default_jobs() -> int:
 
 def run_matrix(matrix: Matrix, out: Path, jobs: int | None = None,
                progress: Callable[[str], None] | None = None, resume: bool = False,
-               ray: str | None = None) -> MatrixResult:
+               ray: str | None = None, baseline: Path | None = None) -> MatrixResult:
     """Build every cell (at most `jobs` at once), write OUT/matrix.json, return the cells and the exit code: 1 if
     any cell gave 1, else 2 if any gave 2, else 3 if any gave 3, else 0. A failing cell never stops the others."""
     out = Path(out)
@@ -87,7 +93,7 @@ def run_matrix(matrix: Matrix, out: Path, jobs: int | None = None,
         say(f"--resume: {len(done)} of {len(matrix.cells)} cells already built from the same inputs, kept")
     if ray is not None:
         _on_ray(matrix, out, ray, hashes, done, say)
-        return _finish(matrix, out, done, say)
+        return _finish(matrix, out, done, say, baseline)
     pool = ThreadPoolExecutor(max_workers=jobs)
     try:
         futures = {pool.submit(_build, cell, out, children, hashes[cell.bundle]): cell
@@ -102,21 +108,53 @@ def run_matrix(matrix: Matrix, out: Path, jobs: int | None = None,
         pool.shutdown(wait=True)
         raise
     pool.shutdown()
-    return _finish(matrix, out, done, say)
+    return _finish(matrix, out, done, say, baseline)
 
 
-def _finish(matrix: Matrix, out: Path, done: dict[str, dict], say) -> MatrixResult:
+def _finish(matrix: Matrix, out: Path, done: dict[str, dict], say, baseline: Path | None) -> MatrixResult:
     cells = [done[cell.bundle] for cell in matrix.cells]
     built = [c for c in cells if not c.get("resumed") and c["bundle"]]
     say(f"step cache: {sum(c['reused'] for c in built)} of {len(built)} built cells reused a conversion "
         f"({out / STEPS})")
     code = aggregate([c["exit_code"] for c in cells])
+    gate = None
+    if baseline is not None:
+        cells, gate = _against(cells, out, baseline, say)
+        if gate["regressed"] and code == 0:
+            code = 3
     written = {"schema": SCHEMA_ID, "matrix": str(matrix.source), "axes": matrix.axes, "exit_code": code,
-               "cells": cells}
+               "baseline": gate, "cells": cells}
     validate_matrix(written)
     _write(out / "matrix.json", written)
     write_matrix_html(out / "matrix.html", written)
     return MatrixResult(out, cells, code)
+
+
+def _against(cells: list[dict], out: Path, baseline: Path, say) -> tuple[list[dict], dict]:
+    """Each cell with a bundle here and in `baseline`: `edgekit diff` (default thresholds) in its row's
+    `baseline`; the gate's summary for matrix.json."""
+    from edgekit.diff import diff_bundles
+    from edgekit.errors import EdgekitError
+
+    rows, regressed, missing = [], [], []
+    for cell in cells:
+        old = baseline / cell["bundle"] if cell["bundle"] else None
+        if old is None or not (old / "report.json").is_file():
+            missing.append(f"{cell['model']}/{cell['name']}")
+            rows.append({**cell, "baseline": None})
+            continue
+        try:
+            result = diff_bundles(old, out / cell["bundle"])
+            found = result["regressions"]
+        except EdgekitError as exc:  # a baseline bundle that does not verify is no baseline to pass
+            found = [f"the baseline bundle could not be compared: {exc}"]
+        if found:
+            regressed.append(cell["bundle"])
+            say(f"regressed against {baseline}: {cell['bundle']}: {'; '.join(found)}")
+        rows.append({**cell, "baseline": {"passed": not found, "regressions": found}})
+    say(f"release gate against {baseline}: {len(regressed)} of {len(rows) - len(missing)} compared cells regressed"
+        + (f", {len(missing)} without a baseline bundle" if missing else ""))
+    return rows, {"out": str(baseline), "regressed": regressed, "missing": missing}
 
 
 def validate_matrix(written: dict) -> None:

@@ -222,9 +222,10 @@ def test_ray_builds_the_same_cells_as_the_local_pool(minimal_local, tmp_path: Pa
     monkeypatch.chdir(ROOT)
     (tmp_path / "matrix.toml").write_text(MINIMAL)
     result = CliRunner().invoke(main, ["matrix", str(tmp_path / "matrix.toml"), "--out", str(tmp_path / "out"),
-                                       "--ray"])
+                                       "--ray", "--baseline", str(minimal_local[0] / "out")])
     assert result.exit_code == 0, result.output
     assert "as Ray tasks on a local Ray runtime" in result.output
+    assert "release gate against" in result.output and "0 of 3 compared cells regressed" in result.output
     on_ray = json.loads((tmp_path / "out" / "matrix.json").read_text())
     assert [c["name"] for c in on_ray["cells"]] == [c["name"] for c in local["cells"]]
     for ours, theirs in zip(on_ray["cells"], local["cells"]):
@@ -280,3 +281,25 @@ def test_a_bundle_from_ray_is_unpacked_only_into_its_own_folder(tmp_path: Path):
     unpack_bundle(archive("./report.json", b'{"new": 1}'), bundle)
     assert (bundle / "report.json").read_bytes() == b'{"new": 1}'
     assert [p.name for p in bundle.parent.iterdir()] == ["cell"]  # no staging folder left
+
+
+def test_the_release_gate_fails_a_cell_that_regressed_against_the_baseline(minimal_local, tmp_path: Path,
+                                                                             monkeypatch):
+    """--baseline OUT_OF_A_PREVIOUS_RUN: `edgekit diff` on every cell built in both; a regression exits 3."""
+    monkeypatch.chdir(ROOT)
+    baseline = minimal_local[0] / "out"
+    same = MINIMAL.replace('target = ["android-arm64-int8", "android-arm64-fp16"]', 'target = "android-arm64-fp16"')
+    (tmp_path / "same.toml").write_text(same)
+    lines: list[str] = []
+    result = edgekit.matrix(tmp_path / "same.toml", tmp_path / "same", baseline=baseline, progress=lines.append)
+    assert result.exit_code == 0 and result.cells[0]["baseline"] == {"passed": True, "regressions": []}
+    # the same cell, now held to 200 dB: it fails its own gate, where the baseline's passed
+    worse = same.replace("max_drop = 1.0", 'max_drop = 1.0\ntask = "regress"\nmin_sqnr = 200.0')
+    (tmp_path / "worse.toml").write_text(worse)
+    result = edgekit.matrix(tmp_path / "worse.toml", tmp_path / "worse", baseline=baseline, progress=lines.append)
+    written = json.loads((tmp_path / "worse" / "matrix.json").read_text())
+    assert result.exit_code == 3 and written["baseline"]["regressed"] == ["digits/android-arm64-fp16"]
+    assert "NEW fails its own drift thresholds" in written["cells"][0]["baseline"]["regressions"][0]
+    assert written["baseline"]["missing"] == [] and any("1 of 1 compared cells regressed" in line for line in lines)
+    with pytest.raises(ConfigError, match=r"holds no matrix\.json"):
+        edgekit.matrix(tmp_path / "same.toml", tmp_path / "x", baseline=tmp_path)
