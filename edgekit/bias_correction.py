@@ -40,6 +40,7 @@ class Corrected:
 @dataclass(frozen=True)
 class _Op:
     output: str  # the op's output tensor name (the same in the float32 model)
+    tensor: int  # the bias tensor's index in the main subgraph
     buffer: int  # the bias's buffer index
     scales: np.ndarray  # the bias's per-channel scales (input scale x weight scale)
     active: tuple[float, float]  # where the fused activation passes a shift through
@@ -63,6 +64,8 @@ def correct_biases(device_path: Path, device_in: list[Binding], float_path: Path
     if not ops or not outputs:  # nothing to correct, or nothing to judge it by
         return Corrected(device_path, None)
     before = _output_sqnr(content, device_in, samples, floats, outputs)
+    if not np.isfinite(before):  # no output could be compared: nothing to judge a correction by
+        return Corrected(device_path, None)
     corrected = []
     for op, reference in ops:
         got = _values(content, device_in, samples, [op.output])[op.output]
@@ -71,7 +74,7 @@ def correct_biases(device_path: Path, device_in: list[Binding], float_path: Path
         shift = _mean_error(got, floats[reference], op.active)
         bias = np.frombuffer(bytes(model.buffers[op.buffer].data), np.int32).astype(np.int64)
         bias = np.clip(bias - np.round(shift / op.scales).astype(np.int64), -2**31, 2**31 - 1).astype(np.int32)
-        model.buffers[op.buffer].data = np.frombuffer(bias.tobytes(), np.uint8)
+        _own_buffer(model, op).data = np.frombuffer(bias.tobytes(), np.uint8)
         content = _pack(model)
         corrected.append(op.output)
     after = _output_sqnr(content, device_in, samples, floats, outputs)
@@ -82,6 +85,18 @@ def correct_biases(device_path: Path, device_in: list[Binding], float_path: Path
         return Corrected(device_path, block)
     out.write_bytes(content)
     return Corrected(out, block)
+
+
+def _own_buffer(model, op: _Op):
+    """The bias's buffer, copied first when another tensor shares it (a converter stores equal constants once)."""
+    import copy
+
+    tensors = [t for graph in model.subgraphs for t in graph.tensors]
+    if sum(t.buffer == op.buffer for t in tensors) == 1:
+        return model.buffers[op.buffer]
+    model.buffers.append(copy.deepcopy(model.buffers[op.buffer]))
+    model.subgraphs[0].tensors[op.tensor].buffer = len(model.buffers) - 1
+    return model.buffers[-1]
 
 
 def _unpack(content: bytes):
@@ -123,7 +138,8 @@ def _weighted_ops(model) -> list[_Op]:
         scales = np.asarray(bias.quantization.scale if bias.quantization else [], np.float64)
         if not scales.size or not np.all(scales > 0):
             continue
-        found.append(_Op(graph.tensors[op.outputs[0]].name.decode(), bias.buffer, scales, _ACTIVE[activation]))
+        found.append(_Op(graph.tensors[op.outputs[0]].name.decode(), inputs[2], bias.buffer, scales,
+                         _ACTIVE[activation]))
     return found
 
 
