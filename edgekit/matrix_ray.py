@@ -44,7 +44,9 @@ def run_on_ray(cells: list[Cell], out: Path, address: str | None, command: Calla
                finish: Callable[[Cell, int, bytes | None, str, float], dict],
                report_row: Callable[[dict], None], memory: int) -> None:
     """Build `cells` as Ray tasks; `finish(cell, exit code, bundle tar or None, log text, seconds)` makes each row,
-    handed to `report_row` as the cells finish."""
+    handed to `report_row` as the cells finish. Each row gains `ray`: `queued_s` (submitted until a worker took
+    it), `build_s` (the build on the worker) and `overhead_s` (the rest: shipping files, starting the build,
+    sending and unpacking the bundle)."""
     ray = ray_module()
     started = not ray.is_initialized()
     if started:
@@ -64,10 +66,14 @@ def run_on_ray(cells: list[Cell], out: Path, address: str | None, command: Calla
             ready, _ = ray.wait(list(pending), num_returns=1)
             cell, start = pending.pop(ready[0])
             try:
-                code, archive, log = ray.get(ready[0])
+                code, archive, log, built, began = ray.get(ready[0])
             except Exception as exc:  # the worker died twice, or Ray lost the task
-                code, archive, log = 1, None, f"error: the Ray worker building this cell failed: {exc}"
-            report_row(finish(cell, code, archive, log, time.time() - start))
+                code, archive, log, built, began = 1, None, f"error: the Ray worker building this cell failed: {exc}", \
+                    0.0, start
+            row = finish(cell, code, archive, log, time.time() - start)
+            queued = max(0.0, began - start)
+            report_row({**row, "ray": {"queued_s": round(queued, 2), "build_s": round(built, 2),
+                                       "overhead_s": round(time.time() - start - queued - built, 2)}})
     except BaseException:
         for ref in list(locals().get("pending", {})):
             ray.cancel(ref, force=True)
@@ -98,13 +104,15 @@ def _put(ray, path: Path, shipped: dict) -> tuple[str, str, object]:
     return shipped[key]
 
 
-def _cell_task(argv: list[str], files: dict, staging_bundle: str, cwd: str) -> tuple[int, bytes | None, str]:
+def _cell_task(argv: list[str], files: dict, staging_bundle: str,
+               cwd: str) -> tuple[int, bytes | None, str, float, float]:
     """On a Ray worker: the cell's files by hash under the temp folder, the build (this node's Python, in the
     driver's folder when the node has it), its bundle as a tar archive."""
     import sys
 
     import ray
 
+    began = time.time()
     root = Path(tempfile.gettempdir()) / "edgekit-ray"
     local = {}
     for arg, (digest, name, ref) in files.items():
@@ -121,15 +129,17 @@ def _cell_task(argv: list[str], files: dict, staging_bundle: str, cwd: str) -> t
         here = cwd if Path(cwd).is_dir() else None
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p),
                "EDGEKIT_STEP_CACHE": str(root / "steps")}  # shared by the cells that run on this node
+        start = time.time()
         done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=here,
                               env=env)
+        built = time.time() - start
         archive = None
         if (bundle / "report.json").is_file():
             buffer = io.BytesIO()
             with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
                 tar.add(bundle, arcname=".")
             archive = buffer.getvalue()
-        return done.returncode, archive, done.stderr
+        return done.returncode, archive, done.stderr, built, began
 
 
 def unpack_bundle(archive: bytes, target: Path) -> None:
