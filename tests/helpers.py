@@ -126,3 +126,20 @@ def mixed_head_model(seed: int = 0):
 
     torch.manual_seed(seed)
     return MixedHead().eval()
+
+
+def digits_killing_its_ray_worker():
+    """The digits CNN, but the first call (no file at $EDGEKIT_TEST_KILL_MARKER yet) writes the marker, kills the
+    process that started this build (a Ray worker, in tests/test_matrix.py) and exits: a worker that dies
+    mid-build. With $EDGEKIT_TEST_KILL_ALWAYS set, every call does it."""
+    import os
+    import signal
+    from pathlib import Path
+
+    marker = Path(os.environ["EDGEKIT_TEST_KILL_MARKER"])
+    if os.environ.get("EDGEKIT_TEST_KILL_ALWAYS") or not marker.exists():
+        with open(marker, "a") as handle:
+            handle.write("killed\n")
+        os.kill(os.getppid(), signal.SIGKILL)
+        os._exit(1)
+    return shipped_digits_cnn()

@@ -303,3 +303,42 @@ def test_the_release_gate_fails_a_cell_that_regressed_against_the_baseline(minim
     assert written["baseline"]["missing"] == [] and any("1 of 1 compared cells regressed" in line for line in lines)
     with pytest.raises(ConfigError, match=r"holds no matrix\.json"):
         edgekit.matrix(tmp_path / "same.toml", tmp_path / "x", baseline=tmp_path)
+
+
+@pytest.mark.parametrize("always", [False, True])
+def test_a_cell_whose_ray_worker_dies_is_retried_once(always, tmp_path: Path, monkeypatch):
+    """The model's factory kills the Ray worker that runs its build: Ray runs the cell once more. A worker that
+    dies again loses only its cell (exit 1, with Ray's error); the other cell is built."""
+    pytest.importorskip("ray", reason="Ray is not installed: pip install 'edgekit[ray]'")
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("EDGEKIT_TEST_KILL_MARKER", str(tmp_path / "killed"))
+    if always:
+        monkeypatch.setenv("EDGEKIT_TEST_KILL_ALWAYS", "1")
+    data = ROOT / "examples" / "01_android_int8"
+    (tmp_path / "m.toml").write_text(f"""
+[[models]]
+name = "killer"
+model = "tests.helpers:digits_killing_its_ray_worker"
+calibration = "{data / 'calibration.npz'}"
+eval = "{data / 'eval.npz'}"
+
+[[models]]
+name = "digits"
+model = "{data / 'digits_cnn.pt2'}"
+calibration = "{data / 'calibration.npz'}"
+eval = "{data / 'eval.npz'}"
+
+[axes]
+target = "android-arm64-fp32"
+emulator = "host"
+""")
+    result = edgekit.matrix(tmp_path / "m.toml", tmp_path / "out", ray="local")
+    killer, digits = result.cells
+    assert (tmp_path / "killed").read_text().count("killed") == (2 if always else 1)
+    assert digits["exit_code"] == 0 and digits["passed"]
+    if always:
+        assert killer["exit_code"] == 1 and killer["bundle"] is None and result.exit_code == 1
+        assert killer["error"].startswith("error: the Ray worker building this cell failed")
+    else:
+        assert killer["exit_code"] == 0 and killer["passed"] and result.exit_code == 0
+        assert (tmp_path / "out" / "killer" / "android-arm64-fp32-host" / "report.json").is_file()
