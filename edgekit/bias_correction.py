@@ -16,7 +16,6 @@ samples, is higher; `on` keeps it.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,26 +172,13 @@ def _paired_outputs(device, floats) -> dict[str, str]:
 def _values(content: bytes, bindings: list[Binding], samples: dict[str, np.ndarray],
             names: list[str]) -> dict[str, np.ndarray]:
     """The named tensors of a TFLite model (dequantized), over the samples; names it lacks are left out."""
-    from edgekit.runners.litert import interpreter_class
+    from edgekit.layers import keeping_interpreter, tensor_values
 
-    cls, _, _ = interpreter_class()
-    with warnings.catch_warnings():  # keeping every tensor is for debugging, LiteRT warns: that is the point
-        warnings.simplefilter("ignore")
-        interpreter = cls(model_content=content, experimental_preserve_all_tensors=True)
-    interpreter.allocate_tensors()
-    details = {d["name"]: d for d in interpreter.get_tensor_details()}
-    wanted = [details[name] for name in dict.fromkeys(names) if name in details]
-    inputs = [interpreter.get_input_details()[b.device_index]["index"] for b in bindings]
-    got: dict[str, list[np.ndarray]] = {d["name"]: [] for d in wanted}
-    for i in range(len(next(iter(samples.values())))):
-        for binding, index in zip(bindings, inputs):
-            interpreter.set_tensor(index, binding.encode(samples[binding.model_name][i:i + 1]))
-        interpreter.invoke()
-        for detail in wanted:
-            scale, zero_point = detail["quantization"]
-            value = interpreter.get_tensor(detail["index"]).astype(np.float32)
-            got[detail["name"]].append((value - zero_point) * scale if scale else value)
-    return {name: np.concatenate(values) for name, values in got.items()}
+    interpreter = keeping_interpreter(content)
+    index = {d["name"]: d["index"] for d in interpreter.get_tensor_details()}
+    wanted = [name for name in dict.fromkeys(names) if name in index]
+    values = tensor_values(interpreter, bindings, samples, [index[name] for name in wanted])
+    return {name: values[index[name]] for name in wanted}
 
 
 def _mean_error(got: np.ndarray, want: np.ndarray, active: tuple[float, float]) -> np.ndarray:

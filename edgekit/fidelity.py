@@ -171,7 +171,7 @@ class CheckedConversion:
         """Extra keys of report.json's `conversion` block."""
         return {"repairs": [a.to_dict() for a in self.repairs],
                 "first_divergence": None if self.check.faithful else self.check.divergence,
-                "reused": bool(getattr(self.files, "reused", False))}
+                "reused": self.files.reused}
 
 
 def convert_checked(export, calibration: dict[str, np.ndarray], target, io: str, workdir: Path,

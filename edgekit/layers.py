@@ -65,26 +65,41 @@ def onnx_activations(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.
 
 def tflite_activations(path: Path, bindings: list[Binding], inputs: dict[str, np.ndarray]) -> list[dict]:
     """Each op output of a TFLite model: name, op, quantisation, and its values (dequantised) over the samples."""
+    interpreter = keeping_interpreter(path)
+    details = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops = [op for op in interpreter._get_ops_details() if op["op_name"] not in ("DELEGATE", "QUANTIZE", "DEQUANTIZE")]
+    values = tensor_values(interpreter, bindings, inputs, [int(op["outputs"][0]) for op in ops])
+    return [{"name": details[i]["name"], "op": op["op_name"], "scale": float(details[i]["quantization"][0]),
+             "zero_point": int(details[i]["quantization"][1]), "dtype": np.dtype(details[i]["dtype"]).name,
+             "values": values[i]} for op, i in zip(ops, values)]
+
+
+def keeping_interpreter(model: Path | bytes):
+    """A LiteRT interpreter (from a file or the model's bytes) that keeps every intermediate tensor, allocated."""
     from edgekit.runners.litert import interpreter_class
 
     cls, _, _ = interpreter_class()
+    source = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
     with warnings.catch_warnings():  # LiteRT warns that keeping every tensor is for debugging: that is the point
         warnings.simplefilter("ignore")
-        interpreter = cls(model_path=str(path), experimental_preserve_all_tensors=True)
+        interpreter = cls(**source, experimental_preserve_all_tensors=True)
     interpreter.allocate_tensors()
+    return interpreter
+
+
+def tensor_values(interpreter, bindings: list[Binding], inputs: dict[str, np.ndarray],
+                  indices: list[int]) -> dict[int, np.ndarray]:
+    """The tensors at `indices` of a keeping_interpreter, dequantised, one sample at a time, stacked."""
     details = {t["index"]: t for t in interpreter.get_tensor_details()}
-    ops = [op for op in interpreter._get_ops_details() if op["op_name"] not in ("DELEGATE", "QUANTIZE", "DEQUANTIZE")]
     in_index = [interpreter.get_input_details()[b.device_index]["index"] for b in bindings]
-    values: dict[int, list[np.ndarray]] = {int(op["outputs"][0]): [] for op in ops}
+    values: dict[int, list[np.ndarray]] = {index: [] for index in indices}
     for i in range(len(next(iter(inputs.values())))):
         for binding, index in zip(bindings, in_index):
             interpreter.set_tensor(index, binding.encode(inputs[binding.model_name][i:i + 1]))
         interpreter.invoke()
         for index in values:
             values[index].append(_dequantize(interpreter.get_tensor(index), details[index]))
-    return [{"name": details[i]["name"], "op": op["op_name"], "scale": float(details[i]["quantization"][0]),
-             "zero_point": int(details[i]["quantization"][1]), "dtype": np.dtype(details[i]["dtype"]).name,
-             "values": np.concatenate(values[i])} for op, i in zip(ops, values)]
+    return {index: np.concatenate(found) for index, found in values.items()}
 
 
 def _dequantize(array: np.ndarray, detail: dict) -> np.ndarray:

@@ -13,7 +13,6 @@ that dies loses only its cell: Ray runs it once more, then the cell is reported 
 from __future__ import annotations
 
 import io
-import itertools
 import os
 import shutil
 import subprocess
@@ -27,7 +26,6 @@ from edgekit.errors import UnsupportedError
 from edgekit.matrix_file import Cell
 
 RETRIES = 1
-_FILE_OPTIONS = ("--calibration", "--eval")
 
 
 def ray_module():
@@ -49,6 +47,7 @@ def run_on_ray(cells: list[Cell], out: Path, address: str | None, command: Calla
     sending and unpacking the bundle)."""
     ray = ray_module()
     started = not ray.is_initialized()
+    pending: dict = {}  # object ref -> (cell, submitted at)
     if started:
         ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
                  **({} if address else {"num_cpus": os.cpu_count() or 1}))
@@ -56,10 +55,9 @@ def run_on_ray(cells: list[Cell], out: Path, address: str | None, command: Calla
         shipped: dict[str, object] = {}  # path -> object ref of its bytes, each file put once
         task = ray.remote(_cell_task).options(num_cpus=1, memory=memory, max_retries=RETRIES,
                                               retry_exceptions=False)
-        pending = {}
         for cell in cells:
             argv = command(cell, Path("/edgekit-staging"))
-            files = {arg: _put(ray, Path(arg), shipped) for arg in _shipped_args(argv)}
+            files = {arg: _put(ray, Path(arg), shipped) for arg in _shipped_args(cell)}
             pending[task.remote(argv, files, str(Path("/edgekit-staging") / cell.bundle), os.getcwd())] = \
                 (cell, time.time())
         while pending:
@@ -75,7 +73,7 @@ def run_on_ray(cells: list[Cell], out: Path, address: str | None, command: Calla
             report_row({**row, "ray": {"queued_s": round(queued, 2), "build_s": round(built, 2),
                                        "overhead_s": round(time.time() - start - queued - built, 2)}})
     except BaseException:
-        for ref in list(locals().get("pending", {})):
+        for ref in list(pending):
             ray.cancel(ref, force=True)
         raise
     finally:
@@ -83,14 +81,11 @@ def run_on_ray(cells: list[Cell], out: Path, address: str | None, command: Calla
             ray.shutdown()
 
 
-def _shipped_args(argv: list[str]) -> list[str]:
-    """The arguments that are files to send: the model (a file, not `module:factory`) and the data files."""
-    model = argv[4]
-    found = [model] if Path(model).is_file() else []
-    for option, value in itertools.pairwise(argv):
-        if option in _FILE_OPTIONS and Path(value).is_file():
-            found.append(value)
-    return found
+def _shipped_args(cell: Cell) -> list[str]:
+    """The cell's arguments that are files to send (as cell_command writes them): the model (a file, not
+    `module:factory`), the calibration and eval data (files, not folders)."""
+    model = cell.model
+    return [value for value in (model.model, model.calibration, model.eval) if value and Path(value).is_file()]
 
 
 def _put(ray, path: Path, shipped: dict) -> tuple[str, str, object]:

@@ -173,17 +173,13 @@ def _on_ray(matrix: Matrix, out: Path, ray: str, hashes: dict[str, str], done: d
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(log_text)
         _stamp(cell, out).unlink(missing_ok=True)
-        report = None
         if archive is not None and code in (0, 3):
             try:
                 unpack_bundle(archive, out / cell.bundle)
             except (tarfile.TarError, OSError) as exc:  # a link or a path out of the folder: refused, not followed
                 log.write_text(f"{log_text}\nerror: the bundle that came back from Ray was refused: {exc}\n")
                 return _row(cell, 1, None, log, seconds)
-            report = _report(out / cell.bundle / "report.json")
-            if report is not None:
-                _stamp(cell, out).write_text(hashes[cell.bundle])
-        return _row(cell, code, report, log, seconds)
+        return _verdict(cell, out, code, archive is not None, hashes[cell.bundle], log, seconds)
 
     def record(row: dict) -> None:
         done[f"{row['model']}/{row['name']}"] = row
@@ -259,10 +255,16 @@ def _build(cell: Cell, out: Path, children: _Children, digest: str) -> dict | No
     _stamp(cell, out).unlink(missing_ok=True)
     with open(log, "w") as stderr:
         code = children.run(cell_command(cell, out), stderr, {**os.environ, step_cache.ENV: str(out / STEPS)})
-    report = _report(out / cell.bundle / "report.json") if code in (0, 3) else None
-    if report is not None:  # the bundle is complete: --resume may keep it
+    return _verdict(cell, out, code, True, digest, log, time.perf_counter() - start)
+
+
+def _verdict(cell: Cell, out: Path, code: int, written: bool, digest: str, log: Path, seconds: float) -> dict:
+    """The cell's row, from the report of the bundle its build `written` (exit 0 or 3); a complete bundle gets its
+    inputs stamp, so --resume may keep it."""
+    report = _report(out / cell.bundle / "report.json") if written and code in (0, 3) else None
+    if report is not None:
         _stamp(cell, out).write_text(digest)
-    return _row(cell, code, report, log, time.perf_counter() - start)
+    return _row(cell, code, report, log, seconds)
 
 
 def inputs_hash(cell: Cell, out: Path, known: dict[str, str] | None = None) -> str:
