@@ -69,7 +69,8 @@ def run(models: list[str], cache: Path) -> dict:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         one_by_one[cell.bundle] = time.perf_counter() - start
     result = {"matrix_s": round(with_matrix, 1), "one_by_one_s": round(sum(one_by_one.values()), 1),
-              "cells": [{"bundle": c["bundle"], "exit_code": c["exit_code"], "reused": c["reused"],
+              "cells": [{"bundle": c["bundle"], "exit_code": c["exit_code"], "reused": c["reused_steps"],
+                         "peak_rss_mb": c["peak_rss_mb"],
                          "seconds": c["seconds"], "plain_seconds": round(one_by_one.get(f"{c['model']}/{c['name']}",
                                                                                          0.0), 1)} for c in cells]}
     result_file.write_text(json.dumps(result, indent=1))
@@ -77,13 +78,14 @@ def run(models: list[str], cache: Path) -> dict:
 
 
 def table(result: dict) -> str:
-    rows = [f"| {c['bundle']} | {c['exit_code']} | {'yes' if c['reused'] else 'no'} | {c['seconds']:.1f} | "
-            f"{c['plain_seconds']:.1f} |" for c in result["cells"]]
-    rows.append(f"| **all {len(result['cells'])} cells** | | {sum(c['reused'] for c in result['cells'])} reused | "
-                f"**{result['matrix_s']:.1f}** | **{result['one_by_one_s']:.1f}** (ratio "
-                f"{result['matrix_s'] / result['one_by_one_s']:.2f}) |")
-    return markdown_table(["cell", "exit", "conversion reused", "matrix --jobs 1 (s)", "edgekit build alone (s)"],
-                          rows)
+    steps = ("export", "conversion", "calibration", "reference")
+    rows = [f"| {c['bundle']} | {c['exit_code']} | {', '.join(c['reused']) or 'none'} | {c['peak_rss_mb']:,} | "
+            f"{c['seconds']:.1f} | {c['plain_seconds']:.1f} |" for c in result["cells"]]
+    counts = ", ".join(f"{step} {sum(step in c['reused'] for c in result['cells'])}" for step in steps)
+    rows.append(f"| **all {len(result['cells'])} cells** | | reused: {counts} | | **{result['matrix_s']:.1f}** | "
+                f"**{result['one_by_one_s']:.1f}** (ratio {result['matrix_s'] / result['one_by_one_s']:.2f}) |")
+    return markdown_table(["cell", "exit", "steps reused", "peak MB", "matrix --jobs 1 (s)",
+                           "edgekit build alone (s)"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:

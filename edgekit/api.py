@@ -22,9 +22,10 @@ from edgekit.plan import Plan, make_plan
 from edgekit.progress import Listener, Steps
 from edgekit.report import passed as report_passed
 from edgekit.runners.reference import reference_runner
+from edgekit.shared_steps import exported, reference_outputs
 from edgekit.steps.equalize import check_request as check_equalize
 from edgekit.steps.equalize import equalize_applies, equalize_model
-from edgekit.steps.export_onnx import OnnxExport, export_onnx
+from edgekit.steps.export_onnx import OnnxExport
 from edgekit.tasks import output_tasks
 
 LAYER_SAMPLES = 32
@@ -137,7 +138,7 @@ def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Wr
             compressed, compression = compress_model(device_plan, workdir)
             device_plan = replace(device_plan, model=compressed)
     with steps.step("export", "exporting to ONNX"):
-        export = export_onnx(device_plan.model, plan.inputs, workdir / "reference.onnx")
+        export, export_reused = exported(device_plan.model, plan.inputs, workdir / "reference.onnx")
         tasks, notes = output_tasks({o.name: o.shape for o in export.outputs}, plan.evaluation.labels,
                                     plan.options.task, plan.options.outputs)
     for note in notes:
@@ -167,6 +168,8 @@ def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Wr
     if equalization is not None:
         notes = [equalization.note] if equalization.note else []
         measured = replace(measured, equalization=equalization.block, warnings=[*measured.warnings, *notes])
+    reused = ["export"] * export_reused + ["conversion"] * bool(device.conversion.get("reused"))
+    measured = replace(measured, reused=tuple(sorted({*reused, *device.reused, *measured.reused})))
     with steps.step("bundle", "writing the bundle"):
         return bundle_io.write(staging, plan, export, device, measured, steps.timings_s, tasks)
 
@@ -215,12 +218,10 @@ def _measure(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: P
     """Drift against the original model; the converter's error against the model that was converted (the
     compressed one, when compressing), so compression, conversion and quantization errors stay apart."""
     data = plan.evaluation
-    with reference_runner(plan, export) as runner:
-        reference = runner.run(data.inputs)
+    reference, reused = _reference(plan, export)
     converted = reference
     if not _same_weights(plan.model, device_plan.model):  # compressed or equalized: run those weights too
-        with reference_runner(device_plan, export) as runner:
-            converted = runner.run(data.inputs)
+        converted, _ = _reference(device_plan, export)
     with device.open_float_runner() as runner:
         floats = runner.run(data.inputs)
     with device.open_runner(device.path) as runner:
@@ -231,7 +232,17 @@ def _measure(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: P
     return bundle_io.Measured(
         reference=reference, device=outputs, conversion=output_metrics(converted, floats),
         quantization=output_metrics(floats, outputs) if quantized else None, drift=drift,
-        latency_ms={"host": latency}, warnings=_warnings(plan, drift, reference, outputs) + device.notes)
+        latency_ms={"host": latency}, warnings=_warnings(plan, drift, reference, outputs) + device.notes,
+        reused=("reference",) if reused else ())
+
+
+def _reference(plan: Plan, export: OnnxExport) -> tuple[dict[str, np.ndarray], bool]:
+    """The plan's model on the eval inputs (from the step cache when another build ran the same)."""
+    def run() -> dict[str, np.ndarray]:
+        with reference_runner(plan, export) as runner:
+            return runner.run(plan.evaluation.inputs)
+
+    return reference_outputs(plan.model, plan.evaluation.inputs, [o.name for o in export.outputs], run)
 
 
 def _same_weights(model: LoadedModel, other: LoadedModel) -> bool:

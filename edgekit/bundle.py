@@ -39,6 +39,7 @@ class Measured:
     baseline_float_gzip_bytes: int | None = None
     equalization: dict | None = None  # report.json quantization.equalization (None: not asked or not INT8)
     ladder: list[dict] | None = None  # report.json quantization.ladder: every step `--fallback auto` measured
+    reused: tuple[str, ...] = ()  # report.json resources.reused_steps: the steps taken from the step cache
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -362,14 +363,34 @@ def matrix_command(matrix_file: Path, out: Path | None, jobs: int | None, resume
     import edgekit
 
     console = _console()
-    result = edgekit.matrix(matrix_file, out, jobs, progress=lambda line: console.print(line, markup=False),
-                            resume=resume, ray=ray, baseline=baseline)
+    with _matrix_progress(console) as (say, watch):
+        result = edgekit.matrix(matrix_file, out, jobs, progress=say, resume=resume, ray=ray, baseline=baseline,
+                                watch=watch)
     if as_json:
         click.echo((result.out / "matrix.json").read_text(), nl=False)
     passed = sum(c["passed"] for c in result.cells)
     console.print(f"{passed} of {len(result.cells)} cells passed; {result.out / 'matrix.json'} (exit "
                   f"{result.exit_code})", markup=False)
     return result.exit_code
+
+
+@contextlib.contextmanager
+def _matrix_progress(console):
+    """On a terminal, one live table of the cells (edgekit/matrix_board.py) with the matrix's lines above it; in a
+    log, the lines alone (one per finished cell)."""
+    def say(line: str) -> None:
+        console.print(line, markup=False)
+
+    if not console.is_terminal:
+        yield say, None
+        return
+    from rich.live import Live
+
+    from edgekit.matrix_board import Board
+
+    board = Board()
+    with Live(console=console, get_renderable=board.table, refresh_per_second=2, transient=False):
+        yield (lambda line: None if line.startswith("[") else say(line)), board.watch
 
 
 if __name__ == "__main__":

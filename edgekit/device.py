@@ -37,6 +37,7 @@ class DeviceModel:
     own_fallback: Callable[[], DeviceModel] | None = None
     conversion: dict = field(default_factory=dict)  # extra keys of report.json's conversion block (repairs, ...)
     quantization: dict = field(default_factory=dict)  # extra keys of report.json's quantization block
+    reused: tuple[str, ...] = ()  # the route's steps taken from the step cache (edgekit/shared_steps.py)
 
 
 def model_bytes(device: DeviceModel) -> int:

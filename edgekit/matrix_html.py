@@ -17,8 +17,10 @@ def write_matrix_html(path: Path, matrix: dict) -> Path:
             f'{_e(Path(matrix["matrix"]).name)}</title><style>{CSS}</style></head><body>'
             f'<h1>edgekit matrix: {_e(Path(matrix["matrix"]).name)} (exit {matrix["exit_code"]})</h1>'
             f'<p>{sum(c["passed"] for c in cells)} of {len(cells)} cells passed.</p>'
+            f'{_gate(matrix.get("baseline"))}'
             f'<h2>Model x target</h2><div id="pivot">{_pivot(cells)}</div>'
-            f'<h2>Cells</h2><div id="cells">{_cells(cells)}</div></body></html>\n')
+            f'<h2>Cells</h2><div id="cells">{_cells(cells, matrix.get("baseline") is not None)}</div>'
+            '</body></html>\n')
     path.write_text(page)
     return path
 
@@ -36,9 +38,29 @@ def _sqnr(cell: dict) -> str:
     return "n/a" if sqnr is None else f"{sqnr:.1f}"
 
 
-def _cells(cells: list[dict]) -> str:
+def _gate(gate: dict | None) -> str:
+    """The release gate (--baseline): the verdict, what regressed, what had nothing to compare with."""
+    if gate is None:
+        return ""
+    verdict = (f'<p class="fail">{len(gate["regressed"])} cell(s) regressed: {_e(", ".join(gate["regressed"]))}</p>'
+               if gate["regressed"] else '<p class="pass">No cell regressed.</p>')
+    missing = (f'<p>No baseline bundle for: {_e(", ".join(gate["missing"]))}</p>' if gate["missing"] else "")
+    return f'<h2>Release gate against {_e(gate["out"])}</h2><div id="gate">{verdict}{missing}</div>'
+
+
+def _against(cell: dict) -> str:
+    compared = cell.get("baseline")
+    if compared is None:
+        return "<td>no baseline</td>"
+    if compared["passed"]:
+        return '<td class="pass">as good</td>'
+    return f'<td class="fail">regressed: {_e("; ".join(compared["regressions"]))}</td>'
+
+
+def _cells(cells: list[dict], gated: bool = False) -> str:
     head = ("<tr><th>model</th><th>cell</th><th>exit</th><th>accuracy drop</th><th>top-1 agreement</th>"
-            "<th>worst SQNR dB</th><th>device bytes</th><th>host ms</th><th>build s</th><th>report</th></tr>")
+            "<th>worst SQNR dB</th><th>device bytes</th><th>host ms</th><th>build s</th><th>steps reused</th>"
+            f"{'<th>against the baseline</th>' if gated else ''}<th>report</th></tr>")
     rows = []
     for cell in cells:
         drift, size = cell["drift"] or {}, cell["size"] or {}
@@ -46,9 +68,10 @@ def _cells(cells: list[dict]) -> str:
                 else _e(cell["error"] or ""))
         values = [cell["model"], cell["name"], cell["exit_code"], _num(drift.get("accuracy_drop"), ".2f"),
                   _num(drift.get("top1_agreement"), ".4f"), _sqnr(cell), _num(size.get("device_bytes"), ",d"),
-                  _num(cell["latency_ms"], ".3f"), _num(cell["seconds"], ".1f")]
+                  _num(cell["latency_ms"], ".3f"), _num(cell["seconds"], ".1f"),
+                  ", ".join(cell.get("reused_steps") or []) or ("kept (--resume)" if cell["resumed"] else "none")]
         rows.append(f'<tr class="{_class(cell)}">' + "".join(f"<td>{_e(v)}</td>" for v in values)
-                    + f"<td>{link}</td></tr>")
+                    + (_against(cell) if gated else "") + f"<td>{link}</td></tr>")
     return f"<table>{head}{''.join(rows)}</table>"
 
 

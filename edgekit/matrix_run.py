@@ -11,7 +11,6 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +18,14 @@ from edgekit import step_cache
 from edgekit.errors import ConfigError
 from edgekit.matrix_file import Cell, Matrix
 from edgekit.matrix_html import write_matrix_html
+from edgekit.matrix_pool import CELL_MEMORY_MB, default_budget, run_pool
 
 SCHEMA_ID = "edgekit.matrix/1"
+Watch = Callable[..., None]  # watch(event, cell, row=None): see matrix()
 SCHEMA_PATH = Path(__file__).parent / "schema" / "matrix.schema.json"
-GB = 2**30
 STEPS = ".steps"  # OUT/.steps: the step cache the cells share (edgekit/step_cache.py)
-CELL_MEMORY = 4 * GB  # what one conversion may take (onnx2tf on a mid-size CNN); the pool never overcommits it
+REUSABLE = ("export", "conversion", "calibration", "reference")  # report.json resources.reused_steps
+CELL_MEMORY = CELL_MEMORY_MB * 2**20  # what a Ray task declares: one conversion (onnx2tf on a mid-size CNN)
 
 
 @dataclass(frozen=True)
@@ -40,13 +41,14 @@ class MatrixResult:
 
 def matrix(path: str | Path, out: str | Path | None = None, jobs: int | None = None,
            progress: Callable[[str], None] | None = None, resume: bool = False,
-           ray: str | None = None, baseline: str | Path | None = None) -> MatrixResult:
+           ray: str | None = None, baseline: str | Path | None = None, watch: Watch | None = None) -> MatrixResult:
     """`edgekit matrix`: read and check MATRIX.toml completely (ConfigError, exit 2, before any build), build
     every cell into OUT (default: dist/<matrix-stem>), write OUT/matrix.json. `resume`: a cell whose bundle
     exists from a build of the same inputs (command, file contents, tool versions) is not built again. `ray`:
     None builds on this machine; "local" starts a local Ray runtime, an address joins that cluster. `baseline`: the
     OUT of a previous run; every cell built in both is compared with `edgekit diff` (the release gate: a
-    regression makes the matrix exit 3)."""
+    regression makes the matrix exit 3). `watch(event, cell, row)`: each cell "queued", then "running" (or
+    "submitted" to Ray), then "done" with its matrix.json row (edgekit/matrix_board.py draws them)."""
     from edgekit.matrix_file import load_matrix
 
     loaded = load_matrix(path)
@@ -58,29 +60,19 @@ def matrix(path: str | Path, out: str | Path | None = None, jobs: int | None = N
 
         ray_module()  # not installed: exit 2 before any build
     return run_matrix(loaded, Path(out) if out is not None else Path("dist") / loaded.source.stem, jobs, progress,
-                      resume, ray, None if baseline is None else Path(baseline))
-
-
-def default_jobs() -> int:
-    """As many cells at once as there are cores, and as CELL_MEMORY allows of the machine's memory."""
-    cores = os.cpu_count() or 1
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        memory = CELL_MEMORY
-    return max(1, min(cores, memory // CELL_MEMORY))
+                      resume, ray, None if baseline is None else Path(baseline), watch)
 
 
 def run_matrix(matrix: Matrix, out: Path, jobs: int | None = None,
                progress: Callable[[str], None] | None = None, resume: bool = False,
-               ray: str | None = None, baseline: Path | None = None) -> MatrixResult:
+               ray: str | None = None, baseline: Path | None = None, watch: Watch | None = None) -> MatrixResult:
     """Build every cell (at most `jobs` at once), write OUT/matrix.json, return the cells and the exit code: 1 if
     any cell gave 1, else 2 if any gave 2, else 3 if any gave 3, else 0. A failing cell never stops the others."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = jobs or default_jobs()
+    budget = default_budget(jobs)
     say = progress or (lambda line: None)
-    where = (f"{jobs} at a time" if ray is None else
+    where = (f"up to {budget.jobs} at a time{'' if budget.fixed else ' as memory allows'}" if ray is None else
              "as Ray tasks on a local Ray runtime" if ray == "local" else f"as Ray tasks on the cluster at {ray}")
     say(f"matrix {matrix.source.name}: {len(matrix.cells)} cells, {where}, bundles under {out}")
     children = _Children()
@@ -89,33 +81,39 @@ def run_matrix(matrix: Matrix, out: Path, jobs: int | None = None,
     for cell in matrix.cells:
         hashes[cell.bundle] = inputs_hash(cell, out, files)
     done = {cell.bundle: row for cell in matrix.cells if resume and (row := _resumed(cell, out, hashes[cell.bundle]))}
+    watch = watch or (lambda event, cell, row=None: None)
+    for cell in matrix.cells:
+        watch("done" if cell.bundle in done else "queued", cell, done.get(cell.bundle))
     if done:
         say(f"--resume: {len(done)} of {len(matrix.cells)} cells already built from the same inputs, kept")
     if ray is not None:
-        _on_ray(matrix, out, ray, hashes, done, say)
+        _on_ray(matrix, out, ray, hashes, done, say, watch)
         return _finish(matrix, out, done, say, baseline)
-    pool = ThreadPoolExecutor(max_workers=jobs)
-    try:
-        futures = {pool.submit(_build, cell, out, children, hashes[cell.bundle]): cell
-                   for cell in matrix.cells if cell.bundle not in done}
-        for future in as_completed(futures):
-            row = future.result()
-            done[futures[future].bundle] = row
-            say(f"[{len(done)}/{len(matrix.cells)}] {_line(row)}")
-    except BaseException:  # Ctrl-C, SIGTERM: no new cell starts, the running ones stop and clean up
-        pool.shutdown(wait=False, cancel_futures=True)
-        children.stop()
-        pool.shutdown(wait=True)
-        raise
-    pool.shutdown()
+
+    def build(cell: Cell) -> dict | None:
+        watch("running", cell)
+        return _build(cell, out, children, hashes[cell.bundle])
+
+    def finished(cell: Cell, row: dict) -> None:
+        done[cell.bundle] = row
+        watch("done", cell, row)
+        say(f"[{len(done)}/{len(matrix.cells)}] {_line(row)}")
+
+    todo = [cell for cell in matrix.cells if cell.bundle not in done]
+    run_pool(todo, budget, build, (lambda: children.stopped, children.stop), finished)
+    if budget.measured:
+        peaks = ", ".join(f"{model} {peak:,} MB" for model, peak in budget.measured.items())
+        say(f"memory: cells peaked at {peaks}; at most {budget.most_at_once} built at once "
+            f"({budget.memory_mb:,} MB available{', --jobs fixed' if budget.fixed else ''})")
     return _finish(matrix, out, done, say, baseline)
 
 
 def _finish(matrix: Matrix, out: Path, done: dict[str, dict], say, baseline: Path | None) -> MatrixResult:
     cells = [done[cell.bundle] for cell in matrix.cells]
     built = [c for c in cells if not c.get("resumed") and c["bundle"]]
-    say(f"step cache: {sum(c['reused'] for c in built)} of {len(built)} built cells reused a conversion "
-        f"({out / STEPS})")
+    counts = {step: sum(step in c["reused_steps"] for c in built) for step in REUSABLE}
+    say(f"step cache ({out / STEPS}): of {len(built)} built cells, "
+        + ", ".join(f"{counts[s]} reused the {s}" for s in REUSABLE))
     code = aggregate([c["exit_code"] for c in cells])
     gate = None
     if baseline is not None:
@@ -164,7 +162,8 @@ def validate_matrix(written: dict) -> None:
     jsonschema.validate(written, json.loads(SCHEMA_PATH.read_text()))
 
 
-def _on_ray(matrix: Matrix, out: Path, ray: str, hashes: dict[str, str], done: dict[str, dict], say) -> None:
+def _on_ray(matrix: Matrix, out: Path, ray: str, hashes: dict[str, str], done: dict[str, dict], say,
+            watch: Watch) -> None:
     """The cells not `done` as Ray tasks (edgekit/matrix_ray.py); each row into `done` as it comes back."""
     from edgekit.matrix_ray import run_on_ray, unpack_bundle
 
@@ -181,11 +180,16 @@ def _on_ray(matrix: Matrix, out: Path, ray: str, hashes: dict[str, str], done: d
                 return _row(cell, 1, None, log, seconds)
         return _verdict(cell, out, code, archive is not None, hashes[cell.bundle], log, seconds)
 
+    cells = {cell.bundle: cell for cell in matrix.cells}
+
     def record(row: dict) -> None:
         done[f"{row['model']}/{row['name']}"] = row
+        watch("done", cells[f"{row['model']}/{row['name']}"], row)
         say(f"[{len(done)}/{len(matrix.cells)}] {_line(row)}")
 
     todo = [cell for cell in matrix.cells if cell.bundle not in done]
+    for cell in todo:
+        watch("submitted", cell)
     run_on_ray(todo, out, None if ray == "local" else ray, cell_command, finish, record, CELL_MEMORY)
 
 
@@ -336,6 +340,8 @@ def _report(path: Path) -> dict | None:
 def _row(cell: Cell, code: int, report: dict | None, log: Path, seconds: float) -> dict:
     drift = (report or {}).get("drift")
     outputs = [o["sqnr_db"] for o in (drift or {}).get("outputs", []) if o.get("sqnr_db") is not None]
+    resources = (report or {}).get("resources") or {}
+    steps = list(resources.get("reused_steps") or [])
     return {"model": cell.model.name, "name": cell.name, **cell.axes, "bundle": cell.bundle if report else None,
             "exit_code": code, "passed": code == 0,
             "drift": None if drift is None else {
@@ -344,7 +350,7 @@ def _row(cell: Cell, code: int, report: dict | None, log: Path, seconds: float) 
             "size": None if report is None else {"device_bytes": report["size"]["device_bytes"],
                                                  "device_gzip_bytes": report["size"]["device_gzip_bytes"]},
             "latency_ms": None if report is None else report["latency_ms"].get("host"),
-            "reused": bool(((report or {}).get("conversion") or {}).get("reused")),
+            "reused": bool(steps), "reused_steps": steps, "peak_rss_mb": resources.get("peak_rss_mb"),
             "seconds": round(seconds, 1), "error": None if report else _error(log), "resumed": False}
 
 

@@ -112,7 +112,7 @@ def make_report(plan, device, measured, timings_s: dict[str, float], size: dict)
         "quantization": quantization,
         "layers": measured.layers,
         "warnings": measured.warnings,
-        "resources": {"peak_rss_mb": peak_rss_mb()},
+        "resources": {"peak_rss_mb": peak_rss_mb(), "reused_steps": list(measured.reused)},
         "timings_s": dict(timings_s),
         "latency_ms": measured.latency_ms,
     }

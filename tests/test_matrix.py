@@ -159,8 +159,8 @@ equalize = ["auto", "off"]
 def test_resume_rebuilds_only_the_missing_or_changed_cells(digits_files, tmp_path: Path):
     import shutil
 
-    matrix = _digits_matrix(digits_files, tmp_path, 'target = "android-arm64-fp32"\nemulator = "host"\nseed = [0, 1]',
-                            with_eval=True)
+    matrix = _digits_matrix(digits_files, tmp_path, 'target = "android-arm64-int16x8"\nconverter = "onnx2tf"\n'
+                            'emulator = "host"\nseed = [0, 1]', with_eval=True)
     first = edgekit.matrix(matrix, tmp_path / "out", jobs=2)
     assert first.exit_code == 0 and [c["resumed"] for c in first.cells] == [False, False]
     kept = tmp_path / "out" / first.cells[1]["bundle"] / "manifest.json"
@@ -171,12 +171,18 @@ def test_resume_rebuilds_only_the_missing_or_changed_cells(digits_files, tmp_pat
     assert [c["resumed"] for c in again.cells] == [False, True] and again.exit_code == 0
     assert kept.stat().st_mtime_ns == stamp  # not rebuilt
     assert "--resume: 1 of 2 cells already built from the same inputs, kept" in lines
-    # the rebuilt cell took the float conversion from the step cache the first run left in OUT/.steps
-    assert again.cells[0]["reused"] and again.cells[0]["drift"] == first.cells[0]["drift"]
+    # the rebuilt cell took its export, float conversion, activation ranges and reference outputs from the step
+    # cache that the first run left in OUT/.steps (the other cell's, of the same model), and measured the same drift
+    everything = ["calibration", "conversion", "export", "reference"]
+    assert again.cells[0]["reused_steps"] == everything
+    assert again.cells[0]["drift"] == first.cells[0]["drift"] and again.cells[0]["peak_rss_mb"] > 0
     report = json.loads((tmp_path / "out" / again.cells[0]["bundle"] / "report.json").read_text())
     assert report["conversion"]["reused"] is True and report["size"] == json.loads(
         (tmp_path / "out" / again.cells[1]["bundle"] / "report.json").read_text())["size"]
-    assert any(line.startswith("step cache: 1 of 1 built cells reused a conversion") for line in lines)
+    assert report["resources"]["reused_steps"] == everything
+    assert any(line.startswith("step cache (") and line.endswith(
+        "of 1 built cells, 1 reused the export, 1 reused the conversion, 1 reused the calibration, 1 reused the "
+        "reference") for line in lines), lines
     assert again.cells[1]["drift"] == first.cells[1]["drift"] and again.cells[1]["size"] == first.cells[1]["size"]
     matrix.write_text(matrix.read_text().replace('eval = "', 'max_drop = 2.0\neval = "'))  # a changed input
     changed = edgekit.matrix(matrix, tmp_path / "out", jobs=2, resume=True)
@@ -301,6 +307,9 @@ def test_the_release_gate_fails_a_cell_that_regressed_against_the_baseline(minim
     assert result.exit_code == 3 and written["baseline"]["regressed"] == ["digits/android-arm64-fp16"]
     assert "NEW fails its own drift thresholds" in written["cells"][0]["baseline"]["regressions"][0]
     assert written["baseline"]["missing"] == [] and any("1 of 1 compared cells regressed" in line for line in lines)
+    page = (tmp_path / "worse" / "matrix.html").read_text()  # the gate's verdict is on the page too
+    assert "1 cell(s) regressed: digits/android-arm64-fp16" in page
+    assert '<td class="fail">regressed: NEW fails its own drift thresholds' in page
     with pytest.raises(ConfigError, match=r"holds no matrix\.json"):
         edgekit.matrix(tmp_path / "same.toml", tmp_path / "x", baseline=tmp_path)
 
@@ -342,3 +351,52 @@ emulator = "host"
     else:
         assert killer["exit_code"] == 0 and killer["passed"] and result.exit_code == 0
         assert (tmp_path / "out" / "killer" / "android-arm64-fp32-host" / "report.json").is_file()
+
+
+def test_the_default_pool_admits_cells_by_the_memory_their_model_measured():
+    """Before a model's first cell finishes, each of its cells is expected to take CELL_MEMORY_MB, so two do not
+    start together on a machine with room for one; once a cell measured its peak, as many start as fit."""
+    from edgekit.matrix_pool import CELL_MEMORY_MB, MARGIN, Budget
+
+    budget = Budget(jobs=4, memory_mb=CELL_MEMORY_MB + 2000)
+    never = lambda: False  # noqa: E731
+    assert budget.admit(0, "big", never) and not budget.fits("big")  # 4096 + 4096 MB would not fit
+    budget.done(0, "big", 500)  # its first cell peaked at 500 MB
+    assert budget.expected_mb("big") == int(500 * MARGIN)
+    for key in (1, 2, 3, 4):
+        assert budget.admit(key, "big", never)
+    assert not budget.fits("big") and budget.most_at_once == 4  # --jobs (the cores) still bounds it
+    assert budget.running and not budget.fits("other")  # an unmeasured model waits for room
+    fixed = Budget(jobs=2, memory_mb=1, fixed=True)  # --jobs N: N at once, whatever the memory
+    assert fixed.admit(0, "big", never) and fixed.admit(1, "big", never) and not fixed.fits("big")
+
+
+def test_the_live_table_shows_each_cell_state_time_drop_and_size():
+    from rich.console import Console
+
+    from edgekit.matrix_board import Board
+    from edgekit.matrix_file import Cell
+
+    cells = load_matrix_cells()
+    board = Board()
+    for cell in cells:
+        board.watch("queued", cell)
+    board.watch("running", cells[0])
+    board.watch("done", cells[1], {"exit_code": 3, "resumed": False, "seconds": 12.3, "drift": {"accuracy_drop": 1.5},
+                                   "size": {"device_bytes": 47968}})
+    console = Console(record=True, width=140)
+    console.print(board.table())
+    text = console.export_text()
+    rows = [line for line in text.splitlines() if "digits/" in line]
+    assert len(rows) == len(cells) == 3 and isinstance(cells[0], Cell)  # fp16 has no calibration method
+    assert "building" in rows[0] and "drift over threshold (exit 3)" in rows[1] and "1.50" in rows[1]
+    assert "47,968 B" in rows[1] and "12 s" in rows[1] and "queued" in rows[2]
+
+
+def load_matrix_cells() -> list:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder, pytest.MonkeyPatch.context() as patch:
+        patch.chdir(ROOT)
+        (Path(folder) / "matrix.toml").write_text(MINIMAL)
+        return load_matrix(Path(folder) / "matrix.toml").cells

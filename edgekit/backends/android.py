@@ -24,6 +24,7 @@ from edgekit.layers import layer_drift, layer_samples
 from edgekit.mixed import mixed_range_concats
 from edgekit.plan import Plan
 from edgekit.runners.litert import Binding, LiteRTRunner, interpreter_class, output_step
+from edgekit.shared_steps import calibration_ranges
 from edgekit.steps.export_onnx import OnnxExport, tensor_modules
 from edgekit.steps.quantize_tflite import RECIPES
 from edgekit.weight_layers import weight_layer_drift
@@ -71,10 +72,11 @@ def build_tflite(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
     quantizer = {"quantizer": "onnx2tf (TFLite converter)"}
     device_path = files.device
     if own:
-        ranges = _ranges(plan, files.float32, float_in, calibration) if plan.target.calibrated else None
+        ranges, reused = _ranges(plan, files.float32, float_in, calibration) if plan.target.calibrated else (None, 0)
         keep = _tflite_names(export, floats, list(mixed))
         device_path = _quantize(plan, files.float32, ranges, workdir / f"model_{plan.target.precision}.tflite", keep)
-        quantizer = {"quantizer": "ai-edge-quantizer (edgekit ranges)", "ranges": ranges, "keep": keep}
+        quantizer = {"quantizer": "ai-edge-quantizer (edgekit ranges)", "ranges": ranges, "keep": keep,
+                     "reused": ("calibration",) * reused}
     runtime = {"converter": "onnx2tf", "converter_version": files.converter_version}
     device = _device_model(plan, export, floats, device_path, runtime, quantizer, workdir)
     notes = [f"{name} joins tensors of very different ranges (max |x| {', '.join(f'{p:.3g}' for p in peaks)}): "
@@ -139,16 +141,16 @@ class _FloatModel:
     samples: dict
 
 
-def _ranges(plan: Plan, float_path: Path, float_in: list[Binding], calibration: dict) -> dict:
-    """Activation ranges of the float32 model over the whole calibration set, with the chosen method."""
-    from edgekit.steps.quantize_tflite import collect_ranges
+def _ranges(plan: Plan, float_path: Path, float_in: list[Binding], calibration: dict) -> tuple[dict, bool]:
+    """Activation ranges of the float32 model over the whole calibration set, with the chosen method (True: taken
+    from the step cache)."""
 
     names = _signature_inputs(float_path, float_in)
     count = len(next(iter(calibration.values())))
     samples = [{names[b.model_name]: b.encode(calibration[b.model_name][i:i + 1]) for b in float_in}
                for i in range(count)]
     method = plan.options.calibration
-    return collect_ranges(float_path, samples, method.method, method.percentile)
+    return calibration_ranges(float_path, samples, method.method, method.percentile)
 
 
 def _signature_inputs(float_path: Path, float_in: list[Binding]) -> dict[str, str]:
@@ -209,6 +211,7 @@ def _device_model(plan: Plan, export: OnnxExport, floats: _FloatModel, device_pa
         output_steps={b.model_name: output_step(device_path, b.device_index) for b in device_out},
         per_layer=tflite_layers(plan, export, floats.path, device_path, floats.inputs, device_in),
         quantization={"bias_correction": corrected.block} if corrected.block else {},
+        reused=quantizer.get("reused", ()),
     )
     if "keep" not in quantizer:  # onnx2tf's own INT8: no per-layer control
         return device

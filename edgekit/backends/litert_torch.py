@@ -70,7 +70,7 @@ def build_litert(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
     _cross_check_inputs(plan, float_errors)
     with LiteRTRunner(float_path, float_in, float_out) as runner:
         float_outputs = runner.run(samples)
-    device_path, ranges = _device_file(plan, float_path, float_in, folder)
+    device_path, ranges, reused = _device_file(plan, float_path, float_in, folder)
 
     def rebuild(path: Path) -> DeviceModel:
         device_in = bind_inputs(path, plan)
@@ -79,8 +79,8 @@ def build_litert(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
         device_out, errors = bind_outputs(path, device_in, samples, float_outputs)
         device = _device_model(plan, export, (float_path, float_in, float_out), (path, device_in, device_out), errors,
                                version)
-        return dataclasses.replace(device, quantization={"bias_correction": corrected.block}) if corrected.block \
-            else device
+        return dataclasses.replace(device, quantization={"bias_correction": corrected.block} if corrected.block else {},
+                                   reused=("calibration",) * reused)
 
     device = rebuild(device_path)
     if plan.target.precision not in LAYER_PRECISION:
@@ -172,26 +172,28 @@ def _cross_check_inputs(plan: Plan, errors: dict[str, float]) -> None:
                               f"reference by {worst:.3g} (relative)", hint="use --converter onnx2tf for this model")
 
 
-def _device_file(plan: Plan, float_path: Path, inputs: list[Binding], folder: Path) -> tuple[Path, dict | None]:
-    """The device model of the target's precision, and the activation ranges it was quantized with (None when
-    it has none)."""
-    from edgekit.steps.quantize_tflite import collect_ranges, float16_weights, quantize_tflite
+def _device_file(plan: Plan, float_path: Path, inputs: list[Binding],
+                 folder: Path) -> tuple[Path, dict | None, bool]:
+    """The device model of the target's precision, the activation ranges it was quantized with (None when it has
+    none) and whether they came from the step cache."""
+    from edgekit.shared_steps import calibration_ranges
+    from edgekit.steps.quantize_tflite import float16_weights, quantize_tflite
 
     precision = plan.target.precision
     if precision == "fp32":
-        return float_path, None
+        return float_path, None, False
     if precision == "fp16":
-        return float16_weights(float_path, folder / "model_float16.tflite"), None
-    ranges = None
+        return float16_weights(float_path, folder / "model_float16.tflite"), None, False
+    ranges, reused = None, False
     if plan.target.calibrated:
         method = plan.options.calibration
         data = plan.calibration.take(slice(0, method.max_samples)).inputs
         # in the device's dtypes: litert-torch takes int64 token ids in as int32
         samples = [{f"args_{i}": data[b.model_name][k:k + 1].astype(b.dtype, copy=False)
                     for i, b in enumerate(inputs)} for k in range(len(data[inputs[0].model_name]))]
-        ranges = collect_ranges(float_path, samples, method.method, method.percentile)
+        ranges, reused = calibration_ranges(float_path, samples, method.method, method.percentile)
     return quantize_tflite(float_path, ranges, folder / f"model_{precision}_{plan.io}_io.tflite", io=plan.io,
-                           precision=precision, weights=plan.options.calibration.weights), ranges
+                           precision=precision, weights=plan.options.calibration.weights), ranges, reused
 
 
 def _device_model(plan: Plan, export: OnnxExport, floats: tuple, device: tuple, errors: dict[str, float],

@@ -73,13 +73,21 @@ def export_onnx(model: LoadedModel, inputs: tuple[TensorSpec, ...], path: Path) 
         proto = _static_onnx(onnx.load(str(model.onnx_path)), inputs)
         if not any(p.key == MODULES_KEY for p in proto.metadata_props):
             _record_modules(proto)  # from a torch exporter's node names or name scopes, when it wrote them
-        exporter = "onnx file"
     else:
         proto = _torch_export(model, inputs)
-        exporter = "torch.onnx.export (dynamo)" if model.kind != "torchscript" else "torch.onnx.export (torchscript)"
     proto = _name_nodes(_simplify(proto))
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
+    return described_export(model, inputs, path, proto)
+
+
+def described_export(model: LoadedModel, inputs: tuple[TensorSpec, ...], path: Path, proto=None) -> OnnxExport:
+    """The OnnxExport of `model`'s ONNX file at `path` (written here, or taken from the step cache)."""
+    import onnx
+
+    proto = proto if proto is not None else onnx.load(str(path), load_external_data=False)
+    exporter = ("onnx file" if model.kind == "onnx" else "torch.onnx.export (dynamo)" if model.kind != "torchscript"
+                else "torch.onnx.export (torchscript)")
     outputs = tuple(onnx_value_spec(v) for v in proto.graph.output)
     return OnnxExport(path=path, inputs=inputs, outputs=outputs, exporter=exporter,
                       source=model.onnx_path if model.kind == "onnx" else None)

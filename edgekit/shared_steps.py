@@ -1,0 +1,187 @@
+"""The steps that a matrix's cells share, reused through the step cache (edgekit/step_cache.py) by a digest of
+what they compute from: the ONNX export (the model), the PyTorch reference outputs (the model and the eval
+inputs) and the calibration statistics (the float32 device model, the calibration inputs and the method).
+
+A model's digest is what it computes, read from the model itself, never from its file name: the exported
+program's graph code and tensors; a TorchScript module's code and tensors; an `nn.Module`'s printed structure,
+its tensors and the source files of its classes (forward code that lives in another file is not seen: edit a
+model's helper module between two runs into the same OUT and the first run's files would be reused; edgekit's
+own code, torch's and the converters' versions are part of every key). A step that cannot tell its inputs apart
+is never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit import step_cache
+
+PACKAGE = Path(__file__).parent
+
+
+def code_version() -> str:
+    """A digest of edgekit's own source: a cached step from another edgekit is never taken."""
+    return step_cache.digest(*sorted(PACKAGE.rglob("*.py")))
+
+
+def tool_versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in ("torch", "onnx", "onnxscript", "onnxslim", "onnxruntime", "numpy"):
+        try:
+            found.append(f"{name}={version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name}=none")
+    return ",".join(found)
+
+
+def model_key(model: Any) -> str | None:
+    """The digest of what `model` (a LoadedModel) computes, or None when it cannot be told."""
+    if model.kind == "onnx":
+        return step_cache.digest("onnx", model.onnx_path, *_external_files(model.onnx_path))
+    if model.program is not None:  # a .pt2, or a model that equalization traced
+        program = model.program
+        return step_cache.digest("program", program.graph_module.code, _tensors(program.state_dict),
+                                 _tensors(getattr(program, "constants", {}) or {}))
+    module = model.module
+    if module is None:
+        return None
+    if model.kind == "torchscript":
+        code = "\n".join(f"{name}:{getattr(sub, 'code', '')}" for name, sub in module.named_modules())
+        return step_cache.digest("torchscript", code, _tensors(module.state_dict()))
+    sources = sorted({path for sub in module.modules() if (path := _source_file(type(sub)))})
+    return step_cache.digest("module", repr(module), _tensors(module.state_dict()), *map(Path, sources))
+
+
+def exported(model: Any, inputs: tuple, path: Path) -> tuple[Any, bool]:
+    """The model's ONNX export at `path` (edgekit/steps/export_onnx.py), taken from the step cache when the same
+    model was exported with the same inputs; True when it was."""
+    from edgekit.steps.export_onnx import described_export, export_onnx
+
+    if step_cache.cache_root() is None:
+        return export_onnx(model, inputs, path), False
+    key = _step_key("export", model_key(model), json.dumps([[s.name, list(s.shape), s.dtype] for s in inputs]))
+    if key is not None and step_cache.fetch("export", key, path.parent / f".{path.stem}.cached"):
+        (path.parent / f".{path.stem}.cached" / "model.onnx").replace(path)
+        return described_export(model, inputs, path), True
+    export = export_onnx(model, inputs, path)
+    if key is not None:
+        with tempfile.TemporaryDirectory() as folder:
+            copy = Path(folder) / "model.onnx"
+            copy.write_bytes(path.read_bytes())
+            step_cache.store("export", key, [copy])
+    return export, False
+
+
+def reference_outputs(model: Any, inputs: dict[str, np.ndarray], output_names: list[str],
+                      run: Any) -> tuple[dict[str, np.ndarray], bool]:
+    """`run()` (the reference model on the eval inputs), or its outputs cached from a build of the same model on
+    the same inputs; True when cached."""
+    if step_cache.cache_root() is None:
+        return run(), False
+    key = _step_key("reference", model_key(model), arrays_key(inputs), json.dumps(output_names))
+    cached = fetch_arrays("reference", key) if key is not None else None
+    if cached is not None and sorted(cached) == sorted(output_names):
+        return cached, True
+    outputs = run()
+    if key is not None:
+        store_arrays("reference", key, outputs)
+    return outputs, False
+
+
+def calibration_ranges(float_tflite: Path, samples: list[dict[str, np.ndarray]], method: str,
+                       percentile: float) -> tuple[dict[str, dict], bool]:
+    """collect_ranges (edgekit/steps/quantize_tflite.py) of the float32 model over the samples, or the ranges
+    cached from a build of the same file, samples and method; True when cached."""
+    from edgekit.steps.quantize_tflite import collect_ranges
+
+    if step_cache.cache_root() is None:
+        return collect_ranges(float_tflite, samples, method, percentile), False
+    parts = [arrays_key({f"{i}:{k}": v for i, sample in enumerate(samples) for k, v in sample.items()})]
+    key = _step_key("ranges", step_cache.digest(float_tflite), *parts, method, repr(percentile))
+    cached = fetch_arrays("ranges", key)
+    if cached is not None:
+        names = sorted({name.rsplit("\0", 1)[0] for name in cached})
+        return {n: {"min": cached[f"{n}\0min"], "max": cached[f"{n}\0max"]} for n in names}, True
+    ranges = collect_ranges(float_tflite, samples, method, percentile)
+    if key is not None:
+        store_arrays("ranges", key, {f"{n}\0{side}": r[side] for n, r in ranges.items() for side in ("min", "max")})
+    return ranges, False
+
+
+def _step_key(step: str, model: str | None, *parts: str) -> str | None:
+    """The step's cache key; None without a model digest (nothing is reused)."""
+    if model is None:
+        return None
+    return step_cache.digest(step, model, *parts, tool_versions(), code_version())
+
+
+def arrays_key(arrays: dict[str, np.ndarray]) -> str:
+    hasher = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        hasher.update(f"{name}:{array.shape}:{array.dtype}\0".encode())
+        hasher.update(array.tobytes())
+    return hasher.hexdigest()
+
+
+def fetch_arrays(step: str, key: str) -> dict[str, np.ndarray] | None:
+    """A cached dict of arrays (names kept in an index, arrays never unpickled), or None."""
+    with tempfile.TemporaryDirectory() as folder:
+        if not step_cache.fetch(step, key, Path(folder)):
+            return None
+        names = json.loads((Path(folder) / "names.json").read_text())
+        with np.load(Path(folder) / "arrays.npz", allow_pickle=False) as data:
+            return {name: data[f"a{i}"] for i, name in enumerate(names)}
+
+
+def store_arrays(step: str, key: str, arrays: dict[str, np.ndarray]) -> None:
+    if step_cache.cache_root() is None:
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        names = list(arrays)
+        (Path(folder) / "names.json").write_text(json.dumps(names))
+        np.savez(Path(folder) / "arrays.npz", **{f"a{i}": np.asarray(arrays[n]) for i, n in enumerate(names)})
+        step_cache.store(step, key, [Path(folder) / "names.json", Path(folder) / "arrays.npz"])
+
+
+def _tensors(state: dict) -> bytes:
+    import torch
+
+    hasher = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key]
+        if hasattr(value, "detach"):  # bfloat16 has no numpy dtype: its bytes as int16
+            tensor = value.detach().cpu().contiguous()
+            array = tensor.view(torch.int16).numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy()
+        else:
+            array = np.asarray(value)
+        hasher.update(f"{key}:{array.shape}:{array.dtype}\0".encode())
+        hasher.update(array.tobytes())
+    return hasher.digest()
+
+
+def _source_file(cls: type) -> str | None:
+    try:
+        return inspect.getsourcefile(cls)
+    except (TypeError, OSError):
+        return None
+
+
+def _external_files(path: Path) -> list[Path]:
+    """The external-data files an ONNX model names (only inside its folder: edgekit never follows a path out)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    names = {entry.value for tensor in proto.graph.initializer for entry in tensor.external_data
+             if entry.key == "location"}
+    folder = path.resolve().parent
+    return [folder / name for name in sorted(names) if (folder / name).resolve().parent == folder]
