@@ -1,7 +1,8 @@
 """Mixed precision by measurement on trained models whose plain INT8 loses the most: the zoo's YOLO-style detector
 (benchmarks/zoo/detection.py) and its 1-D audio CNNs (benchmarks/zoo/trained.py, espeak-ng keywords: tcn_1d on
 normalized log-mel, tcn_1d_energies on raw log-mel energies normalized in the graph, m5_audio on the raw
-waveform). The table in docs/precision.md.
+waveform), and CREPE tiny with its published weights (benchmarks/zoo/published.py, 64 ms frames of the same
+clips). The table in docs/precision.md.
 
     python -m benchmarks.bench_mixed [--models yolo_style_dfl,tcn_1d,...] [--cache DIR] [--out FILE]
 
@@ -28,7 +29,7 @@ import numpy as np
 from benchmarks import cached_build, markdown_table, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("yolo_style_dfl", "tcn_1d", "tcn_1d_energies", "m5_audio")
+MODELS = ("yolo_style_dfl", "tcn_1d", "tcn_1d_energies", "m5_audio", "crepe_tiny")
 
 
 def _sources(model: str, cache: Path) -> tuple[str, Path, Path]:
@@ -39,6 +40,15 @@ def _sources(model: str, cache: Path) -> tuple[str, Path, Path]:
         detection.train()
         calibration, evaluation = detection.data_files(folder)
         return "benchmarks.zoo.detection:yolo_style_dfl_trained", calibration, evaluation
+    if model.startswith("crepe"):  # published weights (benchmarks/zoo/published.py): nothing to train
+        from benchmarks.zoo import published
+
+        folder.mkdir(parents=True, exist_ok=True)
+        calibration, evaluation = folder / "calibration.npz", folder / "eval.npz"
+        if not evaluation.exists():
+            np.savez(calibration, x=published.crepe_frames(200, "train", seed=0))
+            np.savez(evaluation, x=published.crepe_frames(300, "test", seed=1))
+        return f"benchmarks.zoo.published:{model}", calibration, evaluation
     from benchmarks.zoo import trained
 
     trained.train(model)
