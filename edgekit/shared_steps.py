@@ -81,6 +81,26 @@ def exported(model: Any, inputs: tuple, path: Path) -> tuple[Any, bool]:
     return export, False
 
 
+def converted_litert(model: Any, example: tuple, path: Path, version: str, convert: Any) -> tuple[Path, bool]:
+    """litert-torch's float32 .tflite of the model at `path` (`convert(path)` makes it), taken from the step cache
+    when the same model was converted for the same example shapes by the same litert-torch; True when it was."""
+    if step_cache.cache_root() is None:
+        return convert(path)[0], False
+    shapes = json.dumps([[list(t.shape), str(t.dtype)] for t in example])
+    key = _step_key("litert-torch", model_key(model), shapes, version)
+    staging = path.parent / f".{path.stem}.cached"
+    if key is not None and step_cache.fetch("litert-torch", key, staging):
+        (staging / "model.tflite").replace(path)
+        return path, True
+    convert(path)
+    if key is not None:
+        with tempfile.TemporaryDirectory() as folder:
+            copy = Path(folder) / "model.tflite"
+            copy.write_bytes(path.read_bytes())
+            step_cache.store("litert-torch", key, [copy])
+    return path, False
+
+
 def reference_outputs(model: Any, inputs: dict[str, np.ndarray], output_names: list[str],
                       run: Any) -> tuple[dict[str, np.ndarray], bool]:
     """`run()` (the reference model on the eval inputs), or its outputs cached from a build of the same model on

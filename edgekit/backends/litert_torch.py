@@ -26,6 +26,7 @@ from edgekit.errors import ConversionError, ToolError, UnsupportedError, first_l
 from edgekit.plan import Plan
 from edgekit.runners.litert import Binding, LiteRTRunner, interpreter_class, open_interpreter, output_step
 from edgekit.runners.onnxrt import OnnxRunner
+from edgekit.shared_steps import converted_litert
 from edgekit.steps.export_onnx import OnnxExport
 
 EXTRA_HINT = "pip install 'edgekit[litert-torch]'"
@@ -61,7 +62,9 @@ def build_litert(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
     version = litert_torch_version()
     folder = workdir / "litert"
     folder.mkdir(parents=True, exist_ok=True)
-    float_path, _ = convert_float(plan.model.module, _example(plan), folder / "model_float32.tflite")
+    example = _example(plan)
+    float_path, converted = converted_litert(plan.model, example, folder / "model_float32.tflite", version,
+                                             lambda path: convert_float(plan.model.module, example, path))
     samples = plan.calibration.take(slice(0, MAPPING_SAMPLES)).inputs
     with OnnxRunner(export.path) as reference:
         ref_outputs = reference.run(samples)
@@ -80,7 +83,7 @@ def build_litert(plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
         device = _device_model(plan, export, (float_path, float_in, float_out), (path, device_in, device_out), errors,
                                version)
         return dataclasses.replace(device, quantization={"bias_correction": corrected.block} if corrected.block else {},
-                                   reused=("calibration",) * reused)
+                                   reused=("conversion",) * converted + ("calibration",) * reused)
 
     device = rebuild(device_path)
     if plan.target.precision not in LAYER_PRECISION:
