@@ -69,16 +69,9 @@ def exported(model: Any, inputs: tuple, path: Path) -> tuple[Any, bool]:
     if step_cache.cache_root() is None:
         return export_onnx(model, inputs, path), False
     key = _step_key("export", model_key(model), json.dumps([[s.name, list(s.shape), s.dtype] for s in inputs]))
-    if key is not None and step_cache.fetch("export", key, path.parent / f".{path.stem}.cached"):
-        (path.parent / f".{path.stem}.cached" / "model.onnx").replace(path)
-        return described_export(model, inputs, path), True
-    export = export_onnx(model, inputs, path)
-    if key is not None:
-        with tempfile.TemporaryDirectory() as folder:
-            copy = Path(folder) / "model.onnx"
-            copy.write_bytes(path.read_bytes())
-            step_cache.store("export", key, [copy])
-    return export, False
+    made = []
+    reused = _file_step("export", key, path, lambda out: made.append(export_onnx(model, inputs, out)))
+    return (described_export(model, inputs, path) if reused else made[0]), reused
 
 
 def converted_litert(model: Any, example: tuple, path: Path, version: str, convert: Any) -> tuple[Path, bool]:
@@ -87,18 +80,21 @@ def converted_litert(model: Any, example: tuple, path: Path, version: str, conve
     if step_cache.cache_root() is None:
         return convert(path)[0], False
     shapes = json.dumps([[list(t.shape), str(t.dtype)] for t in example])
-    key = _step_key("litert-torch", model_key(model), shapes, version)
+    return path, _file_step("litert-torch", _step_key("litert-torch", model_key(model), shapes, version), path,
+                            convert)
+
+
+def _file_step(step: str, key: str | None, path: Path, make: Any) -> bool:
+    """`path` copied from the step cache's entry `key` (True), else written by `make(path)` and stored there (False;
+    a None key is never stored)."""
     staging = path.parent / f".{path.stem}.cached"
-    if key is not None and step_cache.fetch("litert-torch", key, staging):
-        (staging / "model.tflite").replace(path)
-        return path, True
-    convert(path)
+    if key is not None and step_cache.fetch(step, key, staging):
+        next(staging.iterdir()).replace(path)
+        return True
+    make(path)
     if key is not None:
-        with tempfile.TemporaryDirectory() as folder:
-            copy = Path(folder) / "model.tflite"
-            copy.write_bytes(path.read_bytes())
-            step_cache.store("litert-torch", key, [copy])
-    return path, False
+        step_cache.store(step, key, [path])
+    return False
 
 
 def reference_outputs(model: Any, inputs: dict[str, np.ndarray], output_names: list[str],
