@@ -96,6 +96,32 @@ def _ladder(route: Route, target, device: DeviceModel, measured, evaluate: Calla
     return candidate, result, chosen, history
 
 
+def _back_off(route: Route, target, device: DeviceModel, measured, evaluate, bounds: Bounds,
+              history: list[dict]) -> tuple | None:
+    """When no per-layer climb passes: every layer in the route's back-off precision (LiteRT: INT8 weights, float
+    compute), then each back to the target's own precision, least sensitive first, as long as the drift passes and
+    the bounds hold. None when even the first model does not pass within the bounds."""
+    rung, rows = route.back_off(target), measured.layers
+    base_latency = measured.latency_ms.get("host")
+    chosen = {row["tensor"]: rung for row in rows}
+    every = {"module": "(every layer)", "tensor": "*", "sensitivity_db": None}
+    trial, outcome, entry = _step(route, target, device, measured, evaluate, chosen,
+                                  (every, rung, base_latency, bounds))
+    history.append(entry)
+    if trial is None or not (entry["within_bounds"] and outcome.drift["passed"]):
+        return None
+    entry["kept"], best = True, (trial, outcome)
+    default = next(iter(rows), {}).get("precision", "int8")
+    for row in sorted(rows, key=lambda r: -(r.get("sensitivity_db") or 0.0)):  # the least sensitive first
+        fewer = {t: p for t, p in chosen.items() if t != row["tensor"]}
+        trial, outcome, entry = _step(route, target, device, measured, evaluate, fewer,
+                                      (row, default, base_latency, bounds))
+        history.append(entry)
+        if trial is not None and entry["within_bounds"] and outcome.drift["passed"]:
+            chosen, best, entry["kept"] = fewer, (trial, outcome), True
+    return best[0], best[1], chosen
+
+
 def _step(route: Route, target, device: DeviceModel, measured, evaluate, precisions: dict[str, str], about: tuple):
     """One ladder step built and measured: (model, measurement, ladder entry). A step the route cannot build or
     the runtime cannot run (a 16x8 op without a kernel) is recorded with its error and never kept."""
@@ -146,6 +172,10 @@ def _mixed(route: Route, target, device: DeviceModel, measured, evaluators: tupl
     measure, evaluate = evaluators
     candidate, result, chosen, history = _ladder(route, target, device, replace(measured, layers=ordered), measure,
                                                  bounds)
+    if not result.drift["passed"] and route.back_off(target) is not None:
+        found = _back_off(route, target, device, replace(measured, layers=ordered), measure, bounds, history)
+        if found is not None:
+            candidate, result, chosen = found
     if chosen and measure is not evaluate:
         result = evaluate(candidate)  # the shipped model, with its per-layer rows
     if not chosen:

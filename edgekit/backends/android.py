@@ -31,6 +31,7 @@ from edgekit.weight_layers import weight_layer_drift
 
 MAPPING_SAMPLES = 8
 _LAYOUT_OPS = ("RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS")
+WEIGHT_ONLY = "int8-weights"  # a layer computed in float with its weights in INT8 (the back-off's starting rung)
 
 
 def uses_ai_edge_quantizer(plan: Plan) -> bool:
@@ -167,7 +168,7 @@ def _signature_inputs(float_path: Path, float_in: list[Binding]) -> dict[str, st
 
 
 def _quantize(plan: Plan, float_path: Path, ranges: dict | None, out: Path, float_tensors: tuple[str, ...],
-              int16_tensors: tuple[str, ...] = ()) -> Path:
+              int16_tensors: tuple[str, ...] = (), weight_only: tuple[str, ...] = ()) -> Path:
     from edgekit.steps.quantize_tflite import quantize_tflite
 
     def scopes(names):  # an op's scope: "out1;out2;...;"
@@ -175,7 +176,7 @@ def _quantize(plan: Plan, float_path: Path, ranges: dict | None, out: Path, floa
 
     return quantize_tflite(float_path, ranges, out, io=plan.io, float_ops=scopes(float_tensors),
                            precision=plan.target.precision, int16_ops=scopes(int16_tensors),
-                           weights=plan.options.calibration.weights)
+                           weights=plan.options.calibration.weights, weight_only_ops=scopes(weight_only))
 
 
 def bias_corrected(plan: Plan, export: OnnxExport, device: tuple[Path, list[Binding]],
@@ -239,10 +240,11 @@ def requantizer(plan: Plan, export: OnnxExport, floats: tuple[Path, list[Binding
                                                                           for r in rows], plan.target.calibrated)
                   for precision, rows in moves.items() if rows}
         in_float = scopes.get("float32", [])
-        in_16 = [op for op in scopes.get("int16x8", []) if op not in in_float]
+        in_w8 = [op for op in scopes.get(WEIGHT_ONLY, []) if op not in in_float]
+        in_16 = [op for op in scopes.get("int16x8", []) if op not in in_float and op not in in_w8]
         name = "_".join(f"{p}{len(r)}" for p, r in sorted(moves.items()))
         path = _quantize(plan, float_path, ranges, workdir / f"model_{plan.target.precision}_{name}.tflite",
-                         (*keep, *in_float), tuple(in_16))
+                         (*keep, *in_float), tuple(in_16), tuple(in_w8))
         device = rebuild(path)
         return dataclasses.replace(device, float_modules=_modules_of(export, float_path, float_in, samples, in_float))
 

@@ -75,6 +75,11 @@ class Route:
         """Where `--fallback auto` may move a layer of a build of `target`, in the order it tries them."""
         return (self.fallback_precision,)
 
+    def back_off(self, target: Target) -> str | None:
+        """The precision every layer may start from when no per-layer climb passes, before layers go back to the
+        target's own one by one (edgekit/fallback.py); None: the route has none."""
+        return None
+
     def set_precisions(self, device: DeviceModel, precisions: dict[str, str], layers: list[dict],
                        target: Target | None = None) -> DeviceModel:
         """The device model rebuilt with each named layer (the `tensor` of a `layers` row) in the given precision,
@@ -83,7 +88,8 @@ class Route:
         from edgekit.errors import UnsupportedError
 
         default = LAYER_PRECISION.get(target.precision, "int8") if target else "int8"
-        allowed = (default, *self.ladder(target)) if target else self.layer_precisions
+        allowed = ((default, *self.ladder(target), *filter(None, [self.back_off(target)])) if target
+                   else self.layer_precisions)
         lacking = sorted({p for p in precisions.values() if p not in allowed})
         if lacking:
             raise UnsupportedError(f"route {self.name} cannot put a layer in {', '.join(lacking)}",

@@ -36,6 +36,12 @@ class LiteRTRoute(Route):
         quantized precisions goes to float."""
         return ("int16x8", "float32") if target.precision == "int8" else ("float32",)
 
+    def back_off(self, target) -> str | None:
+        """INT8 weights with float compute: the size of INT8, the activations of float."""
+        from edgekit.backends.android import WEIGHT_ONLY
+
+        return WEIGHT_ONLY if target.precision == "int8" else None
+
     def build(self, plan, export, workdir: Path):
         from edgekit.backends.choose import build_android
 

@@ -133,7 +133,8 @@ WEIGHT_ALGORITHMS = {"minmax": "MIN_MAX_UNIFORM_QUANT", "mse": "MSE", "octav": "
 
 def quantize_tflite(float_tflite: Path, ranges: dict[str, dict] | None, out_path: Path, *, io: str = "float32",
                     float_ops: tuple[str, ...] = (), precision: str = "int8",
-                    int16_ops: tuple[str, ...] = (), weights: str = "minmax") -> Path:
+                    int16_ops: tuple[str, ...] = (), weights: str = "minmax",
+                    weight_only_ops: tuple[str, ...] = ()) -> Path:
     """The float32 model in `precision` with ai-edge-quantizer's recipe for it (RECIPES); float32 I/O unless
     io="int8" (INT8 only).
 
@@ -144,7 +145,8 @@ def quantize_tflite(float_tflite: Path, ranges: dict[str, dict] | None, out_path
     every op of that type, any other pattern keeps the ops whose output tensor names it matches. `int16_ops`
     (int8 only): op scopes computed 16x8 inside the INT8 model (the quantizer requantizes at their edges).
     `weights`: the weight algorithm (WEIGHT_ALGORITHMS) of the weighted ops (WEIGHTED_OPS; 16x8 layers of a
-    mixed model keep min/max weights).
+    mixed model keep min/max weights). `weight_only_ops` (int8 only): op scopes computed in float, their weights
+    INT8 per channel (dequantized when the model loads).
     """
     if int16_ops and precision != "int8":
         raise ConfigError(f"16x8 layers inside a {precision} model", hint="int16_ops apply to int8 models only")
@@ -176,7 +178,22 @@ def quantize_tflite(float_tflite: Path, ranges: dict[str, dict] | None, out_path
                                      algorithm_key=keep)
     for pattern in int16_ops:
         q.update_quantization_recipe(_checked_regex(pattern), ops.ALL_SUPPORTED, _config_16x8(aeq.qtyping))
+    weight_only = _config_weight_only(aeq.qtyping)
+    for pattern in weight_only_ops:
+        q.update_quantization_recipe(_checked_regex(pattern), ops.ALL_SUPPORTED, algorithm_key=keep)
+        for op in WEIGHTED_OPS:
+            with contextlib.suppress(ValueError):  # an op type without a weight-only rule
+                q.update_quantization_recipe(pattern, ops(op), weight_only,
+                                             algorithm_key=aeq.algorithm_manager.AlgorithmName.MIN_MAX_UNIFORM_QUANT)
     return _write(q, ranges, out_path)
+
+
+def _config_weight_only(types) -> object:
+    """INT8 per-channel weights, dequantized at load; float compute (ai-edge-quantizer's weight-only config)."""
+    return types.OpQuantizationConfig(
+        weight_tensor_config=types.TensorQuantizationConfig(num_bits=8, symmetric=True,
+                                                            granularity=types.QuantGranularity.CHANNELWISE),
+        compute_precision=types.ComputePrecision.FLOAT, explicit_dequantize=True)
 
 
 def _config_16x8(types) -> object:
