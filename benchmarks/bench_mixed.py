@@ -142,8 +142,11 @@ def _row(model: str, what: str, report: dict | None, size: int, latency: float) 
         return f"| {model} | {what} | failed | | | | | |"
     sqnr = min(o["sqnr_db"] for o in report["drift"]["outputs"])
     own_size, own_latency = report["size"]["device_bytes"], report["latency_ms"]["host"]
-    moved = [f"{r['module']} -> {r['precision']}" for r in report.get("layers") or []
-             if r["precision"] not in ("int8", "int16x8") or "mixed precision" in (r.get("chosen_because") or "")]
+    rows = report.get("layers") or []
+    moved = [f"{r['module']} -> {r['precision']}" for r in rows if "back-off" not in (r.get("chosen_because") or "")
+             and (r["precision"] not in ("int8", "int16x8") or "mixed precision" in (r.get("chosen_because") or ""))]
+    backed = [r["module"] for r in rows if "back-off" in (r.get("chosen_because") or "")]
+    moved += [f"{', '.join(backed)} -> INT8 weights, float compute; the rest INT8"] if backed else []
     concats = [w.split(" ", 1)[0] for w in report["warnings"] if "kept in float" in w and " joins " in w]
     moved += [f"{', '.join(concats)} (concats) -> float32"] if concats else []
     choices = ", ".join(moved) if moved else ("all int16x8" if "int16x8" in what else "all int8")

@@ -173,9 +173,12 @@ def _mixed(route: Route, target, device: DeviceModel, measured, evaluators: tupl
     candidate, result, chosen, history = _ladder(route, target, device, replace(measured, layers=ordered), measure,
                                                  bounds)
     if not result.drift["passed"] and route.back_off(target) is not None:
+        climbed = len(history)
         found = _back_off(route, target, device, replace(measured, layers=ordered), measure, bounds, history)
-        if found is not None:
+        if found is not None:  # it replaces what the climb kept
             candidate, result, chosen = found
+            for entry in history[:climbed]:
+                entry["kept"] = False
     if chosen and measure is not evaluate:
         result = evaluate(candidate)  # the shipped model, with its per-layer rows
     if not chosen:
@@ -184,7 +187,10 @@ def _mixed(route: Route, target, device: DeviceModel, measured, evaluators: tupl
                 "built")
         return device, replace(measured, ladder=history, warnings=[*measured.warnings, note])
     rows = {row["tensor"]: row for row in ordered}
-    moved = [{**rows[t], "precision": p, "chosen_because": _because(rows[t], p, history)} for t, p in chosen.items()]
+    rung = route.back_off(target)
+    moved = [{**rows[t], "precision": "int8" if p == rung else p,  # its weights: the report's precisions
+              "chosen_because": _backed_off(rows[t], history) if p == rung else _because(rows[t], p, history)}
+             for t, p in chosen.items()]
     others = [row for row in result.layers or [] if row["tensor"] not in chosen]
     kept = [rows[t] for t in chosen]
     in_float = [rows[t] for t, p in chosen.items() if p in FLOAT_STEPS]
@@ -200,6 +206,15 @@ def _because(row: dict, precision: str, history: list[dict]) -> str:
     why = (f"output SQNR {row['sensitivity_db']:.1f} dB with only this layer in INT8" if row.get("sensitivity_db")
            is not None else f"worst local SQNR ({row['sqnr_db']:.1f} dB)")
     return f"mixed precision (fallback auto): drift over the threshold, {why}; tried {steps}; kept {precision}"
+
+
+def _backed_off(row: dict, history: list[dict]) -> str:
+    every = next(e for e in history if e["tensor"] == "*")
+    back = next((e for e in history if e["tensor"] == row["tensor"] and e is not every and
+                 e["precision"] == row.get("precision", "int8")), None)
+    return ("mixed precision (fallback auto, back-off): no single layer's climb passed; every layer went to INT8 "
+            f"weights with float compute ({_tried(every)}), and this one stays there"
+            + (f": back to INT8 activations it gave {_tried(back)}" if back else ""))
 
 
 def _tried(entry: dict) -> str:
