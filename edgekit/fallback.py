@@ -172,7 +172,8 @@ def _mixed(route: Route, target, device: DeviceModel, measured, evaluators: tupl
     measure, evaluate = evaluators
     candidate, result, chosen, history = _ladder(route, target, device, replace(measured, layers=ordered), measure,
                                                  bounds)
-    if not result.drift["passed"] and route.back_off(target) is not None:
+    rung = route.back_off(target)
+    if not result.drift["passed"] and rung is not None:
         climbed = len(history)
         found = _back_off(route, target, device, replace(measured, layers=ordered), measure, bounds, history)
         if found is not None:  # it replaces what the climb kept
@@ -187,7 +188,6 @@ def _mixed(route: Route, target, device: DeviceModel, measured, evaluators: tupl
                 "built")
         return device, replace(measured, ladder=history, warnings=[*measured.warnings, note])
     rows = {row["tensor"]: row for row in ordered}
-    rung = route.back_off(target)
     moved = [{**rows[t], "precision": "int8" if p == rung else p,  # its weights: the report's precisions
               "chosen_because": _backed_off(rows[t], history) if p == rung else _because(rows[t], p, history)}
              for t, p in chosen.items()]

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgekit.errors import ModelError, first_line
 
 TORCH_SUFFIXES = (".pt", ".ts", ".pth", ".jit")
@@ -59,11 +61,23 @@ def sha256_file(path: Path) -> str:
 def sha256_module(module: Any) -> str:
     """Hash of a module's class name and state (names, shapes, dtypes, bytes), stable across runs."""
     digest = hashlib.sha256(type(module).__qualname__.encode())
-    for key, tensor in sorted(module.state_dict().items()):
-        array = tensor.detach().cpu().contiguous().numpy()
+    update_with_state(digest, module.state_dict())
+    return digest.hexdigest()
+
+
+def update_with_state(digest: Any, state: dict) -> None:
+    """Feed `digest` each tensor's name, shape, dtype and bytes, in name order (a bfloat16 tensor, which numpy
+    cannot hold, as its 16-bit words; a value that is not a tensor as numpy sees it)."""
+    import torch
+
+    for key, value in sorted(state.items()):
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            array = (tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor).numpy()
+        else:
+            array = np.asarray(value)
         digest.update(f"{key}:{array.shape}:{array.dtype}".encode())
         digest.update(array.tobytes())
-    return digest.hexdigest()
 
 
 def load_model(source: Any, name: str | None = None) -> LoadedModel:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgekit import step_cache
+from edgekit.model import update_with_state
 
 PACKAGE = Path(__file__).parent
 
@@ -170,18 +171,8 @@ def store_arrays(step: str, key: str, arrays: dict[str, np.ndarray]) -> None:
 
 
 def _tensors(state: dict) -> bytes:
-    import torch
-
     hasher = hashlib.sha256()
-    for key in sorted(state):
-        value = state[key]
-        if hasattr(value, "detach"):  # bfloat16 has no numpy dtype: its bytes as int16
-            tensor = value.detach().cpu().contiguous()
-            array = tensor.view(torch.int16).numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy()
-        else:
-            array = np.asarray(value)
-        hasher.update(f"{key}:{array.shape}:{array.dtype}\0".encode())
-        hasher.update(array.tobytes())
+    update_with_state(hasher, state)
     return hasher.digest()
 
 
