@@ -23,13 +23,13 @@ demo: $(STAMP)
 		--calibration examples/01_android_int8/calibration.npz --eval examples/01_android_int8/eval.npz \
 		--out dist/digits_cnn-android-arm64-int8 --force
 
-# tests/test_report_html.py renders report.html in headless Chromium. When it is missing, Debian's package is installed
+# tests/bundle/test_report_html.py renders report.html in headless Chromium. When it is missing, Debian's package is installed
 # here, but only as root with apt-get at hand; otherwise (or when the install fails) this says so and `make` goes on:
 # the rendering tests then skip with the reason (in CI, CI=true, they fail instead).
 chromium:
 	@if command -v chromium >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing chromium (Debian's package) for tests/test_report_html.py"; \
+		echo "installing chromium (Debian's package) for tests/bundle/test_report_html.py"; \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
 			|| echo "chromium could not be installed: the report rendering tests will skip (in CI they fail)" >&2; \
 	else \

@@ -1,10 +1,10 @@
 """Compression on a >= 200k-parameter digits CNN: size, gzip size, host LiteRT latency and accuracy of the float32
 and INT8 TFLite models of the original, and of pruned / clustered / pruned+clustered INT8 models.
 
-Every variant is compressed with edgekit.steps.compress, exported and converted with the same pipeline pieces an
-edgekit build uses (onnx2tf, INT8 per-channel, float32 I/O), then measured on the host with LiteRT. Latencies are
-medians over `--repeats` single-sample invocations (one thread), interleaved across the variants in rounds so
-that load from other processes hits them alike.
+Every variant is compressed with edgekit.transform.compress.torch, exported and converted with the same pipeline
+pieces an edgekit build uses (onnx2tf, INT8 per-channel, float32 I/O), then measured on the host with LiteRT.
+Latencies are medians over `--repeats` single-sample invocations (one thread), interleaved across the variants in
+rounds so that load from other processes hits them alike.
 
     python benchmarks/bench_compress.py [--repeats 3000] [--out docs/benchmarks-compression.md]
 """
@@ -46,10 +46,10 @@ def train_model(seed: int = 0):
 
 def convert_module(module, calibration: np.ndarray, workdir: Path) -> Converted:
     """nn.Module -> ONNX -> onnx2tf INT8 (android-arm64-int8, float32 I/O), as an edgekit build does it."""
-    from edgekit.backends import onnx2tf
-    from edgekit.config import load_target
-    from edgekit.model import load_model
-    from edgekit.steps.export_onnx import export_onnx, resolve_inputs
+    from edgekit.config.target import load_target
+    from edgekit.inputs.model import load_model
+    from edgekit.routes.litert import onnx2tf
+    from edgekit.transform.export import export_onnx, resolve_inputs
 
     workdir.mkdir(parents=True, exist_ok=True)
     loaded = load_model(module)
@@ -64,8 +64,8 @@ def device_predictions(path: Path, converted: Converted, module, x: np.ndarray) 
     """Class scores of the .tflite on `x` (model layout), with I/O bound the way a build binds them."""
     import torch
 
-    from edgekit.backends import onnx2tf
-    from edgekit.runners.litert import LiteRTRunner
+    from edgekit.routes.litert import onnx2tf
+    from edgekit.routes.litert.runner import LiteRTRunner
 
     export = converted.export
     inputs = onnx2tf.bind_inputs(path, export)
@@ -82,13 +82,13 @@ def device_accuracy(path: Path, converted: Converted, module, x: np.ndarray, y: 
 
 
 def gzip_bytes(path: Path) -> int:
-    """gzip -9 size, measured as report.json's `size` block measures it (edgekit.bundle.gzip_size)."""
+    """gzip -9 size, measured as report.json's `size` block measures it (edgekit.measure.size.gzip_size)."""
     return len(gzip.compress(Path(path).read_bytes(), compresslevel=9, mtime=0))
 
 
 def median_latencies_ms(paths: list[Path], repeats: int, rounds: int = 5) -> list[float]:
     """Median single-inference latency of each model (one thread), measured in interleaved rounds."""
-    from edgekit.runners.litert import open_interpreter
+    from edgekit.routes.litert.runner import open_interpreter
 
     interpreters = [open_interpreter(p, num_threads=1) for p in paths]
     for interpreter in interpreters:
@@ -107,7 +107,7 @@ def median_latencies_ms(paths: list[Path], repeats: int, rounds: int = 5) -> lis
 
 
 def variants():
-    from edgekit.config import Cluster, Prune
+    from edgekit.config.options import Cluster, Prune
 
     return [("prune 50 % unstructured", Prune(0.5), None, 0),
             ("prune 50 % structured", Prune(0.5, mode="structured"), None, 0),
@@ -118,7 +118,9 @@ def variants():
 
 
 def measure(work: Path, repeats: int) -> list[dict]:
-    from edgekit.steps.compress import compress, preservation
+    from edgekit.routes.litert.weights import device_weights
+    from edgekit.transform.compress.common import preservation
+    from edgekit.transform.compress.torch import compress
 
     model, data = train_model()
     x, y = data["x_eval"], data["y_eval"]
@@ -133,7 +135,7 @@ def measure(work: Path, repeats: int) -> list[dict]:
         compressed, block = compress(model, prune, cluster, data["x_calib"], steps, seed=0)
         seconds = time.perf_counter() - start
         converted = convert_module(compressed, data["x_calib"], work / f"variant{index}")
-        layers, warnings = preservation(block, converted.int8, compressed)
+        layers, warnings = preservation(block, device_weights(converted.int8), compressed)
         row = _row(f"{name} + INT8", converted.int8, device_accuracy(converted.int8, converted, compressed, x, y),
                    reference)
         row.update(params=block["params_after"], block=block, layers=layers, warnings=warnings,

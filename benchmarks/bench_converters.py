@@ -75,7 +75,7 @@ def rows(results: dict) -> list[str]:
 
 
 def write(results: dict, out: Path) -> None:
-    import edgekit.lineage as lineage
+    import edgekit.bundle.lineage as lineage
 
     versions = lineage.package_versions()
     text = ["# Benchmark: onnx2tf vs litert-torch", "",

@@ -49,8 +49,8 @@ def run(models: list[str], cache: Path) -> dict:
     result_file = cache / "result.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
-    from edgekit.matrix_file import load_matrix
-    from edgekit.matrix_run import cell_command
+    from edgekit.build_matrix.file import load_matrix
+    from edgekit.build_matrix.run import cell_command
 
     cache.mkdir(parents=True, exist_ok=True)
     matrix = cache / "matrix.toml"

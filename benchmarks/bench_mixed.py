@@ -74,14 +74,14 @@ def onnx2tf_files(model: str, cache: Path) -> dict:
     result_file = cache / model / "onnx2tf_files.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
-    from edgekit.backends import onnx2tf
-    from edgekit.config import load_target
-    from edgekit.data import load_data
-    from edgekit.drift import output_metrics
-    from edgekit.model import load_model
-    from edgekit.runners.litert import LiteRTRunner
+    from edgekit.config.target import load_target
+    from edgekit.inputs.data import load_data
+    from edgekit.inputs.model import load_model
+    from edgekit.measure.drift import output_metrics
+    from edgekit.routes.litert import onnx2tf
+    from edgekit.routes.litert.runner import LiteRTRunner
     from edgekit.runners.onnxrt import OnnxRunner
-    from edgekit.steps.export_onnx import export_onnx, resolve_inputs
+    from edgekit.transform.export import export_onnx, resolve_inputs
 
     source, calibration, evaluation = _sources(model, cache)
     loaded = load_model(source)

@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "targets.md")
     parser.add_argument("--emulator-samples", type=int, default=32)
     args = parser.parse_args()
-    from edgekit.config import list_targets
+    from edgekit.config.target import list_targets
 
     rows = []
     with tempfile.TemporaryDirectory() as work:

@@ -7,7 +7,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from edgekit.config import BuildOptions, Calibration, Cluster, Fallback, Prune, Target, list_targets, load_target
+from edgekit.config.options import (
+    BuildOptions,
+    Calibration,
+    Cluster,
+    Compression,
+    Conversion,
+    Data,
+    Fallback,
+    Gate,
+    Outputs,
+    Prune,
+    Verify,
+)
+from edgekit.config.target import Target, list_targets, load_target
 from edgekit.errors import (
     ConfigError,
     ConversionError,
@@ -24,10 +37,10 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from edgekit.api import BuildResult, build, check
-    from edgekit.matrix_run import MatrixResult, matrix
+    from edgekit.build_matrix.run import MatrixResult, matrix
 
 _LAZY = {"build": "edgekit.api", "check": "edgekit.api", "BuildResult": "edgekit.api",
-         "matrix": "edgekit.matrix_run", "MatrixResult": "edgekit.matrix_run"}
+         "matrix": "edgekit.build_matrix.run", "MatrixResult": "edgekit.build_matrix.run"}
 
 
 def __getattr__(name: str) -> Any:
@@ -43,19 +56,25 @@ __all__ = [
     "BuildResult",
     "Calibration",
     "Cluster",
+    "Compression",
     "ConfigError",
+    "Conversion",
     "ConversionError",
+    "Data",
     "DataError",
     "DriftError",
     "EdgekitError",
     "EmulatorError",
     "Fallback",
+    "Gate",
     "MatrixResult",
     "ModelError",
+    "Outputs",
     "Prune",
     "Target",
     "ToolError",
     "UnsupportedError",
+    "Verify",
     "build",
     "check",
     "list_targets",

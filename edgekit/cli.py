@@ -56,7 +56,7 @@ def handle_errors(func: Callable[..., int | None]) -> Callable[..., None]:
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> None:
-        from edgekit.outdir import USER_ERRNOS, user_os_error
+        from edgekit.utils.outdir import USER_ERRNOS, user_os_error
 
         console = _console()
         main_thread = threading.current_thread() is threading.main_thread()
@@ -96,7 +96,7 @@ def main() -> None:
 @handle_errors
 def targets_command(as_json: bool) -> None:
     """List the targets (name, platform, format, precision, runtime, route) and whether each route is installed."""
-    from edgekit.config import list_targets
+    from edgekit.config.target import list_targets
     from edgekit.routes import get_route
 
     rows = [{**t.summary(), **{k: v for k, v in get_route(t.route).summary().items() if k != "route"}}
@@ -142,6 +142,8 @@ def _shape(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
                    "on each activation's histogram over the whole calibration set (routes list theirs in "
                    "docs/routes.md)")
 @click.option("--percentile", type=float, default=99.99, show_default=True)
+@click.option("--calibration-samples", type=int, default=200, show_default=True,
+              help="the most calibration samples the activation ranges are measured on")
 @click.option("--weight-method", default="minmax", show_default=True,
               type=click.Choice(["minmax", "mse", "octav"]),
               help="how weights are quantized: per-channel min/max, or ai-edge-quantizer's MSE or OCTAV clipping "
@@ -150,6 +152,9 @@ def _shape(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 @click.option("--prune-mode", default="unstructured", show_default=True,
               type=click.Choice(["unstructured", "structured"]))
 @click.option("--clusters", type=int, help="k-means clusters per weight tensor, e.g. 16")
+@click.option("--cluster-codebook", default="shared", show_default=True,
+              type=click.Choice(["shared", "channel", "tensor"]),
+              help="--clusters: one set of k values per layer on the INT8 grid, per output channel, or per tensor")
 @click.option("--recover", type=int, default=0, help="distillation steps after compression")
 @click.option("--max-drop", type=float, default=1.0, show_default=True, help="max accuracy drop, percentage points")
 @click.option("--min-agreement", type=float, default=0.99, show_default=True, help="min top-1 agreement, 0..1")
@@ -169,6 +174,10 @@ def _shape(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
               help="the most samples the ARM64 emulator runs")
 @click.option("--emulator-seconds", type=float, default=60.0, show_default=True,
               help="time budget of the emulator run: beyond the first 8 samples, as many as fit")
+@click.option("--golden-samples", type=int, default=16, show_default=True,
+              help="golden samples the bundle keeps for check.py")
+@click.option("--holdout", type=float, default=0.2, show_default=True,
+              help="without --eval: the share of calibration data held out to measure drift on")
 @click.option("--input-shape", callback=_shape, help="input shape when the data cannot tell, e.g. 1,3,224,224")
 @click.option("--io", type=click.Choice(["float32", "int8"]), help="device I/O type (default: the target's)")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -177,7 +186,7 @@ def _shape(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 @click.option("--ignore-index", type=int, help="an eval label left out of accuracy, e.g. -100 (segmentation)")
 @click.option("--task", type=click.Choice(["classify", "regress", "embed"]),
               help="what every output is (default: edgekit decides per output, see docs/outputs.md)")
-@click.option("--outputs", "outputs_file", type=click.Path(path_type=Path),
+@click.option("--outputs", type=click.Path(path_type=Path),
               help='TOML with [outputs] name = "classify" | "regress" | "embed", per output')
 @click.option("--min-sqnr", type=float, help="SQNR floor in dB for regress/embed outputs (default: the target's)")
 @click.option("--allow-small-calibration", is_flag=True,
@@ -185,34 +194,15 @@ def _shape(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 @click.option("--json", "as_json", is_flag=True, help="print report.json on stdout (progress stays on stderr)")
 @handle_errors
 def build_command(model: str, target: str, out: Path | None, force: bool, calibration: str | None,
-                  eval_data: str | None, recipe: Path | None, calibration_method: str, percentile: float,
-                  weight_method: str,
-                  prune: float | None, prune_mode: str, clusters: int | None, recover: int, max_drop: float,
-                  min_agreement: float, fallback: str, max_size: int | None, max_latency_ratio: float | None,
-                  max_float_layers: int, equalize: str, converter: str | None, emulator: str | None,
-                  emulator_samples: int, emulator_seconds: float, input_shape: tuple[int, ...] | None,
-                  io: str | None, seed: int,
-                  accept_conversion_error: bool, ignore_index: int | None, task: str | None,
-                  outputs_file: Path | None, min_sqnr: float | None, allow_small_calibration: bool,
-                  as_json: bool) -> int:
+                  eval_data: str | None, as_json: bool, **flags: Any) -> int:
     """Build a device bundle for MODEL and measure its drift (exit 3 when over a threshold)."""
     import edgekit
-    from edgekit.report import summary_lines
+    from edgekit.bundle.report import summary_lines
+    from edgekit.config.options import options_from_flags
 
     console = _console()
-    result = edgekit.build(
-        model, target, calibration, eval_data, out, recipe=recipe,
-        prune=edgekit.Prune(prune, prune_mode) if prune is not None else None,
-        cluster=edgekit.Cluster(clusters) if clusters is not None else None,
-        calibration_method=edgekit.Calibration(calibration_method, percentile, weights=weight_method),
-        max_drop=max_drop,
-        min_agreement=min_agreement, fallback=edgekit.Fallback(fallback, max_size, max_latency_ratio, max_float_layers),
-        equalize=equalize, converter=converter, emulator=emulator,
-        emulator_samples=emulator_samples, emulator_seconds=emulator_seconds, input_shape=input_shape, io=io,
-        seed=seed, force=force,
-        recover=recover, progress=_progress(console), accept_conversion_error=accept_conversion_error,
-        ignore_index=ignore_index, allow_small_calibration=allow_small_calibration, task=task, outputs=outputs_file,
-        min_sqnr=min_sqnr)
+    result = edgekit.build(model, target, calibration, eval_data, out, options=options_from_flags(**flags),
+                           force=force, progress=_progress(console))
     if as_json:
         click.echo(json.dumps(result.report, indent=2))
     for line in summary_lines(result.report):
@@ -246,7 +236,7 @@ def _progress(console) -> Callable[[str, str, float | None], None]:
 def check_command(bundle: Path, eval_data: str | None, recipe: Path | None, emulator: str, expect_digest: str | None,
                   as_json: bool) -> int:
     """Re-run the drift check of an existing bundle (exit 3 on drift or on files that differ from its manifest)."""
-    from edgekit.checking import check_bundle_dir, result_lines
+    from edgekit.bundle.check import check_bundle_dir, result_lines
 
     result = check_bundle_dir(bundle, eval_data, recipe, emulator=emulator, expect_digest=expect_digest)
     return _verdict(result, result_lines, as_json)
@@ -268,7 +258,7 @@ def _verdict(result: dict, lines: Callable[[dict], list[str]], as_json: bool) ->
 @handle_errors
 def inspect_command(path: Path, as_json: bool) -> None:
     """What is inside a model or bundle: ops, dtypes, sizes, sparsity, I/O."""
-    from edgekit.inspect import inspect_path
+    from edgekit.bundle.inspect import inspect_path
 
     info = inspect_path(path)
     click.echo(json.dumps(info, indent=2, default=str) if as_json else _inspect_text(info))
@@ -302,7 +292,7 @@ def _inspect_text(info: dict) -> str:
 def diff_command(old: Path, new: Path, max_drop_increase: float, max_agreement_decrease: float,
                  max_size_increase: float | None, as_json: bool) -> int:
     """Compare bundle NEW with bundle OLD: a release gate (exit 3 when NEW regresses beyond the thresholds)."""
-    from edgekit.diff import DiffThresholds, diff_bundles, diff_lines
+    from edgekit.bundle.diff import DiffThresholds, diff_bundles, diff_lines
 
     result = diff_bundles(old, new, DiffThresholds(max_drop_increase, max_agreement_decrease, max_size_increase))
     return _verdict(result, diff_lines, as_json)
@@ -318,7 +308,7 @@ def emulator_group() -> None:
 @handle_errors
 def emulator_setup(force: bool) -> None:
     """Download QEMU user-mode, an arm64 Python and LiteRT into the cache (no root, nothing system-wide)."""
-    from edgekit import emulator
+    from edgekit.emulator import qemu as emulator
 
     console = _console()
     result = emulator.setup(progress=lambda text: console.print(text, markup=False), force=force)
@@ -331,7 +321,7 @@ def emulator_setup(force: bool) -> None:
 @handle_errors
 def emulator_status(as_json: bool) -> None:
     """Show what is cached, where, and its size."""
-    from edgekit import emulator
+    from edgekit.emulator import qemu as emulator
 
     info = emulator.status()
     if as_json:
@@ -376,7 +366,7 @@ def matrix_command(matrix_file: Path, out: Path | None, jobs: int | None, resume
 
 @contextlib.contextmanager
 def _matrix_progress(console):
-    """On a terminal, one live table of the cells (edgekit/matrix_board.py) with the matrix's lines above it; in a
+    """On a terminal, one live table of the cells (edgekit/build_matrix/board.py) with the matrix's lines above it; in a
     log, the lines alone (one per finished cell)."""
     def say(line: str) -> None:
         console.print(line, markup=False)
@@ -386,7 +376,7 @@ def _matrix_progress(console):
         return
     from rich.live import Live
 
-    from edgekit.matrix_board import Board
+    from edgekit.build_matrix.board import Board
 
     board = Board()
     with Live(console=console, get_renderable=board.table, refresh_per_second=2, transient=False):

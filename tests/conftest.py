@@ -68,7 +68,7 @@ def read_report(bundle: Path) -> dict:
 def emulator_root() -> Path:
     """The ARM64 emulator, set up at default_root() (once: later sessions reuse the cache). Tests that need it set
     up depend on this fixture instead of on whatever state the shared cache happens to be in."""
-    from edgekit import emulator
+    from edgekit.emulator import qemu as emulator
 
     root = emulator.default_root()
     emulator.setup(root)
@@ -79,7 +79,7 @@ def emulator_root() -> Path:
 def emulator_not_set_up(monkeypatch, tmp_path_factory) -> Path:
     """The ARM64 emulator cache is shared with other processes (`edgekit emulator setup` may run at any time): a
     test of what happens without it points EDGEKIT_CACHE at an empty folder of its own."""
-    from edgekit import emulator
+    from edgekit.emulator import qemu as emulator
 
     cache = tmp_path_factory.mktemp("no-emulator-cache")
     monkeypatch.setenv("EDGEKIT_CACHE", str(cache))

@@ -130,7 +130,7 @@ def mixed_head_model(seed: int = 0):
 
 def digits_killing_its_ray_worker():
     """The digits CNN, but the first call (no file at $EDGEKIT_TEST_KILL_MARKER yet) writes the marker, kills the
-    process that started this build (a Ray worker, in tests/test_matrix.py) and exits: a worker that dies
+    process that started this build (a Ray worker, in tests/build_matrix/test_matrix.py) and exits: a worker that dies
     mid-build. With $EDGEKIT_TEST_KILL_ALWAYS set, every call does it."""
     import os
     import signal

@@ -75,7 +75,7 @@ def test_zoo_float32_builds_ship_only_exact_conversions(name, tmp_path: Path):
         result = edgekit.build(arch.build(), "android-arm64-fp32", _shrunk(name, SUBSET[name], 8, 0),
                                _shrunk(name, SUBSET[name], 8, 1), tmp_path / name, emulator="host",
                                converter="litert-torch", max_drop=100.0, min_agreement=0.0)
-    except edgekit.UnsupportedError as refused:  # a refusal names the op and module (tests/test_fidelity.py)
+    except edgekit.UnsupportedError as refused:  # names the op and module (tests/routes/litert/test_fidelity.py)
         pytest.fail(f"{name}: float32 conversion refused, though docs/zoo.md measured it exact: {refused.message}")
     report = result.report
     assert report["runtime"]["converter"] == "litert-torch"

@@ -1,27 +1,30 @@
-"""Routes: the convert-and-verify end of a build, one module per runtime family behind one interface.
+"""Routes: the convert-and-verify end of a build, one sub-package per runtime family behind one interface.
 
-A target names its route in TOML (`route = "litert"`); the route module `edgekit/routes/<name>.py` defines `ROUTE`,
-an instance of a `Route` subclass. Adding a route is adding that module (and its target files): the registry is
-the package folder itself, so nothing else is edited. Route modules import their tools lazily, inside methods, so
-listing routes and targets stays fast.
+A target names its route in TOML (`route = "litert"`); the route's sub-package `edgekit/routes/<name>/` owns
+everything only that route uses (converter, quantizer, runner, per-layer probe, repairs), and its `route.py`
+defines `ROUTE`, an instance of a `Route` subclass. Adding a route is adding that sub-package (and its target
+files): the registry is the package folder itself, so nothing else is edited. Route modules import their tools
+lazily, inside methods, so listing routes and targets stays fast.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import pkgutil
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from edgekit.errors import ConfigError, ToolError
+from edgekit.config.target import LAYER_PRECISION, route_names
+from edgekit.errors import ConfigError, ToolError, UnsupportedError
+from edgekit.measure.size import gzip_size
+from edgekit.transform.export import export_onnx
 
 if TYPE_CHECKING:
-    from edgekit.config import Target
-    from edgekit.device import DeviceModel
-    from edgekit.plan import Plan
-    from edgekit.steps.export_onnx import OnnxExport
+    from edgekit.config.target import Target
+    from edgekit.inputs.plan import Plan
+    from edgekit.routes.device import DeviceModel
+    from edgekit.transform.export import OnnxExport
 
 ROUTE_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
@@ -37,6 +40,8 @@ class Route:
     precisions: ClassVar[tuple[str, ...]] = ("int8", "fp32")
     methods: ClassVar[tuple[str, ...]] = ("minmax", "percentile", "entropy", "mse")  # calibration, for INT8
     weight_methods: ClassVar[tuple[str, ...]] = ("minmax",)  # how its quantizer can quantize weights
+    reads: ClassVar[tuple[str, ...]] = ()  # device-model suffixes `edgekit inspect` hands to this route
+    converters: ClassVar[tuple[str, ...]] = ()  # what --converter may choose (empty: the route converts one way)
     converted_by: ClassVar[str] = ""  # what converts (for the hint when another --converter is asked for)
     layer_precisions: ClassVar[tuple[str, ...]] = ("int8", "float32")  # what one layer of an INT8 build can ship in
     fallback_precision: ClassVar[str] = "float32"  # where `--fallback auto` moves a sensitive layer
@@ -54,11 +59,9 @@ class Route:
                             hint=f"pip install 'edgekit[{self.extra}]'" if self.extra else "reinstall edgekit")
 
     def check_request(self, plan: Plan) -> None:
-        from edgekit.errors import UnsupportedError
-
         target, options = plan.target, plan.options
-        if options.converter not in (None, "auto", target.converter):
-            raise UnsupportedError(f"converter {options.converter} does not apply to {target.name}",
+        if options.conversion.converter not in (None, "auto", target.converter):
+            raise UnsupportedError(f"converter {options.conversion.converter} does not apply to {target.name}",
                                    hint=f"drop --converter: this route converts with {self.converted_by}")
         if plan.io != "float32":
             raise UnsupportedError(f"io = {plan.io!r} is not available on {target.name}: the model takes float32 "
@@ -77,16 +80,13 @@ class Route:
 
     def back_off(self, target: Target) -> str | None:
         """The precision every layer may start from when no per-layer climb passes, before layers go back to the
-        target's own one by one (edgekit/fallback.py); None: the route has none."""
+        target's own one by one (edgekit/pipeline/fallback.py); None: the route has none."""
         return None
 
     def set_precisions(self, device: DeviceModel, precisions: dict[str, str], layers: list[dict],
                        target: Target | None = None) -> DeviceModel:
         """The device model rebuilt with each named layer (the `tensor` of a `layers` row) in the given precision,
         the others as built. A precision the route lacks is refused (exit 2), never replaced by another."""
-        from edgekit.config import LAYER_PRECISION
-        from edgekit.errors import UnsupportedError
-
         default = LAYER_PRECISION.get(target.precision, "int8") if target else "int8"
         allowed = ((default, *self.ladder(target), *filter(None, [self.back_off(target)])) if target
                    else self.layer_precisions)
@@ -112,12 +112,13 @@ class Route:
                                    hint="see docs/routes.md: which routes and converters can")
         return device.with_float(moves[self.fallback_precision])
 
+    def inspect(self, path: Path) -> dict:
+        """`edgekit inspect` of a device model in one of the formats the route `reads`."""
+        raise NotImplementedError
+
     def float_gzip_bytes(self, plan: Plan, workdir: Path) -> int:
         """gzip size of the float32 device model of the original model (the base of compression ratios); by
         default the float ONNX export itself."""
-        from edgekit.bundle import gzip_size
-        from edgekit.steps.export_onnx import export_onnx
-
         return gzip_size(export_onnx(plan.model, plan.inputs, workdir / "baseline.onnx").path)
 
     def missing(self) -> list[str]:
@@ -134,8 +135,6 @@ def check_method(plan: Plan, methods: tuple[str, ...], route: str, weight_method
     """The calibration and weight methods are ones the route has, and apply to the target: a precision without
     activation ranges (float, weight-only, dynamic range) takes no calibration method, a float one no weight
     method; each is refused (exit 2) rather than silently ignored."""
-    from edgekit.errors import UnsupportedError
-
     target, method, weights = plan.target, plan.options.calibration.method, plan.options.calibration.weights
     if weights != "minmax":
         if target.precision in ("fp32", "fp16"):
@@ -162,9 +161,9 @@ def _findable(name: str) -> bool:
         return False
 
 
-def route_names() -> list[str]:
-    """Every route module in this package."""
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+def route_reading(suffix: str) -> Route | None:
+    """The route whose device format has this file suffix (`Route.reads`), or None."""
+    return next((route for route in map(get_route, route_names()) if suffix in route.reads), None)
 
 
 def get_route(name: str) -> Route:
@@ -172,7 +171,7 @@ def get_route(name: str) -> Route:
     known = route_names()
     if not isinstance(name, str) or not ROUTE_NAME.fullmatch(name) or name not in known:
         raise ConfigError(f"unknown route {str(name)[:40]!r}", hint=f"known routes: {', '.join(known)}")
-    route = importlib.import_module(f"{__name__}.{name}").ROUTE
+    route = importlib.import_module(f"{__name__}.{name}.route").ROUTE
     if not isinstance(route, Route) or route.name != name:
-        raise ConfigError(f"edgekit/routes/{name}.py must define ROUTE, a Route named {name!r}")
+        raise ConfigError(f"edgekit/routes/{name}/route.py must define ROUTE, a Route named {name!r}")
     return route

@@ -28,17 +28,17 @@ class TorchRunner(Runner):
                 args = [torch.from_numpy(np.ascontiguousarray(inputs[n][lo:lo + self.batch_size]))
                         for n in self.input_names]
                 start = time.perf_counter()
-                outputs = _flatten(self.module(*args))
+                outputs = flatten_outputs(self.module(*args))
                 self.latencies_s.append((time.perf_counter() - start) / len(args[0]))
                 for name, value in zip(self.output_names, outputs):
                     chunks[name].append(value.detach().float().numpy())
         return {n: np.concatenate(v) for n, v in chunks.items()}
 
 
-def _flatten(result: Any) -> list[Any]:
+def flatten_outputs(result: Any) -> list[Any]:
     if isinstance(result, dict):
         return [v for _, v in result.items()]
     if isinstance(result, (list, tuple)):
-        return [t for item in result for t in _flatten(item)]
+        return [t for item in result for t in flatten_outputs(item)]
     return [result]
 

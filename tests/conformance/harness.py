@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.drift import sqnr_db
-from edgekit.fidelity import FLOAT_TOLERANCE, relative_max_error
+from edgekit.measure.drift import sqnr_db
+from edgekit.routes.litert.fidelity import FLOAT_TOLERANCE, relative_max_error
 from tests.conformance.cases import Case
 
 MIN_INT8_SQNR_DB = 20.0
@@ -61,10 +61,10 @@ def run_case(case: Case, workdir: Path, run_worker=None, registry: tuple | None 
 
 
 def _measure(case: Case, workdir: Path, run_worker, registry) -> CaseResult:
-    from edgekit.config import load_target
-    from edgekit.fidelity import convert_checked
-    from edgekit.model import load_model
-    from edgekit.steps.export_onnx import export_onnx, resolve_inputs
+    from edgekit.config.target import load_target
+    from edgekit.inputs.model import load_model
+    from edgekit.routes.litert.fidelity import convert_checked
+    from edgekit.transform.export import export_onnx, resolve_inputs
 
     loaded = load_model(case.module(), name=case.name.replace("/", "-"))
     specs = resolve_inputs(loaded, {f"x{i}": shape for i, shape in enumerate(case.shapes)})
@@ -104,8 +104,8 @@ def _torch_outputs(loaded, specs, names: list[str], inputs: dict[str, np.ndarray
 
 
 def _int8_outputs(checked, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from edgekit.backends import onnx2tf
-    from edgekit.runners.litert import LiteRTRunner
+    from edgekit.routes.litert import onnx2tf
+    from edgekit.routes.litert.runner import LiteRTRunner
 
     device = checked.files.device
     device_in = onnx2tf.bind_inputs(device, checked.export)

@@ -13,9 +13,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from edgekit.fidelity import FLOAT_TOLERANCE
-from edgekit.lineage import package_versions
-from edgekit.repairs import REGISTRY
+from edgekit.bundle.lineage import package_versions
+from edgekit.routes.litert.fidelity import FLOAT_TOLERANCE
+from edgekit.routes.litert.repairs import REGISTRY
 from tests.conformance.cases import BY_NAME, CASES, SHOWCASES
 from tests.conformance.harness import CALIBRATION_SAMPLES, MIN_INT8_SQNR_DB, TEST_SAMPLES, CaseResult, run_case
 from tests.conformance.warm_worker import WarmWorker

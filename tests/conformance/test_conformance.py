@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgekit.fidelity import FLOAT_TOLERANCE
-from edgekit.repairs import REGISTRY
+from edgekit.routes.litert.fidelity import FLOAT_TOLERANCE
+from edgekit.routes.litert.repairs import REGISTRY
 from tests.conformance.cases import BY_NAME, CASES, SHOWCASES
 from tests.conformance.harness import MIN_INT8_SQNR_DB, draw_inputs, run_case
 from tests.conformance.warm_worker import WarmWorker
@@ -59,8 +59,8 @@ def test_without_its_repair_the_case_converts_wrong(name, conformance):
 
 
 def test_the_suite_covers_forty_cases_with_negative_inputs():
-    from edgekit.model import load_model
-    from edgekit.steps.export_onnx import resolve_inputs
+    from edgekit.inputs.model import load_model
+    from edgekit.transform.export import resolve_inputs
 
     assert len(CASES) >= 40 and len(BY_NAME) == len(CASES)
     assert set(REPAIR_CASES) == {r.NAME for r in REGISTRY} == {c.repair for c in CASES if c.repair}

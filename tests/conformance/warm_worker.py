@@ -1,6 +1,6 @@
 """One long-lived onnx2tf worker for many conversions: TensorFlow starts once instead of once per case.
 
-`WarmWorker` is the `run_worker` hook of `edgekit.backends.onnx2tf.convert`: convert() still writes the spec,
+`WarmWorker` is the `run_worker` hook of `edgekit.routes.litert.onnx2tf.convert`: convert() still writes the spec,
 checks the files and turns a failed run into edgekit's errors; only the process is reused. Each job runs the very
 `main()` of edgekit's own worker script in the job's folder, its output redirected into the job's log.
 
@@ -40,7 +40,7 @@ class WarmWorker:
         return code
 
     def _server(self) -> subprocess.Popen:
-        from edgekit.backends.onnx2tf import WORKER_SCRIPT, worker_env
+        from edgekit.routes.litert.onnx2tf import WORKER_SCRIPT, worker_env
 
         if self.process is None or self.process.poll() is not None:
             command = [sys.executable, "-P", __file__, str(WORKER_SCRIPT)]

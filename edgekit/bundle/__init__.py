@@ -1,0 +1,1 @@
+"""The bundle: writing it, its lineage and reports, and reading it back (check, diff, inspect)."""

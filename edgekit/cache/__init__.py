@@ -1,0 +1,1 @@
+"""The step cache: content-addressed entries and the keys that name them."""

@@ -1,0 +1,201 @@
+"""Calibration and evaluation data: loading from every accepted form, and validation against the model inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import DataError
+from edgekit.inputs.model import TensorSpec
+
+LABEL_KEY = "y"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Samples in the model's own layout (NCHW for images), one array per model input, optional int labels."""
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None
+    source: str
+
+    @property
+    def size(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    @property
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        for key, array in sorted(self.inputs.items()) + ([(LABEL_KEY, self.labels)] if self.labels is not None else []):
+            array = np.ascontiguousarray(array)
+            digest.update(f"{key}:{array.shape}:{array.dtype}".encode())
+            digest.update(array.tobytes())
+        return digest.hexdigest()
+
+    def take(self, index: np.ndarray | slice) -> Dataset:
+        labels = None if self.labels is None else self.labels[index]
+        return Dataset({k: v[index] for k, v in self.inputs.items()}, labels, self.source)
+
+    def renamed(self, names: list[str]) -> Dataset:
+        """Key the arrays by the model's input names (a single `x` becomes the single input's name)."""
+        if list(self.inputs) == ["x"] and len(names) == 1:
+            return Dataset({names[0]: self.inputs["x"]}, self.labels, self.source)
+        missing = [n for n in names if n not in self.inputs]
+        if missing:
+            raise DataError(f"{self.source}: no array for model input(s) {', '.join(missing)}",
+                            hint=f"give one key per input name ({', '.join(names)}), or `x` for a single input")
+        return Dataset({n: self.inputs[n] for n in names}, self.labels, self.source)
+
+
+def load_data(source: Any, recipe: Path | str | None = None, what: str = "data") -> Dataset:
+    """Load `.npz`, `.npy`, a folder of images (with a recipe), `module:callable`, arrays or (x, y) tuples."""
+    if isinstance(source, Dataset):
+        return source
+    if isinstance(source, (str, Path)):
+        return _load_path(str(source), recipe, what)
+    if isinstance(source, np.ndarray):
+        return _finish({"x": source}, None, f"<{what} array>", what)
+    if isinstance(source, tuple) and len(source) == 2:
+        x, y = source
+        inputs = dict(x) if isinstance(x, dict) else {"x": np.asarray(x)}
+        return _finish(inputs, None if y is None else np.asarray(y), f"<{what} arrays>", what)
+    if isinstance(source, dict):
+        inputs = {k: np.asarray(v) for k, v in source.items() if k != LABEL_KEY}
+        labels = source.get(LABEL_KEY)
+        return _finish(inputs, None if labels is None else np.asarray(labels), f"<{what} dict>", what)
+    if callable(source):
+        return _from_iterable(source(), f"<{what} callable>", what)
+    raise DataError(f"cannot use a {type(source).__name__} as {what}",
+                    hint="give an array, an (x, y) tuple, a dict of arrays, or a path to .npz/.npy/an image folder")
+
+
+def _load_path(text: str, recipe: Path | str | None, what: str) -> Dataset:
+    path = Path(text)
+    if path.is_dir():
+        from edgekit.inputs.images import load_image_folder
+
+        inputs, labels = load_image_folder(path, recipe)
+        return _finish(inputs, labels, str(path), what)
+    if path.is_file():
+        return _load_file(path, what)
+    module_name, sep, attr = text.partition(":")
+    if sep and attr.isidentifier():
+        return _from_iterable(_call(module_name, attr)(), text, what)
+    raise DataError(f"{what} {text} does not exist",
+                    hint="give a .npz (x, optional y), a .npy, a folder of images with --recipe, or module:callable")
+
+
+def _load_file(path: Path, what: str) -> Dataset:
+    try:
+        if path.suffix == ".npy":
+            return _finish({"x": np.load(path, allow_pickle=False)}, None, str(path), what)
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {k: archive[k] for k in archive.files}
+            labels = arrays.pop(LABEL_KEY, None)
+            return _finish(arrays, labels, str(path), what)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {what} {path}: {exc}", hint="write it with numpy.savez / numpy.save") from exc
+    raise DataError(f"{what} {path}: unknown data format {path.suffix!r}",
+                    hint="use .npz (key x or one key per input name, optional y) or .npy")
+
+
+def _call(module_name: str, attr: str) -> Any:
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise DataError(f"cannot import {module_name}:{attr}: {exc}",
+                        hint="the module must be importable and define the callable") from exc
+
+
+def _from_iterable(items: Any, source: str, what: str) -> Dataset:
+    samples = list(items)
+    if not samples:
+        return _finish({}, None, source, what)
+    if isinstance(samples[0], dict):
+        inputs = {k: np.stack([np.asarray(s[k]) for s in samples]) for k in samples[0]}
+    else:
+        inputs = {"x": np.stack([np.asarray(s) for s in samples])}
+    return _finish(inputs, None, source, what)
+
+
+def _finish(inputs: dict[str, np.ndarray], labels: np.ndarray | None, source: str, what: str) -> Dataset:
+    if not inputs or any(a.size == 0 or a.ndim == 0 for a in inputs.values()):
+        raise DataError(f"{what} {source} is empty", hint="give at least one sample (a few hundred for calibration)")
+    sizes = {k: len(a) for k, a in inputs.items()}
+    if len(set(sizes.values())) != 1:
+        raise DataError(f"{what} {source}: inputs have different sample counts {sizes}",
+                        hint="every input array needs the same first (batch) dimension")
+    inputs = {k: _as_input(k, a, source, what) for k, a in inputs.items()}
+    if labels is not None:
+        labels = _check_labels(labels, next(iter(sizes.values())), source, what)
+    return Dataset(inputs, labels, source)
+
+
+def _as_input(key: str, array: np.ndarray, source: str, what: str) -> np.ndarray:
+    """Float data as float32; integer and bool inputs (token ids, masks) keep their dtype: they pass through
+    unquantized."""
+    if array.dtype == np.bool_ or np.issubdtype(array.dtype, np.integer):
+        return np.ascontiguousarray(array)
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise DataError(f"{what} {source}: array {key!r} has dtype {array.dtype}",
+                        hint="use float32 arrays (integer or bool arrays for id and mask inputs)")
+    array = np.ascontiguousarray(array, dtype=np.float32) if array.dtype != np.float32 else array
+    bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+    if bad:
+        raise DataError(f"{what} {source}: array {key!r} holds {bad} NaN/inf values",
+                        hint="clean or drop those samples; calibration and drift need finite inputs")
+    return array
+
+
+def _check_labels(labels: np.ndarray, count: int, source: str, what: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim < 1 or labels.shape[0] != count or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{what} {source}: labels `y` must be {count} integers (or {count} integer maps), got "
+                        f"shape {labels.shape} of {labels.dtype}",
+                        hint="store class indices as an int array y of shape (N,), or (N, H, W) for per-pixel "
+                             "segmentation labels")
+    return labels.astype(np.int64)
+
+
+def validate_against(data: Dataset, specs: tuple[TensorSpec, ...], what: str) -> Dataset:
+    """Key the data by input name and check every sample shape against the model's; explain layout mistakes."""
+    data = data.renamed([s.name for s in specs])
+    for spec in specs:
+        got = data.inputs[spec.name].shape[1:]
+        if not _shape_matches(got, spec.sample_shape):
+            raise DataError(_shape_message(spec, got, data.source, what), hint=_shape_hint(spec, got))
+    return data
+
+
+def _shape_matches(got: tuple[int, ...], want: tuple[int | None, ...]) -> bool:
+    return len(got) == len(want) and all(w is None or g == w for g, w in zip(got, want))
+
+
+def _shape_message(spec: TensorSpec, got: tuple[int, ...], source: str, what: str) -> str:
+    want = tuple("?" if d is None else d for d in spec.sample_shape)
+    return f"{what} {source}: input {spec.name!r} samples have shape {got}, the model expects {want}"
+
+
+def _shape_hint(spec: TensorSpec, got: tuple[int, ...]) -> str:
+    want = spec.sample_shape
+    if len(got) == len(want) >= 3 and _shape_matches(got[-1:] + got[:-1], want):
+        axes = ", ".join(["0", str(len(got))] + [str(i) for i in range(1, len(got))])
+        return (f"the data looks channels-last; edgekit expects the PyTorch model's own layout (NCHW): "
+                f"transpose it with x.transpose({axes})")
+    return "give data in the model's own layout and size: (N, " + ", ".join(str(d) for d in want) + ")"
+
+
+def split_holdout(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """Split off `fraction` of the samples (at least one) for measuring drift when no eval data is given."""
+    if data.size < 2:
+        raise DataError(f"{data.source}: {data.size} sample cannot be split into calibration and held-out parts",
+                        hint="give more calibration samples or a separate --eval set")
+    order = np.random.default_rng(seed).permutation(data.size)
+    held = max(1, round(data.size * fraction))
+    return data.take(np.sort(order[held:])), data.take(np.sort(order[:held]))

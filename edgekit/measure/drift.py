@@ -1,0 +1,143 @@
+"""Drift metrics between a reference and a device run: accuracy, top-1 agreement, SQNR, cosine, abs errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgekit.errors import DataError
+
+SQNR_CAP_DB = 200.0  # identical outputs; JSON has no infinity
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    max_drop: float = 1.0
+    min_agreement: float = 0.99
+    min_sqnr_db: float = 20.0
+
+    def to_dict(self) -> dict:
+        return {"max_drop": self.max_drop, "min_agreement": self.min_agreement, "min_sqnr_db": self.min_sqnr_db}
+
+
+def sqnr_db(reference: np.ndarray, device: np.ndarray) -> float:
+    reference = reference.astype(np.float64)
+    noise = float(np.sum((reference - device) ** 2))
+    signal = float(np.sum(reference**2))
+    if noise == 0.0:
+        return SQNR_CAP_DB
+    if signal == 0.0:
+        return -SQNR_CAP_DB
+    return float(np.clip(10.0 * np.log10(signal / noise), -SQNR_CAP_DB, SQNR_CAP_DB))
+
+
+def cosine(reference: np.ndarray, device: np.ndarray) -> float:
+    a, b = reference.astype(np.float64).ravel(), device.astype(np.float64).ravel()
+    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+    if norms == 0.0:
+        return 1.0 if np.array_equal(a, b) else 0.0
+    return float(np.dot(a, b) / norms)
+
+
+def output_metrics(reference: dict[str, np.ndarray], device: dict[str, np.ndarray]) -> list[dict]:
+    """Per output: SQNR (dB), cosine, max and mean absolute error; device values must be finite."""
+    rows = []
+    for name, ref in reference.items():
+        dev = device[name]
+        if dev.shape != ref.shape:
+            raise DataError(f"output {name}: device shape {dev.shape} differs from reference {ref.shape}",
+                            hint="report this model to edgekit")
+        finite = bool(np.all(np.isfinite(dev)))
+        err = np.abs(ref.astype(np.float64) - np.nan_to_num(dev))
+        rows.append({"name": name, "sqnr_db": round(sqnr_db(ref, np.nan_to_num(dev)), 4) if finite else None,
+                     "cosine": round(cosine(ref, np.nan_to_num(dev)), 8) if finite else None,
+                     "max_abs_err": float(err.max()) if finite else None,
+                     "mean_abs_err": float(err.mean()) if finite else None})
+    return rows
+
+
+def class_output(shapes: dict[str, tuple[int | None, ...]], label_dims: tuple[int, ...] = ()) -> str | None:
+    """The first output that holds class scores: shape (batch, classes) with more than one class, or, for
+    per-pixel labels of shape (N, *label_dims), (batch, classes, *label_dims)."""
+    for name, shape in shapes.items():
+        if is_scores(shape, label_dims):
+            return name
+    return None
+
+
+def is_scores(shape: tuple, label_dims: tuple[int, ...] = ()) -> bool:
+    """Class scores on axis 1: (batch, classes), or (batch, classes, *label_dims) for per-pixel labels."""
+    return len(shape) == 2 + len(label_dims) and (shape[1] or 0) >= 2 and tuple(shape[2:]) == tuple(label_dims)
+
+
+def drift_block(reference: dict[str, np.ndarray], device: dict[str, np.ndarray], labels: np.ndarray | None,
+                tasks: dict[str, str] | str | None, thresholds: Thresholds, ignore_index: int | None = None) -> dict:
+    """The report's `drift` block; zero samples never pass. `tasks`: {output: classify | regress | embed}
+    (edgekit/measure/tasks.py; a single name means that output classifies and the others regress). Classify outputs are
+    gated by top-1 agreement (the lowest over them) and, with labels, the accuracy drop of the first one; regress
+    and embed outputs by SQNR. Samples (or, with per-pixel labels, pixels) labelled `ignore_index` count for
+    agreement and output errors, not for accuracy."""
+    tasks = as_tasks(tasks, list(reference))
+    samples = len(next(iter(reference.values()))) if reference else 0
+    outputs = [{**row, **_task_metrics(tasks[row["name"]], reference[row["name"]], device[row["name"]])}
+               for row in output_metrics(reference, device)] if samples else []
+    ref_acc = dev_acc = drop = agreement = None
+    classify = [name for name in reference if tasks[name] == "classify"]
+    if samples and classify:
+        agreement = min(float(np.mean(reference[n].argmax(1) == device[n].argmax(1))) for n in classify)
+        scores = classify[0]
+        ref_top, dev_top = reference[scores].argmax(1), device[scores].argmax(1)
+        keep = labels != ignore_index if labels is not None and ignore_index is not None else slice(None)
+        if labels is not None and ref_top.shape == labels.shape and np.size(labels[keep]):  # per sample or pixel
+            ref_acc = float(np.mean(ref_top[keep] == labels[keep]))
+            dev_acc = float(np.mean(dev_top[keep] == labels[keep]))
+            drop = round((ref_acc - dev_acc) * 100.0, 6)
+    passed = _passed(samples, outputs, drop, agreement, thresholds)
+    return {"samples": samples, "reference_accuracy": ref_acc, "device_accuracy": dev_acc, "accuracy_drop": drop,
+            "top1_agreement": agreement, "outputs": outputs, "thresholds": thresholds.to_dict(), "passed": passed}
+
+
+def as_tasks(tasks: dict[str, str] | str | None, names: list[str]) -> dict[str, str]:
+    """A task per output; a single output name (older manifests' `class_output`) classifies, the rest regress."""
+    if isinstance(tasks, dict):
+        return {name: tasks.get(name, "regress") for name in names}
+    return {name: "classify" if name == tasks else "regress" for name in names}
+
+
+def _task_metrics(task: str, reference: np.ndarray, device: np.ndarray) -> dict:
+    """The output's task, and for embeddings the per-sample cosine (min and mean)."""
+    if task != "embed" or not np.all(np.isfinite(device)):
+        return {"task": task}
+    per_sample = [cosine(r, d) for r, d in zip(reference, device)]
+    return {"task": task, "cosine_min": round(float(np.min(per_sample)), 8),
+            "cosine_mean": round(float(np.mean(per_sample)), 8)}
+
+
+def _passed(samples: int, outputs: list[dict], drop: float | None, agreement: float | None,
+            thresholds: Thresholds) -> bool:
+    if samples == 0 or any(o["sqnr_db"] is None for o in outputs):
+        return False
+    if drop is not None and drop > thresholds.max_drop:
+        return False
+    if agreement is not None and agreement < thresholds.min_agreement:
+        return False
+    return all(o["sqnr_db"] >= thresholds.min_sqnr_db for o in outputs if o["task"] != "classify")
+
+
+def failure_reasons(drift: dict) -> list[str]:
+    """Plain sentences for what failed, for the console and the DriftError message."""
+    t, reasons = drift["thresholds"], []
+    if drift["samples"] == 0:
+        reasons.append("no samples were compared")
+    if drift["accuracy_drop"] is not None and drift["accuracy_drop"] > t["max_drop"]:
+        reasons.append(f"accuracy drop {drift['accuracy_drop']:.2f} points > max {t['max_drop']}")
+    if drift["top1_agreement"] is not None and drift["top1_agreement"] < t["min_agreement"]:
+        reasons.append(f"top-1 agreement {drift['top1_agreement']:.4f} < min {t['min_agreement']}")
+    for row in drift["outputs"]:
+        if row["sqnr_db"] is None:
+            reasons.append(f"output {row['name']} has NaN/inf values on the device")
+        elif row.get("task", "regress" if drift["top1_agreement"] is None else "classify") != "classify" and \
+                row["sqnr_db"] < t["min_sqnr_db"]:
+            reasons.append(f"output {row['name']} SQNR {row['sqnr_db']:.1f} dB < min {t['min_sqnr_db']} dB")
+    return reasons

@@ -1,0 +1,76 @@
+"""Per-layer sensitivity: how much the model's output suffers when one activation alone is quantized.
+
+A layer's own (local) SQNR says how coarse its INT8 grid is, not how much that costs at the output: a coarse early
+activation can wash out, a fine one in front of an amplifying head (a DFL box branch times its stride) can ruin
+it. The ladder of `--fallback auto` therefore orders layers by measurement: the float export runs in onnxruntime
+once per quantized activation, with only that activation fake-quantized (QuantizeLinear/DequantizeLinear with the
+device tensor's own scale and zero point), and the worst output SQNR against the float outputs is the layer's
+sensitivity (lower: more sensitive). The float model stands in for the rest of the device model, so layers are
+compared on their own error, not on the error that reaches them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgekit.measure.drift import SQNR_CAP_DB, sqnr_db
+
+SAMPLES = 8
+INTEGER = {"int8": 3, "uint8": 2}  # ONNX TensorProto element types of the zero point
+
+
+def layer_sensitivity(export_path, rows: list[dict], samples: dict[str, np.ndarray]) -> dict[str, float]:
+    """{ONNX tensor: worst output SQNR (dB) with only it quantized} for the rows with a per-tensor INT8 grid."""
+    import onnx
+
+    from edgekit.runners.onnxrt import cpu_session
+
+    model = onnx.load(str(export_path))
+    inputs = {k: v[:SAMPLES] for k, v in samples.items()}
+    reference = _run(cpu_session(model.SerializeToString()), inputs)
+    found = {}
+    for row in rows:
+        dtype, scale = row.get("dtype", "int8"), row.get("scale")
+        if dtype not in INTEGER or not scale or "zero_point" not in row:
+            continue
+        quantized = _fake_quantized(model, row["tensor"], float(scale), int(row["zero_point"]), dtype)
+        if quantized is None:
+            continue
+        outputs = _run(cpu_session(quantized.SerializeToString()), inputs)
+        found[row["tensor"]] = round(min((sqnr_db(reference[k], outputs[k]) for k in reference),
+                                         default=SQNR_CAP_DB), 3)
+    return found
+
+
+def _run(session, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = [o.name for o in session.get_outputs()]
+    count = len(next(iter(inputs.values())))
+    rows = [session.run(names, {k: v[i:i + 1] for k, v in inputs.items()}) for i in range(count)]
+    return {name: np.concatenate([r[j] for r in rows]) for j, name in enumerate(names)}
+
+
+def _fake_quantized(model, tensor: str, scale: float, zero_point: int, dtype: str):
+    """A copy of `model` whose readers of `tensor` read it quantized and dequantized; None if nothing reads it."""
+    import onnx
+    from onnx import helper
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    graph = copy.graph
+    readers = [n for n in graph.node if tensor in n.input]
+    if not readers:
+        return None
+    prefix = f"edgekit_sensitivity_{len(graph.node)}"
+    graph.initializer.extend([helper.make_tensor(f"{prefix}_scale", onnx.TensorProto.FLOAT, [], [scale]),
+                              helper.make_tensor(f"{prefix}_zero", INTEGER[dtype], [], [zero_point])])
+    nodes = [helper.make_node("QuantizeLinear", [tensor, f"{prefix}_scale", f"{prefix}_zero"], [f"{prefix}_q"]),
+             helper.make_node("DequantizeLinear", [f"{prefix}_q", f"{prefix}_scale", f"{prefix}_zero"],
+                              [f"{prefix}_dq"])]
+    for node in readers:
+        for i, name in enumerate(node.input):
+            if name == tensor:
+                node.input[i] = f"{prefix}_dq"
+    producer = next((i for i, n in enumerate(graph.node) if tensor in n.output), -1)
+    for offset, node in enumerate(nodes):
+        graph.node.insert(producer + 1 + offset, node)
+    return copy

@@ -1,0 +1,111 @@
+"""Verification: the device model measured against the original on the eval data (host, then the ARM64
+emulator), per-layer drift where the route can measure it, and each layer's sensitivity for the fallback."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from edgekit.config.target import LAYER_PRECISION
+from edgekit.emulator.drift import measure as measure_in_emulator
+from edgekit.inputs.model import LoadedModel
+from edgekit.inputs.plan import Plan
+from edgekit.measure.drift import Thresholds, drift_block, output_metrics
+from edgekit.measure.layers import activation_bytes, layer_samples
+from edgekit.measure.measured import Measured
+from edgekit.measure.reference import reference_outputs, reference_runner
+from edgekit.routes.device import DeviceModel
+from edgekit.transform.export import OnnxExport
+
+LAYER_SAMPLES = 32
+
+
+def evaluate(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: Plan,
+              tasks: dict[str, str]) -> Measured:
+    """Drift on the eval data, plus per-layer drift where the route can measure it."""
+    measured = measure(plan, export, device, device_plan, tasks)
+    if device.per_layer is None:
+        return measured
+    count = layer_samples(export.path, min(LAYER_SAMPLES, plan.evaluation.size))
+    samples = {k: v[:count] for k, v in plan.evaluation.inputs.items()}
+    default = LAYER_PRECISION.get(plan.target.precision, "int8")
+    rows = [{"precision": default, "chosen_because": f"{default.upper()} by default", **row}
+            for row in device.per_layer(samples)]
+    notes = [] if count >= min(LAYER_SAMPLES, plan.evaluation.size) else [
+        f"per-layer drift on {count} samples: the model's activations take "
+        f"{activation_bytes(export.path) / 1e6:.0f} MB a sample"]
+    return replace(measured, layers=rows, warnings=[*measured.warnings, *notes])
+
+
+def sensitivity(export: OnnxExport, rows: list[dict], plan: Plan) -> dict[str, float]:
+    """Each quantized activation's effect on the output alone (edgekit/measure/sensitivity.py), on eval samples."""
+    from edgekit.measure.sensitivity import layersensitivity
+
+    return layersensitivity(export.path, rows, plan.evaluation.inputs)
+
+
+def thresholds(plan: Plan) -> Thresholds:
+    floor = plan.options.gate.min_sqnr if plan.options.gate.min_sqnr is not None else plan.target.min_sqnr_db
+    return Thresholds(plan.options.gate.max_drop, plan.options.gate.min_agreement, floor)
+
+
+def measure(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: Plan,
+             tasks: dict[str, str]) -> Measured:
+    """Drift against the original model; the converter's error against the model that was converted (the
+    compressed one, when compressing), so compression, conversion and quantization errors stay apart."""
+    data = plan.evaluation
+    reference, reused = _reference(plan, export)
+    converted = reference
+    if not _same_weights(plan.model, device_plan.model):  # compressed or equalized: run those weights too
+        converted, _ = _reference(device_plan, export)
+    with device.open_float_runner() as runner:
+        floats = runner.run(data.inputs)
+    with device.open_runner(device.path) as runner:
+        outputs = runner.run(data.inputs)
+        latency = runner.median_latency_ms()
+    drift = drift_block(reference, outputs, data.labels, tasks, thresholds(plan), plan.options.data.ignore_index)
+    quantized = plan.target.precision != "fp32"
+    return Measured(
+        reference=reference, device=outputs, conversion=output_metrics(converted, floats),
+        quantization=output_metrics(floats, outputs) if quantized else None, drift=drift,
+        latency_ms={"host": latency}, warnings=_warnings(plan, drift, reference, outputs) + device.notes,
+        reused=("reference",) if reused else ())
+
+
+def _reference(plan: Plan, export: OnnxExport) -> tuple[dict[str, np.ndarray], bool]:
+    """The plan's model on the eval inputs (from the step cache when another build ran the same)."""
+    def run() -> dict[str, np.ndarray]:
+        with reference_runner(plan, export) as runner:
+            return runner.run(plan.evaluation.inputs)
+
+    return reference_outputs(plan.model, plan.evaluation.inputs, [o.name for o in export.outputs], run)
+
+
+def _same_weights(model: LoadedModel, other: LoadedModel) -> bool:
+    return model.module is other.module and model.onnx_path == other.onnx_path
+
+
+def measure_emulated(plan: Plan, device: DeviceModel, measured: Measured, count: int,
+                      tasks: dict[str, str]) -> Measured:
+    inputs = {k: v[:count] for k, v in plan.evaluation.inputs.items()}
+    block = measure_in_emulator(device.path, device.bindings, inputs, measured.reference, measured.device, tasks,
+                    thresholds(plan), plan.target.cpu, plan.options.verify.emulator_seconds)
+    warnings = list(measured.warnings)
+    if block["error"]:
+        warnings.append(f"emulator run failed: {block['error']}")
+    elif not block["bit_exact_with_host"]:
+        worst = max(block["max_abs_diff_vs_host"].values())
+        warnings.append(f"emulator outputs differ from the host run (max {worst:.3g})")
+    return replace(measured, emulator=block, warnings=warnings)
+
+
+def _warnings(plan: Plan, drift: dict, reference: dict, outputs: dict) -> list[str]:
+    notes = list(plan.warnings)
+    if plan.eval_source != "eval":
+        notes.append(f"no eval data given: drift measured on {plan.evaluation.size} held-out calibration samples")
+    if drift["top1_agreement"] is not None and plan.evaluation.labels is None:
+        notes.append("eval data has no labels: accuracy drop not measured, agreement only")
+    if any(not np.all(np.isfinite(v)) for v in reference.values()):
+        notes.append("the reference model itself produces NaN/inf on the eval data")
+    return notes

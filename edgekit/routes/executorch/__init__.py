@@ -1,0 +1,1 @@
+"""The ExecuTorch route: XNNPACK-delegated .pte programs quantized with PT2E."""

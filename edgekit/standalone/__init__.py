@@ -1,0 +1,1 @@
+"""What every bundle ships alone (numpy only): the device-side check and the input-drift monitor."""

@@ -1,0 +1,1 @@
+"""What changes the model before conversion: the ONNX export, equalization and compression."""

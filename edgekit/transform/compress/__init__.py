@@ -1,0 +1,1 @@
+"""Compression: pruning, clustering and recovery on torch modules and ONNX initializers."""

@@ -1,0 +1,1 @@
+"""Cross-layer equalization: torch and ONNX backends over one common core."""

@@ -1,0 +1,1 @@
+"""Small utilities every stage may use: child processes, environment, quiet runtimes, progress, OUT."""

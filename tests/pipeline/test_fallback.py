@@ -1,0 +1,158 @@
+"""Accuracy-aware fallback on a model built to break INT8: minmax fails, the culprit is kept in float, it passes.
+Built with --equalize off: equalization alone repairs this model (tests/transform/equalize/test_equalize.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+
+import edgekit
+import edgekit.bundle.inspect
+from tests.helpers import int8_breaking_copy
+
+
+@pytest.fixture(scope="module")
+def broken(digits):
+    return int8_breaking_copy(digits[0])
+
+
+def _build(model, data, target: str, out: Path, **options):
+    return edgekit.build(model, target, calibration=(data["x_calib"], data["y_calib"]),
+                         eval_data=(data["x_eval"], data["y_eval"]), out=out, emulator="host", max_drop=1.0,
+                         equalize="off", **options)
+
+
+def test_jetson_fallback_keeps_the_culprit_in_float_and_passes(broken, digits, tmp_path: Path):
+    _, data = digits
+    failed = _build(broken, data, "jetson-orin-int8", tmp_path / "minmax")
+    assert not failed.passed and failed.report["drift"]["accuracy_drop"] > 1.0
+    assert failed.report["layers"][0]["module"] == "features.1"
+    fixed = _build(broken, data, "jetson-orin-int8", tmp_path / "auto", fallback="auto")
+    assert fixed.passed and fixed.report["drift"]["accuracy_drop"] <= 1.0
+    assert fixed.report["quantization"]["float_modules"] == ["features.4"]  # it reads the culprit's activation
+    moved, *others = fixed.report["layers"]
+    assert moved["module"] == "features.1" and moved["precision"] == "fp16"  # no Q/DQ: FP16 in the engine
+    assert moved["chosen_because"].startswith("mixed precision (fallback auto): drift over the threshold, output "
+                                              "SQNR")  # measured with only this layer quantized
+    assert "dB with only this layer in INT8" in moved["chosen_because"]
+    assert moved["chosen_because"].endswith("kept fp16")
+    assert others and {r["precision"] for r in others} == {"int8"}
+    assert any(w.startswith("fallback auto kept 1 activation(s) out of INT8 (features.1 -> fp16), computing features.4")
+               for w in fixed.report["warnings"])
+    [step] = fixed.report["quantization"]["ladder"]
+    assert step["precision"] == "fp16" and step["passed"] and step["kept"] and step["module"] == "features.1"
+    graph = onnx.load(str(tmp_path / "auto" / "model.qdq.onnx")).graph
+    quantized_inputs = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+    assert "relu" not in quantized_inputs  # the culprit's activation has no Q/DQ any more
+    assert len(quantized_inputs) >= 2  # the rest stays INT8
+
+
+def test_fallback_leaves_a_passing_model_alone(digits, tmp_path: Path):
+    model, data = digits
+    result = _build(model, data, "jetson-orin-int8", tmp_path / "b", fallback="auto")
+    assert result.passed and result.report["quantization"]["float_modules"] == []
+    assert "fallback" not in result.report["timings_s"]
+
+
+@pytest.mark.parametrize("converter", ["onnx2tf", "litert-torch"])
+def test_android_ladder_moves_the_culprit_to_16x8_and_passes(converter, broken, digits, tmp_path: Path):
+    """On both converter paths the culprit's activation goes to INT16 (its weights stay INT8): 16x8 is the first
+    rung of the LiteRT ladder, and it passes, so float is not tried."""
+    _, data = digits
+    failed = _build(broken, data, "android-arm64-int8", tmp_path / "minmax", converter=converter)
+    assert not failed.passed and failed.report["layers"][0]["module"] == "features.1"
+    fixed = _build(broken, data, "android-arm64-int8", tmp_path / "auto", fallback="auto", converter=converter)
+    assert fixed.passed and fixed.report["drift"]["accuracy_drop"] <= 1.0
+    assert fixed.report["quantization"]["float_modules"] == []
+    moved = fixed.report["layers"][0]
+    assert (moved["module"], moved["precision"]) == ("features.1", "int16x8")
+    assert moved["chosen_because"].endswith("kept int16x8")
+    [step] = fixed.report["quantization"]["ladder"]
+    assert step["precision"] == "int16x8" and step["passed"] and step["kept"]
+    assert step["device_bytes"] < 1.1 * failed.report["size"]["device_bytes"]  # INT8 weights: the size stays
+    summary = next(w for w in fixed.report["warnings"] if w.startswith("fallback auto"))
+    assert "kept 1 activation(s) out of INT8 (features.1 -> int16x8)" in summary and "passes" in summary
+
+
+def test_a_latency_bound_sends_the_culprit_to_float_instead(broken, digits, tmp_path: Path):
+    """16x8 runs on reference kernels (about 20x the INT8 model's host latency here): with --max-latency-ratio 3
+    the ladder measures it, finds it over the bound, and keeps the layer in float."""
+    _, data = digits
+    fixed = _build(broken, data, "android-arm64-int8", tmp_path / "auto", converter="onnx2tf",
+                   fallback=edgekit.Fallback("auto", max_latency_ratio=3.0))
+    assert fixed.passed and fixed.report["quantization"]["float_modules"] == ["features.1", "features.4"]
+    sixteen, floating = fixed.report["quantization"]["ladder"]
+    assert sixteen["precision"] == "int16x8" and sixteen["latency_ratio"] > 3.0 and not sixteen["within_bounds"]
+    assert floating["precision"] == "float32" and floating["within_bounds"] and floating["kept"]
+    assert [(r["module"], r["precision"]) for r in fixed.report["layers"][:1]] == [("features.1", "float32")]
+    ops = edgekit.bundle.inspect.inspect_path(tmp_path / "auto" / "model.tflite")["ops"]
+    assert ops.get("DEQUANTIZE", 0) >= 1 and ops.get("CONV_2D", 0) == 2  # INT8 elsewhere, float around the culprit
+    page = (tmp_path / "auto" / "report.html").read_text()
+    assert '<tr class="kept"><td>features.1</td><td>float32</td><td>yes</td>' in page  # the ladder, step by step
+    assert "<tr><td>features.1</td><td>int16x8</td><td>yes</td>" in page
+
+
+def test_ladder_bounds_need_fallback_auto():
+    with pytest.raises(edgekit.ConfigError, match="bound --fallback auto"):
+        edgekit.Fallback("none", max_size=1000)
+
+
+def test_calibration_methods_change_the_android_activation_scales(digits, tmp_path: Path):
+    model, data = digits
+    scales = {}
+    for method in ("minmax", "percentile", "entropy", "mse"):
+        result = _build(model, data, "android-arm64-int8", tmp_path / method, calibration_method=method)
+        assert result.report["quantization"]["method"] == method
+        assert result.report["drift"]["top1_agreement"] >= 0.99, method
+        scales[method] = {r["module"]: r["scale"] for r in result.report["layers"]}
+    assert scales["minmax"]["features.4"] != scales["percentile"]["features.4"]
+    assert len({tuple(sorted(s.items())) for s in scales.values()}) == 4
+
+
+@pytest.mark.parametrize("form", ["pt2", "ts", "onnx"])
+def test_fallback_and_per_layer_drift_on_saved_models(form, broken, digits, tmp_path: Path):
+    """The same culprit found and kept out of INT8 when the model comes as a file: .pt2, TorchScript, ONNX."""
+    import torch
+
+    _, data = digits
+    example = (torch.from_numpy(data["x_calib"][:1]),)
+    path = tmp_path / f"broken.{ {'ts': 'pt'}.get(form, form) }"
+    if form == "pt2":
+        torch.export.save(torch.export.export(broken, example), path)
+    elif form == "ts":
+        torch.jit.save(torch.jit.trace(broken, example), path)
+    else:
+        torch.onnx.export(broken, example, str(path), dynamo=True, input_names=["x"])
+    fixed = _build(str(path), data, "jetson-orin-int8", tmp_path / "auto", fallback="auto")
+    assert fixed.passed and fixed.report["drift"]["accuracy_drop"] <= 1.0
+    moved = fixed.report["layers"][0]
+    # TorchScript's exporter folds the batch norm (features.1) into the conv before it: the culprit is their output
+    assert moved["module"] == ("features.0" if form == "ts" else "features.1") and moved["precision"] == "fp16"
+
+
+def test_sensitivity_ranks_the_culprit_by_its_effect_on_the_output(broken, digits, tmp_path: Path):
+    """One INT8 activation at a time in the float export: the outlier's activation alone ruins the output, every
+    other one alone leaves it above 35 dB."""
+    from edgekit.measure.sensitivity import layer_sensitivity
+
+    _, data = digits
+    failed = _build(broken, data, "android-arm64-int8", tmp_path / "minmax", converter="litert-torch")
+    rows = failed.report["layers"]
+    reference = tmp_path / "minmax" / "reference.onnx"
+    name = onnx.load(str(reference)).graph.input[0].name
+    scores = layer_sensitivity(reference, rows, {name: data["x_eval"]})
+    assert set(scores) == {r["tensor"] for r in rows if r["tensor"] in scores} and len(scores) >= 4
+    worst = min(scores, key=scores.get)
+    assert worst == next(r["tensor"] for r in rows if r["module"] == "features.1") and scores[worst] < 5.0
+    assert all(v > 35.0 for k, v in scores.items() if k != worst)
+
+
+def test_a_non_finite_output_ranks_below_every_finite_one():
+    from types import SimpleNamespace
+
+    from edgekit.pipeline.fallback import _worst_sqnr
+
+    assert _worst_sqnr(SimpleNamespace(drift={"outputs": [{"sqnr_db": 30.0}, {"sqnr_db": None}]})) == float("-inf")
+    assert _worst_sqnr(SimpleNamespace(drift={"outputs": [{"sqnr_db": 30.0}, {"sqnr_db": 12.5}]})) == 12.5

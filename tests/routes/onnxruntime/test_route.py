@@ -1,0 +1,91 @@
+"""The ONNX Runtime route (edgekit/routes/onnxruntime/route.py): QDQ INT8 shipped as an ORT-format model for ONNX
+Runtime Mobile, measured on the .ort itself in onnxruntime; check.py runs it with onnxruntime alone."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+import edgekit
+from edgekit.errors import UnsupportedError
+from tests.helpers import int8_breaking_copy
+
+
+def _build(model, data, target: str, out: Path, **options) -> edgekit.BuildResult:
+    return edgekit.build(model, target, calibration=(data["x_calib"], data["y_calib"]),
+                         eval_data=(data["x_eval"], data["y_eval"]), out=out, **options)
+
+
+@pytest.fixture(scope="module")
+def ort_int8(digits, tmp_path_factory) -> edgekit.BuildResult:
+    model, data = digits
+    return _build(model, data, "onnxruntime-arm64-int8", tmp_path_factory.mktemp("ort") / "int8")
+
+
+def test_int8_keeps_the_digits_accuracy_and_ships_an_ort_model(ort_int8):
+    report, out = ort_int8.report, ort_int8.out
+    assert ort_int8.passed and report["drift"]["top1_agreement"] >= 0.99 and report["drift"]["accuracy_drop"] <= 0.5
+    assert report["quantization"]["outputs"][0]["sqnr_db"] > 30  # INT8 rounding, not a broken model
+    assert report["runtime"]["name"] == "onnxruntime" and report["layers"]  # per-layer drift from the QDQ model
+    assert {"model.ort", "model.onnx", "model.required_operators.config", "check.py"} <= {p.name for p in out.iterdir()}
+    assert (out / "model.ort").read_bytes()[4:8] == b"ORTM"  # the ORT format's flatbuffer identifier
+    graph = onnx.load(str(out / "model.onnx")).graph
+    weights = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith("_quantized")]
+    assert weights and all(len(n.input) == 3 for n in weights)  # per-channel weights with their scales
+    config = (out / "model.required_operators.config").read_text()
+    assert "# - model.ort" in config and "QuantizeLinear" in config and "/tmp" not in config
+    assert report["size"]["device_bytes"] < 0.45 * report["size"]["float_device_bytes"]
+
+
+def test_check_py_runs_the_ort_model_with_onnxruntime_alone(ort_int8):
+    done = subprocess.run([sys.executable, "check.py", "--json"], cwd=ort_int8.out, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["runtime"] == "onnxruntime" and result["outputs"][0]["max_abs_err_vs_golden"] == 0.0
+
+
+def test_fp32_is_exact_within_rounding(digits, tmp_path: Path):
+    model, data = digits
+    result = _build(model, data, "onnxruntime-arm64-fp32", tmp_path / "fp32")
+    assert result.passed and result.report["conversion"]["outputs"][0]["sqnr_db"] > 80
+    assert result.report["drift"]["top1_agreement"] == 1.0 and result.report["quantization"] is None
+
+
+def test_fallback_keeps_the_culprit_in_float_and_passes(digits, tmp_path: Path):
+    model, data = digits
+    broken = int8_breaking_copy(model)
+    failed = _build(broken, data, "onnxruntime-arm64-int8", tmp_path / "minmax", max_drop=1.0, equalize="off")
+    assert not failed.passed and failed.report["layers"][0]["module"] == "features.1"
+    fixed = _build(broken, data, "onnxruntime-arm64-int8", tmp_path / "auto", max_drop=1.0, fallback="auto",
+                   equalize="off")
+    assert fixed.passed and fixed.report["drift"]["accuracy_drop"] <= 1.0
+    assert "features.1" in fixed.report["quantization"]["float_modules"]
+
+
+def test_calibration_methods_the_route_lacks_are_refused(digits, tmp_path: Path):
+    model, data = digits
+    with pytest.raises(UnsupportedError, match="--calibration-method mse is not available on route onnxruntime"):
+        _build(model, data, "onnxruntime-arm64-int8", tmp_path / "mse", calibration_method="mse")
+    assert not (tmp_path / "mse").exists()
+
+
+@pytest.mark.emulator
+def test_int8_in_the_arm64_emulator_is_bit_exact_with_the_host(digits, emulator_root, tmp_path: Path):
+    """onnxruntime's aarch64 build runs the .ort in the emulator; its golden check passes there too."""
+    from edgekit.bundle.check import check_bundle_dir
+
+    model, data = digits
+    result = _build(model, data, "onnxruntime-arm64-int8", tmp_path / "arm64", emulator="arm64",
+                    emulator_samples=32)
+    block = result.report["emulator"]
+    assert block["where"] == "qemu-aarch64 cortex-a76" and block["samples"] == 32 and block["error"] is None
+    assert block["bit_exact_with_host"] and block["passed"]
+    checked = check_bundle_dir(result.out, emulator="arm64")
+    assert checked["passed"] and checked["runtime"] == "onnxruntime (emulated)"
+    assert checked["outputs"][0]["max_abs_err_vs_golden"] == 0.0
