@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+import edgekit
 from benchmarks import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,11 +35,11 @@ def load_example() -> tuple[object, dict[str, np.ndarray]]:
 
 
 def run_edgekit(work: Path) -> tuple[float, float]:
-    import edgekit
 
     start = time.perf_counter()
     result = edgekit.build(EXAMPLE / "digits_cnn.pt2", "android-arm64-int8", calibration=EXAMPLE / "calibration.npz",
-                           eval_data=EXAMPLE / "eval.npz", out=work / "edgekit", emulator="host", force=True)
+                           eval_data=EXAMPLE / "eval.npz", out=work / "edgekit",
+                           options=edgekit.BuildOptions(verify=edgekit.Verify(emulator="host")), force=True)
     return time.perf_counter() - start, result.report["drift"]["accuracy_drop"]
 
 

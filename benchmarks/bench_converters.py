@@ -15,6 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import edgekit
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -49,11 +51,11 @@ def models() -> dict[str, tuple[object, dict]]:
 
 
 def measure(model, data: dict, converter: str, target: str, out: Path) -> dict:
-    import edgekit
 
     result = edgekit.build(model, target, calibration=(data["x_calib"], data["y_calib"]),
-                           eval_data=(data["x_eval"], data["y_eval"]), out=out, converter=converter,
-                           emulator="host", force=True)
+                           eval_data=(data["x_eval"], data["y_eval"]), out=out,
+                           options=edgekit.BuildOptions(conversion=edgekit.Conversion(converter=converter),
+                                                        verify=edgekit.Verify(emulator="host")), force=True)
     report = result.report
     return {"seconds": report["timings_s"]["convert"], "float_sqnr": report["conversion"]["outputs"][0]["sqnr_db"],
             "sqnr": report["drift"]["outputs"][0]["sqnr_db"], "agreement": report["drift"]["top1_agreement"],

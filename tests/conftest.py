@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import edgekit
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # examples/ is importable as a package from the tests
 
@@ -52,12 +54,12 @@ def digits_files(digits, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def int8_bundle(digits, tmp_path_factory):
     """One android-arm64-int8 build of the digits CNN through the Python API, host-measured, shared by tests."""
-    import edgekit
 
     model, data = digits
     out = tmp_path_factory.mktemp("bundles") / "digits-int8"
     return edgekit.build(model, "android-arm64-int8", calibration=(data["x_calib"], data["y_calib"]),
-                         eval_data=(data["x_eval"], data["y_eval"]), out=out, emulator="host")
+                         eval_data=(data["x_eval"], data["y_eval"]), out=out,
+                         options=edgekit.BuildOptions(verify=edgekit.Verify(emulator="host")))
 
 
 def read_report(bundle: Path) -> dict:

@@ -40,7 +40,10 @@ def test_new_routes_convert_zoo_models_exactly_and_quantize_them(route, name, zo
     built = {}
     for precision in ("fp32", "int8"):
         built[precision] = edgekit.build(zoo_models[name], f"{route}-{precision}", calibration, evaluation,
-                                         tmp_path / precision, emulator="host", max_drop=100.0, min_agreement=0.0)
+                                         tmp_path / precision,
+                                         options=edgekit.BuildOptions(
+                                             verify=edgekit.Verify(emulator="host"),
+                                             gate=edgekit.Gate(max_drop=100.0, min_agreement=0.0)))
     fp32, int8 = built["fp32"].report, built["int8"].report
     assert min(o["sqnr_db"] for o in fp32["drift"]["outputs"]) > EXACT_DB  # the float device model is the model
     assert min(o["sqnr_db"] for o in int8["conversion"]["outputs"]) > EXACT_DB
@@ -73,8 +76,10 @@ def test_zoo_float32_builds_ship_only_exact_conversions(name, tmp_path: Path):
     arch = get(name)
     try:
         result = edgekit.build(arch.build(), "android-arm64-fp32", _shrunk(name, SUBSET[name], 8, 0),
-                               _shrunk(name, SUBSET[name], 8, 1), tmp_path / name, emulator="host",
-                               converter="litert-torch", max_drop=100.0, min_agreement=0.0)
+                               _shrunk(name, SUBSET[name], 8, 1), tmp_path / name,
+                               options=edgekit.BuildOptions(verify=edgekit.Verify(emulator="host"),
+                                                            conversion=edgekit.Conversion(converter="litert-torch"),
+                                                            gate=edgekit.Gate(max_drop=100.0, min_agreement=0.0)))
     except edgekit.UnsupportedError as refused:  # names the op and module (tests/routes/litert/test_fidelity.py)
         pytest.fail(f"{name}: float32 conversion refused, though docs/zoo.md measured it exact: {refused.message}")
     report = result.report
@@ -93,7 +98,9 @@ def test_integer_inputs_pass_through_unquantized(tmp_path: Path):
 
     arch = get("bert_tiny")
     result = edgekit.build(arch.build(), "onnxruntime-arm64-int8", arch.samples(32, 0), arch.samples(16, 1),
-                           tmp_path / "bert", emulator="host", max_drop=100.0, min_agreement=0.0)
+                           tmp_path / "bert",
+                           options=edgekit.BuildOptions(verify=edgekit.Verify(emulator="host"),
+                                                        gate=edgekit.Gate(max_drop=100.0, min_agreement=0.0)))
     report = result.report
     assert min(o["sqnr_db"] for o in report["conversion"]["outputs"]) > EXACT_DB
     assert min(o["sqnr_db"] for o in report["quantization"]["outputs"]) > 15.0
@@ -113,8 +120,9 @@ def test_integer_inputs_on_android_int8_go_through_litert_torch(tmp_path: Path):
     litert-torch and says why; with --converter onnx2tf it is refused up front (exit 2)."""
     arch = get("bert_tiny")
     model, calibration, evaluation = arch.build(), arch.samples(32, 0), arch.samples(16, 1)
-    result = edgekit.build(model, "android-arm64-int8", calibration, evaluation, tmp_path / "bert", emulator="host",
-                           max_drop=100.0, min_agreement=0.0)
+    result = edgekit.build(model, "android-arm64-int8", calibration, evaluation, tmp_path / "bert",
+                           options=edgekit.BuildOptions(verify=edgekit.Verify(emulator="host"),
+                                                        gate=edgekit.Gate(max_drop=100.0, min_agreement=0.0)))
     report = result.report
     assert report["runtime"]["converter"] == "litert-torch"
     assert any(w.startswith("converter: onnx2tf, the target's default, cannot build this model (onnx2tf's INT8 "
@@ -123,8 +131,9 @@ def test_integer_inputs_on_android_int8_go_through_litert_torch(tmp_path: Path):
     assert min(o["sqnr_db"] for o in report["quantization"]["outputs"]) > 15.0
     with pytest.raises(edgekit.UnsupportedError, match=r"this model has integer inputs: input_ids \(int64\), "
                                                        r"attention_mask \(int64\)") as info:
-        edgekit.build(model, "android-arm64-int8", calibration, evaluation, tmp_path / "o", emulator="host",
-                      converter="onnx2tf")
+        edgekit.build(model, "android-arm64-int8", calibration, evaluation, tmp_path / "o",
+                      options=edgekit.BuildOptions(verify=edgekit.Verify(emulator="host"),
+                                                   conversion=edgekit.Conversion(converter="onnx2tf")))
     assert info.value.exit_code == 2 and not (tmp_path / "o").exists()
 
 
@@ -133,7 +142,9 @@ def test_auto_on_the_audio_cnn_ships_the_more_faithful_int8_model(zoo_models, tm
     faithful one (measured here 37.3 against 33.9 dB); auto compares what ships and picks it."""
     calibration, evaluation = _data("tcn_1d")
     result = edgekit.build(zoo_models["tcn_1d"], "android-arm64-int8", calibration, evaluation, tmp_path / "auto",
-                           emulator="host", converter="auto", max_drop=100.0, min_agreement=0.0)
+                           options=edgekit.BuildOptions(verify=edgekit.Verify(emulator="host"),
+                                                        conversion=edgekit.Conversion(converter="auto"),
+                                                        gate=edgekit.Gate(max_drop=100.0, min_agreement=0.0)))
     record = result.manifest["device"]["converter"]
     by_name = {c["name"]: c for c in record["candidates"]}
     assert all(c["float_sqnr_db"] > EXACT_DB for c in by_name.values())

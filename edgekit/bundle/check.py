@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgekit.config.options import Gate
 from edgekit.errors import ConfigError, IntegrityError
 from edgekit.inputs.data import load_data, validate_against
 from edgekit.inputs.model import onnx_value_spec
-from edgekit.measure.drift import Thresholds, drift_block
+from edgekit.measure.drift import drift_block
 from edgekit.runners.onnxrt import OnnxRunner
 from edgekit.standalone import check as check_script
 from edgekit.utils.quiet import quiet_runtimes
@@ -133,13 +134,13 @@ def _drift_on(opened: OpenedBundle, eval_data: Any, recipe: Path | str | None) -
         reference = runner.run(data.inputs)
     outputs, _ = _run(opened.verified.model, device, data.inputs)
     t = opened.report["drift"]["thresholds"]
-    thresholds = Thresholds(t["max_drop"], t["min_agreement"], t.get("min_sqnr_db", 20.0))
+    gate = Gate(t["max_drop"], t["min_agreement"], t.get("min_sqnr_db", 20.0))
     config = opened.manifest.get("config")
     ignore = ((config or {}).get("options") or {}).get("ignore_index") if isinstance(config, dict) else None
     ignore = ignore if type(ignore) is int else None  # the manifest is data: an int or nothing
     tasks = device["tolerances"].get("tasks")
     tasks = tasks if isinstance(tasks, dict) else device["tolerances"].get("class_output")  # older manifests
-    return drift_block(reference, outputs, data.labels, tasks, thresholds, ignore)
+    return drift_block(reference, outputs, data.labels, tasks, gate, ignore)
 
 
 def result_lines(result: dict) -> list[str]:

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from edgekit.config.options import Gate
 from edgekit.errors import DataError
 
 SQNR_CAP_DB = 200.0  # identical outputs; JSON has no infinity
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    max_drop: float = 1.0
-    min_agreement: float = 0.99
-    min_sqnr_db: float = 20.0
-
-    def to_dict(self) -> dict:
-        return {"max_drop": self.max_drop, "min_agreement": self.min_agreement, "min_sqnr_db": self.min_sqnr_db}
+def thresholds_block(gate: Gate) -> dict:
+    """report.json drift.thresholds: the gate as it was applied (min_sqnr resolved to the target's when unset)."""
+    return {"max_drop": gate.max_drop, "min_agreement": gate.min_agreement, "min_sqnr_db": gate.min_sqnr}
 
 
 def sqnr_db(reference: np.ndarray, device: np.ndarray) -> float:
@@ -72,7 +66,7 @@ def is_scores(shape: tuple, label_dims: tuple[int, ...] = ()) -> bool:
 
 
 def drift_block(reference: dict[str, np.ndarray], device: dict[str, np.ndarray], labels: np.ndarray | None,
-                tasks: dict[str, str] | str | None, thresholds: Thresholds, ignore_index: int | None = None) -> dict:
+                tasks: dict[str, str] | str | None, gate: Gate, ignore_index: int | None = None) -> dict:
     """The report's `drift` block; zero samples never pass. `tasks`: {output: classify | regress | embed}
     (edgekit/measure/tasks.py; a single name means that output classifies and the others regress). Classify outputs are
     gated by top-1 agreement (the lowest over them) and, with labels, the accuracy drop of the first one; regress
@@ -93,9 +87,9 @@ def drift_block(reference: dict[str, np.ndarray], device: dict[str, np.ndarray],
             ref_acc = float(np.mean(ref_top[keep] == labels[keep]))
             dev_acc = float(np.mean(dev_top[keep] == labels[keep]))
             drop = round((ref_acc - dev_acc) * 100.0, 6)
-    passed = _passed(samples, outputs, drop, agreement, thresholds)
+    passed = _passed(samples, outputs, drop, agreement, gate)
     return {"samples": samples, "reference_accuracy": ref_acc, "device_accuracy": dev_acc, "accuracy_drop": drop,
-            "top1_agreement": agreement, "outputs": outputs, "thresholds": thresholds.to_dict(), "passed": passed}
+            "top1_agreement": agreement, "outputs": outputs, "thresholds": thresholds_block(gate), "passed": passed}
 
 
 def as_tasks(tasks: dict[str, str] | str | None, names: list[str]) -> dict[str, str]:
@@ -115,14 +109,14 @@ def _task_metrics(task: str, reference: np.ndarray, device: np.ndarray) -> dict:
 
 
 def _passed(samples: int, outputs: list[dict], drop: float | None, agreement: float | None,
-            thresholds: Thresholds) -> bool:
+            gate: Gate) -> bool:
     if samples == 0 or any(o["sqnr_db"] is None for o in outputs):
         return False
-    if drop is not None and drop > thresholds.max_drop:
+    if drop is not None and drop > gate.max_drop:
         return False
-    if agreement is not None and agreement < thresholds.min_agreement:
+    if agreement is not None and agreement < gate.min_agreement:
         return False
-    return all(o["sqnr_db"] >= thresholds.min_sqnr_db for o in outputs if o["task"] != "classify")
+    return all(o["sqnr_db"] >= gate.min_sqnr for o in outputs if o["task"] != "classify")
 
 
 def failure_reasons(drift: dict) -> list[str]:

@@ -18,7 +18,7 @@ def compress_model(plan: Plan, workdir: Path) -> tuple[LoadedModel, dict]:
     """A LoadedModel of the compressed copy and the report's `compression` block (device columns come later).
 
     An `nn.Module` is compressed as it is; a `.pt2` or TorchScript model through its lifted graph
-    (`steps/lift.py`); an ONNX model on its weight initializers (`steps/compress_onnx.py`)."""
+    (`transform/compress/lift.py`); an ONNX model on its weight initializers (`transform/compress/onnx.py`)."""
     from edgekit.transform.compress.torch import compress
 
     model = plan.model

@@ -7,14 +7,16 @@ from dataclasses import replace
 
 import numpy as np
 
+from edgekit.config.options import Gate
 from edgekit.config.target import LAYER_PRECISION
 from edgekit.emulator.drift import measure as measure_in_emulator
 from edgekit.inputs.model import LoadedModel
 from edgekit.inputs.plan import Plan
-from edgekit.measure.drift import Thresholds, drift_block, output_metrics
+from edgekit.measure.drift import drift_block, output_metrics
 from edgekit.measure.layers import activation_bytes, layer_samples
 from edgekit.measure.measured import Measured
 from edgekit.measure.reference import reference_outputs, reference_runner
+from edgekit.measure.sensitivity import layer_sensitivity
 from edgekit.routes.device import DeviceModel
 from edgekit.transform.export import OnnxExport
 
@@ -40,14 +42,13 @@ def evaluate(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: P
 
 def sensitivity(export: OnnxExport, rows: list[dict], plan: Plan) -> dict[str, float]:
     """Each quantized activation's effect on the output alone (edgekit/measure/sensitivity.py), on eval samples."""
-    from edgekit.measure.sensitivity import layersensitivity
-
-    return layersensitivity(export.path, rows, plan.evaluation.inputs)
+    return layer_sensitivity(export.path, rows, plan.evaluation.inputs)
 
 
-def thresholds(plan: Plan) -> Thresholds:
-    floor = plan.options.gate.min_sqnr if plan.options.gate.min_sqnr is not None else plan.target.min_sqnr_db
-    return Thresholds(plan.options.gate.max_drop, plan.options.gate.min_agreement, floor)
+def gate(plan: Plan) -> Gate:
+    """The build's gate, its SQNR floor resolved to the target's when the user set none."""
+    given = plan.options.gate
+    return given if given.min_sqnr is not None else replace(given, min_sqnr=plan.target.min_sqnr_db)
 
 
 def measure(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: Plan,
@@ -64,7 +65,7 @@ def measure(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: Pl
     with device.open_runner(device.path) as runner:
         outputs = runner.run(data.inputs)
         latency = runner.median_latency_ms()
-    drift = drift_block(reference, outputs, data.labels, tasks, thresholds(plan), plan.options.data.ignore_index)
+    drift = drift_block(reference, outputs, data.labels, tasks, gate(plan), plan.options.data.ignore_index)
     quantized = plan.target.precision != "fp32"
     return Measured(
         reference=reference, device=outputs, conversion=output_metrics(converted, floats),
@@ -90,7 +91,7 @@ def measure_emulated(plan: Plan, device: DeviceModel, measured: Measured, count:
                       tasks: dict[str, str]) -> Measured:
     inputs = {k: v[:count] for k, v in plan.evaluation.inputs.items()}
     block = measure_in_emulator(device.path, device.bindings, inputs, measured.reference, measured.device, tasks,
-                    thresholds(plan), plan.target.cpu, plan.options.verify.emulator_seconds)
+                    gate(plan), plan.target.cpu, plan.options.verify.emulator_seconds)
     warnings = list(measured.warnings)
     if block["error"]:
         warnings.append(f"emulator run failed: {block['error']}")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.runners.base import Runner
+from edgekit.runners.binding import Binding
 
 PASSED_THROUGH = ("int32", "int64")  # input dtypes a device model takes as they are (never quantized)
 
@@ -65,8 +66,6 @@ def tolerances(device: DeviceModel, precision: str, golden: dict[str, np.ndarray
 def onnx_bindings(export) -> dict:
     """The export's own I/O, by ONNX tensor name: float32, and integer inputs (token ids, masks) as they are; for
     device models that keep the export's I/O (Q/DQ ONNX, ORT, OpenVINO IR, ExecuTorch)."""
-    from edgekit.runners.binding import Binding
-
     def bind(specs):
         return [Binding(s.name, s.name, index, dtype=s.dtype if s.dtype in PASSED_THROUGH else "float32").to_dict()
                 for index, s in enumerate(specs)]

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 import edgekit
 from edgekit.bundle.diff import DiffThresholds, diff_bundles
 from edgekit.cli import main
+from edgekit.config.options import options_from_keywords
 from tests.helpers import int8_breaking_copy
 
 
@@ -23,7 +24,8 @@ def run(*args: object):
 
 def _build(model, data, out: Path, **options) -> edgekit.BuildResult:
     return edgekit.build(model, "android-arm64-int8", calibration=(data["x_calib"], data["y_calib"]),
-                         eval_data=(data["x_eval"], data["y_eval"]), out=out, emulator="host", **options)
+                         eval_data=(data["x_eval"], data["y_eval"]), out=out,
+                         options=options_from_keywords(emulator="host", **options))
 
 
 # The figures of the worse bundle pass through float rounding (INT8 calibration ranges), which differs between CPUs:

@@ -109,3 +109,10 @@ def test_flat_keywords_still_work_with_a_deprecation_warning():
 def test_flat_keywords_and_options_together_are_refused():
     with pytest.raises(ConfigError, match="got options= and the flat keywords max_drop"):
         edgekit.build("model.pt2", options=BuildOptions(), max_drop=2.0)
+
+
+def test_matrix_axes_and_model_settings_are_build_flags():
+    """A matrix cell is an `edgekit build` with one flag per axis and per-model setting: each is a row of FLAGS."""
+    from edgekit.build_matrix.file import AXES, SETTINGS
+
+    assert set(AXES) - {"target"} <= set(FLAGS) and set(SETTINGS) <= set(FLAGS)

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.emulator
 def arm64_bundle(emulator_root, digits_files, tmp_path_factory):
     return edgekit.build(digits_files["pt2"], "android-arm64-int8", calibration=digits_files["calib"],
                          eval_data=digits_files["eval"], out=tmp_path_factory.mktemp("emu") / "b",
-                         emulator="arm64", emulator_samples=100)
+                         options=edgekit.BuildOptions(verify=edgekit.Verify(emulator="arm64", emulator_samples=100)))
 
 
 def test_int8_in_the_emulator_is_bit_exact_with_the_host(arm64_bundle):
@@ -44,8 +44,9 @@ def test_the_emulator_run_fits_its_time_budget(emulator_root, digits_files, tmp_
     """--emulator-seconds: beyond the first 8 samples, only as many as the budget fits at the measured per-sample
     time; --emulator-samples stays the upper bound. A budget the first 8 already spend runs those 8."""
     result = edgekit.build(digits_files["pt2"], "onnxruntime-arm64-int8", calibration=digits_files["calib"],
-                           eval_data=digits_files["eval"], out=tmp_path / "b", emulator="arm64",
-                           emulator_samples=100, emulator_seconds=0.01)
+                           eval_data=digits_files["eval"], out=tmp_path / "b",
+                           options=edgekit.BuildOptions(verify=edgekit.Verify(emulator="arm64", emulator_samples=100,
+                                                                             emulator_seconds=0.01)))
     block = result.report["emulator"]
     assert block["samples"] == 8 and block["budget_s"] == 0.01 and block["passed"] is True
     assert block["bit_exact_with_host"] is True
@@ -68,8 +69,8 @@ def test_edgekit_check_in_the_emulator(arm64_bundle):
 
 def test_float32_in_the_emulator_agrees_within_rounding(emulator_root, digits_files, tmp_path: Path):
     result = edgekit.build(digits_files["pt2"], "android-arm64-fp32", calibration=digits_files["calib"],
-                           eval_data=digits_files["eval"], out=tmp_path / "f", emulator="arm64",
-                           emulator_samples=32)
+                           eval_data=digits_files["eval"], out=tmp_path / "f",
+                           options=edgekit.BuildOptions(verify=edgekit.Verify(emulator="arm64", emulator_samples=32)))
     block = result.report["emulator"]
     # exact on any machine: the shipped model's top-2 logit margin on these samples (> 1) dwarfs float32 rounding
     assert block["top1_agreement"] == 1.0 and block["passed"]
@@ -109,7 +110,8 @@ def test_an_emulator_failure_is_recorded_and_the_host_check_completes(emulator_r
     target.write_text(source.replace('name = "android-arm64-int8"', 'name = "bad-cpu"')
                       .replace('cpu = "cortex-a76"', 'cpu = "cortex-z99"'))
     result = edgekit.build(digits_files["pt2"], target, calibration=digits_files["calib"],
-                           eval_data=digits_files["eval"], out=tmp_path / "b", emulator="arm64", emulator_samples=4)
+                           eval_data=digits_files["eval"], out=tmp_path / "b",
+                           options=edgekit.BuildOptions(verify=edgekit.Verify(emulator="arm64", emulator_samples=4)))
     block = result.report["emulator"]
     assert block["passed"] is False and block["samples"] == 0 and "emulator failed" in block["error"]
     assert result.report["drift"]["passed"] is True and result.report["drift"]["samples"] == 360

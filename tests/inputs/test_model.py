@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import edgekit
 from edgekit.errors import ModelError, UnsupportedError
 from edgekit.inputs.model import TensorSpec, load_model, sha256_file
 from edgekit.runners.onnxrt import OnnxRunner
@@ -83,14 +84,14 @@ def test_an_operator_without_onnx_export_is_named(tmp_path: Path):
 
 
 def test_a_pt2_with_a_dynamic_batch_is_built_at_batch_1_with_a_note(digits, tmp_path: Path):
-    import edgekit
 
     model, data = digits
     batch = torch.export.Dim("batch", min=1, max=64)
     program = torch.export.export(model, (torch.zeros(4, 1, 8, 8),), dynamic_shapes=({0: batch},))
     torch.export.save(program, tmp_path / "dynamic.pt2")
     result = edgekit.build(tmp_path / "dynamic.pt2", "onnxruntime-arm64-fp32", data["x_calib"],
-                           (data["x_eval"], data["y_eval"]), tmp_path / "b", emulator="host")
+                           (data["x_eval"], data["y_eval"]), tmp_path / "b",
+                           options=edgekit.BuildOptions(verify=edgekit.Verify(emulator="host")))
     assert result.passed and result.manifest["device"]["signature"]["inputs"][0]["shape"] == [1, 1, 8, 8]
     assert f"{tmp_path / 'dynamic.pt2'} has a dynamic batch dimension (x): built at batch 1" in \
         result.report["warnings"][0]

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from edgekit.config.options import Gate
 from edgekit.measure.drift import (
     SQNR_CAP_DB,
-    Thresholds,
     class_output,
     drift_block,
     failure_reasons,
@@ -31,7 +31,7 @@ def test_accuracy_drop_is_in_points_and_agreement_a_fraction():
     labels = np.array([0, 1, 1, 0])
     ref = {"logits": np.array([[2, 1], [1, 2], [1, 2], [2, 1]], float)}
     dev = {"logits": np.array([[2, 1], [1, 2], [2, 1], [2, 1]], float)}
-    block = drift_block(ref, dev, labels, "logits", Thresholds(max_drop=1.0, min_agreement=0.99))
+    block = drift_block(ref, dev, labels, "logits", Gate(max_drop=1.0, min_agreement=0.99, min_sqnr=20.0))
     assert block["reference_accuracy"] == 1.0 and block["device_accuracy"] == 0.75
     assert block["accuracy_drop"] == 25.0 and block["top1_agreement"] == 0.75
     assert block["passed"] is False
@@ -39,7 +39,7 @@ def test_accuracy_drop_is_in_points_and_agreement_a_fraction():
 
 
 def test_zero_samples_never_pass():
-    block = drift_block({}, {}, None, None, Thresholds())
+    block = drift_block({}, {}, None, None, Gate(min_sqnr=20.0))
     assert block["samples"] == 0 and block["passed"] is False
     assert failure_reasons(block) == ["no samples were compared"]
 
@@ -47,15 +47,15 @@ def test_zero_samples_never_pass():
 def test_nan_on_the_device_fails():
     ref = {"y": np.ones((3, 4))}
     dev = {"y": np.array([[1, 1, 1, np.nan]] * 3)}
-    block = drift_block(ref, dev, None, None, Thresholds())
+    block = drift_block(ref, dev, None, None, Gate(min_sqnr=20.0))
     assert block["outputs"][0]["sqnr_db"] is None and block["passed"] is False
 
 
 def test_regression_outputs_are_judged_by_sqnr():
     ref = {"y": np.linspace(1, 2, 40).reshape(10, 4)}
     noisy = {"y": ref["y"] * 1.2}
-    assert drift_block(ref, noisy, None, None, Thresholds(min_sqnr_db=20.0))["passed"] is False
-    assert drift_block(ref, noisy, None, None, Thresholds(min_sqnr_db=10.0))["passed"] is True
+    assert drift_block(ref, noisy, None, None, Gate(min_sqnr=20.0))["passed"] is False
+    assert drift_block(ref, noisy, None, None, Gate(min_sqnr=10.0))["passed"] is True
 
 
 def test_class_output_is_the_first_batch_by_classes_output():

@@ -34,8 +34,9 @@ def test_int8_bundle_lists_layers_worst_first_with_module_names(int8_bundle):
 def test_the_culprit_of_a_broken_model_is_named_first(target, digits, tmp_path: Path):
     model, data = digits
     result = edgekit.build(int8_breaking_copy(model), target, calibration=(data["x_calib"], data["y_calib"]),
-                           eval_data=(data["x_eval"], data["y_eval"]), out=tmp_path / "b", emulator="host",
-                           equalize="off")
+                           eval_data=(data["x_eval"], data["y_eval"]), out=tmp_path / "b",
+                           options=edgekit.BuildOptions(verify=edgekit.Verify(emulator="host"),
+                                                        conversion=edgekit.Conversion(equalize="off")))
     first, second = result.report["layers"][:2]
     assert first["module"] == "features.1" and first["modules"] == ["features.1", "features.2"]
     assert first["sqnr_db"] < 10 < 30 < second["sqnr_db"]
@@ -58,7 +59,8 @@ def test_per_layer_samples_shrink_with_the_activation_size(digits, int8_bundle, 
     assert layers.layer_samples(reference, 32) == 2 and layers.layer_samples(reference, 1) == 1
     model, data = digits
     result = edgekit.build(model, "onnxruntime-arm64-int8", calibration=(data["x_calib"], data["y_calib"]),
-                           eval_data=(data["x_eval"], data["y_eval"]), out=tmp_path / "b", emulator="host")
+                           eval_data=(data["x_eval"], data["y_eval"]), out=tmp_path / "b",
+                           options=edgekit.BuildOptions(verify=edgekit.Verify(emulator="host")))
     assert result.report["layers"] and any(w.startswith("per-layer drift on 2 samples: the model's activations take")
                                            for w in result.report["warnings"])
 

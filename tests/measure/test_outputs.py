@@ -45,8 +45,9 @@ def _model(kind: str) -> Heads:
 ])
 def test_output_names_come_from_the_model(kind, target, names, tmp_path: Path):
     x = np.random.default_rng(0).standard_normal((40, 3, 16, 16)).astype(np.float32)
-    result = edgekit.build(_model(kind), target, x[:32], x[32:], tmp_path / kind, emulator="host", max_drop=100.0,
-                           min_agreement=0.0)
+    result = edgekit.build(_model(kind), target, x[:32], x[32:], tmp_path / kind,
+                           options=edgekit.BuildOptions(verify=edgekit.Verify(emulator="host"),
+                                                        gate=edgekit.Gate(max_drop=100.0, min_agreement=0.0)))
     assert [o["name"] for o in result.report["drift"]["outputs"]] == names
     assert [o["name"] for o in result.report["conversion"]["outputs"]] == names
     assert [o["name"] for o in result.manifest["device"]["signature"]["outputs"]] == names
@@ -94,7 +95,8 @@ def test_regress_outputs_are_gated_by_sqnr_beside_the_classify_one(tmp_path: Pat
     floor fails the build on the box output alone, named in the reason."""
     x = np.random.default_rng(0).standard_normal((40, 3, 16, 16)).astype(np.float32)
     result = edgekit.build(_model("dict"), "onnxruntime-arm64-int8", x[:32], x[32:], tmp_path / "b",
-                           emulator="host", min_agreement=0.0, min_sqnr=150.0)
+                           options=edgekit.BuildOptions(verify=edgekit.Verify(emulator="host"),
+                                                        gate=edgekit.Gate(min_agreement=0.0, min_sqnr=150.0)))
     rows = {o["name"]: o for o in result.report["drift"]["outputs"]}
     assert (rows["bbox_reg"]["task"], rows["scores"]["task"]) == ("regress", "classify")
     assert result.report["drift"]["top1_agreement"] is not None and not result.passed
@@ -153,7 +155,9 @@ def _segmenter() -> tuple[torch.nn.Module, np.ndarray, np.ndarray]:
 def test_per_pixel_labels_with_an_ignore_index_gate_pixel_accuracy(tmp_path: Path):
     model, x, y = _segmenter()
     result = edgekit.build(model, "onnxruntime-arm64-int8", calibration=x[:200], eval_data=(x[200:400], y[200:400]),
-                           out=tmp_path / "seg", emulator="host", ignore_index=255)
+                           out=tmp_path / "seg",
+                           options=edgekit.BuildOptions(verify=edgekit.Verify(emulator="host"),
+                                                        data=edgekit.Data(ignore_index=255)))
     drift = result.report["drift"]
     assert drift["outputs"][0]["task"] == "classify"  # (N, 3, 8, 8) scores for (N, 8, 8) labels
     assert drift["reference_accuracy"] > 0.95  # over the labelled pixels only: the border is left out
@@ -169,5 +173,5 @@ def test_per_pixel_labels_outside_the_classes_are_refused_with_the_ignore_hint(t
     model, x, y = _segmenter()
     with pytest.raises(edgekit.DataError, match=r"labels outside the model's 3 classes .*255") as info:
         edgekit.build(model, "onnxruntime-arm64-int8", calibration=x[:200], eval_data=(x[200:400], y[200:400]),
-                      out=tmp_path / "seg", emulator="host")
+                      out=tmp_path / "seg", options=edgekit.BuildOptions(verify=edgekit.Verify(emulator="host")))
     assert "--ignore-index 255" in info.value.hint and not (tmp_path / "seg").exists()

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 import edgekit
 from edgekit.bundle.report import report_schema
 from edgekit.cli import main
+from edgekit.config.options import options_from_keywords
 from examples.digits import load_digits_split
 from tests.helpers import shipped_wide_digits_cnn
 
@@ -27,7 +28,8 @@ def wide():
 def _build(wide, out: Path, **options):
     model, data = wide
     return edgekit.build(model, "android-arm64-int8", calibration=(data["x_calib"], data["y_calib"]),
-                         eval_data=(data["x_eval"], data["y_eval"]), out=out, emulator="host", **options)
+                         eval_data=(data["x_eval"], data["y_eval"]), out=out,
+                         options=options_from_keywords(emulator="host", **options))
 
 
 @pytest.mark.slow
@@ -117,4 +119,5 @@ def test_onnx_refuses_what_needs_the_graph_rewritten_or_trained(options, message
 
 def test_recover_without_compression_is_refused():
     with pytest.raises(edgekit.UnsupportedError, match="neither --prune nor --clusters"):
-        edgekit.build("examples.digits:DigitsCNN", "android-arm64-int8", calibration="x.npz", recover=10)
+        edgekit.build("examples.digits:DigitsCNN", "android-arm64-int8", calibration="x.npz",
+                      options=edgekit.BuildOptions(compression=edgekit.Compression(recover=10)))

@@ -10,6 +10,7 @@ import pytest
 
 import edgekit
 import edgekit.bundle.inspect
+from edgekit.config.options import options_from_keywords
 from tests.helpers import int8_breaking_copy
 
 
@@ -20,8 +21,8 @@ def broken(digits):
 
 def _build(model, data, target: str, out: Path, **options):
     return edgekit.build(model, target, calibration=(data["x_calib"], data["y_calib"]),
-                         eval_data=(data["x_eval"], data["y_eval"]), out=out, emulator="host", max_drop=1.0,
-                         equalize="off", **options)
+                         eval_data=(data["x_eval"], data["y_eval"]), out=out,
+                         options=options_from_keywords(emulator="host", max_drop=1.0, equalize="off", **options))
 
 
 def test_jetson_fallback_keeps_the_culprit_in_float_and_passes(broken, digits, tmp_path: Path):

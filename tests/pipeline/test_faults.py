@@ -251,14 +251,15 @@ def test_labels_outside_the_classes_are_refused_at_the_plan_step(label: int, bad
 
 
 def test_the_ignore_label_is_left_out_of_accuracy_only():
+    from edgekit.config.options import Gate
     from edgekit.inputs.data import Dataset
     from edgekit.inputs.datachecks import check_labels
-    from edgekit.measure.drift import Thresholds, drift_block
+    from edgekit.measure.drift import drift_block
 
     labels = np.array([0, 1, -100, 1])
     reference = {"logits": np.eye(2, dtype=np.float32)[[0, 1, 0, 1]]}
     device = {"logits": np.eye(2, dtype=np.float32)[[0, 1, 1, 0]]}
-    block = drift_block(reference, device, labels, "logits", Thresholds(1.0, 0.5, 20.0), ignore_index=-100)
+    block = drift_block(reference, device, labels, "logits", Gate(1.0, 0.5, 20.0), ignore_index=-100)
     assert block["reference_accuracy"] == 1.0 and block["device_accuracy"] == pytest.approx(2 / 3)
     assert block["top1_agreement"] == 0.5  # agreement still counts every sample
     check_labels(Dataset({"x": np.zeros((4, 1))}, labels, "t"), 2, -100, "eval data")

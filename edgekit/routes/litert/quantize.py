@@ -96,7 +96,7 @@ def _quiet():
 
 def _histogram_thresholds(float_tflite: Path, samples: list[dict[str, np.ndarray]], names: set[str], method: str,
                           percentile: float) -> dict[str, tuple[float, float]]:
-    """The method's ranges (steps/calibrate.py, shared by every route) over every sample's activations."""
+    """The method's ranges (routes/calibrate.py, shared by every route) over every sample's activations."""
     from edgekit.routes.calibrate import RangeCollector
 
     collector = RangeCollector(method, percentile, symmetric=False)

@@ -6,7 +6,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from edgekit.routes import Route
+from edgekit.errors import UnsupportedError
+from edgekit.measure.size import gzip_size
+from edgekit.routes import Route, check_method
+from edgekit.transform.export import export_onnx
 
 
 class LiteRTRoute(Route):
@@ -23,8 +26,6 @@ class LiteRTRoute(Route):
 
     def check_request(self, plan) -> None:
         """The converters' own checks: two converters, int8 I/O and every calibration method are offered."""
-        from edgekit.errors import UnsupportedError
-        from edgekit.routes import check_method
         from edgekit.routes.litert.choose import check_converter
 
         check_method(plan, self.methods, self.name, self.weight_methods)
@@ -56,9 +57,7 @@ class LiteRTRoute(Route):
 
     def float_gzip_bytes(self, plan, workdir: Path) -> int:
         """The float32 .tflite of the original model, converted with onnx2tf on 8 calibration samples."""
-        from edgekit.measure.size import gzip_size
         from edgekit.routes.litert import onnx2tf
-        from edgekit.transform.export import export_onnx
 
         export = export_onnx(plan.model, plan.inputs, workdir / "baseline.onnx")
         fp32 = dataclasses.replace(plan.target, precision="fp32", io="float32")

@@ -113,7 +113,7 @@ def quantize_qdq(model: Path, inputs: dict[str, np.ndarray], calibration: Calibr
 
 def calibrate_amax(model: Path, inputs: dict[str, np.ndarray], calibration: Calibration) -> dict[str, float]:
     """Per activation that feeds a quantized op, the symmetric range |x| <= amax chosen by the calibration method
-    (steps/calibrate.py, the one range implementation every route uses; symmetric, as TensorRT's Q/DQ are)."""
+    (routes/calibrate.py, the one range implementation every route uses; symmetric, as TensorRT's Q/DQ are)."""
     wanted = _quantized_activations(model)
     collector = RangeCollector(calibration.method, calibration.percentile, symmetric=True)
     # as many samples a pass as fit the memory budget: ResNet-50 keeps 211 MB of activations a sample

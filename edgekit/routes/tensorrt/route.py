@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgekit.routes import Route
+from edgekit.routes import Route, check_method
 
 
 class TensorRTRoute(Route):
@@ -17,8 +17,7 @@ class TensorRTRoute(Route):
     fallback_precision = "fp16"
 
     def check_request(self, plan) -> None:
-        """Its own checks: the [tensorrt] profile, the converter and float32 I/O (backends/tensorrt.py)."""
-        from edgekit.routes import check_method
+        """Its own checks: the [tensorrt] profile, the converter and float32 I/O (routes/tensorrt/build.py)."""
         from edgekit.routes.tensorrt.build import check_request
 
         check_method(plan, self.methods, self.name, self.weight_methods)

@@ -1,6 +1,6 @@
 """Cross-layer equalization of a model given as ONNX, on its weight initializers.
 
-The same method as `steps/equalize.py` (Nagel et al. 2019, §4.1), on the graph a torch exporter writes (batch
+The same method as `transform/equalize/torch.py` (Nagel et al. 2019, §4.1), on the graph a torch exporter writes (batch
 norms already folded into the convolutions): a Conv or Gemm whose output goes, alone, through ReLU / LeakyReLU /
 pooling (or directly) into a Conv (group 1) or Gemm. Output channel c of the first layer is divided by s_c and
 input channel c of the second multiplied by it; the function is unchanged. `auto` keeps the equalized weights

@@ -49,8 +49,12 @@ def canvas(digits):
 def test_bias_correction_takes_the_shift_out_of_every_weighted_layer(converter, canvas, tmp_path: Path):
     model, calibration, evaluation = canvas
     built = {mode: edgekit.build(model, "android-arm64-int8", calibration=calibration, eval_data=evaluation,
-                                 out=tmp_path / mode, emulator="host", converter=converter, equalize=mode,
-                                 task="regress", max_drop=100.0, min_agreement=0.0)
+                                 out=tmp_path / mode,
+                                 options=edgekit.BuildOptions(verify=edgekit.Verify(emulator="host"),
+                                                              conversion=edgekit.Conversion(converter=converter,
+                                                                                            equalize=mode),
+                                                              outputs=edgekit.Outputs(task="regress"),
+                                                              gate=edgekit.Gate(max_drop=100.0, min_agreement=0.0)))
              for mode in ("off", "on", "auto")}
     off, on, auto = (built[m].report for m in ("off", "on", "auto"))
     assert off["quantization"]["bias_correction"] is None

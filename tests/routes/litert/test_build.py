@@ -123,8 +123,10 @@ def test_int8_breaking_model_exits_3_with_a_bundle_marked_failed(digits, tmp_pat
     broken = int8_breaking_copy(model)
     out = tmp_path / "broken"
     result = edgekit.build(broken, "android-arm64-int8", calibration=(data["x_calib"], data["y_calib"]),
-                           eval_data=(data["x_eval"], data["y_eval"]), out=out, max_drop=1.0, emulator="host",
-                           equalize="off")
+                           eval_data=(data["x_eval"], data["y_eval"]), out=out,
+                           options=edgekit.BuildOptions(gate=edgekit.Gate(max_drop=1.0),
+                                                        verify=edgekit.Verify(emulator="host"),
+                                                        conversion=edgekit.Conversion(equalize="off")))
     assert not result.passed and result.report["drift"]["passed"] is False
     assert result.report["drift"]["accuracy_drop"] > 1.0
     assert result.report["conversion"]["outputs"][0]["sqnr_db"] > 80  # float conversion is fine: INT8 broke it
@@ -138,7 +140,8 @@ def test_int8_breaking_model_exits_3_with_a_bundle_marked_failed(digits, tmp_pat
 @pytest.mark.slow
 def test_building_twice_gives_the_same_bytes_and_numbers(digits_files, tmp_path: Path):
     results = [edgekit.build(digits_files["pt2"], "android-arm64-int8", calibration=digits_files["calib"],
-                             eval_data=digits_files["eval"], out=tmp_path / f"b{i}", emulator="host")
+                             eval_data=digits_files["eval"], out=tmp_path / f"b{i}",
+                             options=edgekit.BuildOptions(verify=edgekit.Verify(emulator="host")))
                for i in range(2)]
     first, second = ((r.out / "model.tflite").read_bytes() for r in results)
     assert first == second
@@ -149,7 +152,8 @@ def test_building_twice_gives_the_same_bytes_and_numbers(digits_files, tmp_path:
 @pytest.mark.parametrize("target, min_sqnr", [("android-arm64-fp32", 80.0), ("android-arm64-fp16", 40.0)])
 def test_float_targets(target, min_sqnr, digits_files, tmp_path: Path):
     result = edgekit.build(digits_files["pt2"], target, calibration=digits_files["calib"],
-                           eval_data=digits_files["eval"], out=tmp_path / "b", emulator="host")
+                           eval_data=digits_files["eval"], out=tmp_path / "b",
+                           options=edgekit.BuildOptions(verify=edgekit.Verify(emulator="host")))
     drift = result.report["drift"]
     assert result.passed and drift["top1_agreement"] == 1.0
     assert drift["outputs"][0]["sqnr_db"] >= min_sqnr
@@ -161,7 +165,9 @@ def test_float_targets(target, min_sqnr, digits_files, tmp_path: Path):
 @pytest.mark.slow
 def test_int8_io_selects_the_full_integer_file(digits_files, tmp_path: Path):
     result = edgekit.build(digits_files["ts"], "android-arm64-int8", calibration=digits_files["calib"],
-                           eval_data=digits_files["eval"], out=tmp_path / "b", io="int8", emulator="host")
+                           eval_data=digits_files["eval"], out=tmp_path / "b",
+                           options=edgekit.BuildOptions(conversion=edgekit.Conversion(io="int8"),
+                                                        verify=edgekit.Verify(emulator="host")))
     manifest = json.loads((result.out / "manifest.json").read_text())
     assert manifest["device"]["inputs"][0]["dtype"] == "int8" and manifest["device"]["outputs"][0]["dtype"] == "int8"
     assert result.passed and result.report["drift"]["top1_agreement"] >= 0.99
@@ -171,6 +177,6 @@ def test_int8_io_selects_the_full_integer_file(digits_files, tmp_path: Path):
 @pytest.mark.slow
 def test_without_eval_data_drift_is_measured_on_held_out_calibration(digits_files, tmp_path: Path):
     result = edgekit.build(digits_files["pt2"], "android-arm64-int8", calibration=digits_files["calib"],
-                           out=tmp_path / "b", emulator="host")
+                           out=tmp_path / "b", options=edgekit.BuildOptions(verify=edgekit.Verify(emulator="host")))
     assert result.report["drift"]["samples"] == 60
     assert any("held-out calibration" in w for w in result.report["warnings"])

@@ -88,7 +88,9 @@ def test_the_message_names_node_op_and_module():
 def test_a_wrong_float32_conversion_stops_an_explicit_converter_with_exit_2(tmp_path: Path):
     with pytest.raises(edgekit.errors.UnsupportedError) as info:
         edgekit.build(wrong_conversion_net(), "android-arm64-int8", calibration=samples(48, 0),
-                      out=tmp_path / "b", emulator="host", converter="onnx2tf")
+                      out=tmp_path / "b",
+                      options=edgekit.BuildOptions(verify=edgekit.Verify(emulator="host"),
+                                                   conversion=edgekit.Conversion(converter="onnx2tf")))
     assert info.value.exit_code == 2
     assert "first diverging ONNX node node_mul (Mul) from PyTorch module scale" in info.value.message
     assert "--accept-conversion-error" in info.value.hint
@@ -99,7 +101,7 @@ def test_the_default_converter_gives_way_to_the_exact_one(tmp_path: Path):
     """No --converter: onnx2tf (the target's default) gets this model wrong, so litert-torch's exact model ships,
     and the summary, the report and the manifest say why."""
     result = edgekit.build(wrong_conversion_net(), "android-arm64-int8", calibration=samples(48, 0),
-                           out=tmp_path / "b", emulator="host")
+                           out=tmp_path / "b", options=edgekit.BuildOptions(verify=edgekit.Verify(emulator="host")))
     assert result.report["runtime"]["converter"] == "litert-torch"
     assert min(o["sqnr_db"] for o in result.report["conversion"]["outputs"]) > 80
     [warning] = [w for w in result.report["warnings"] if w.startswith("converter: onnx2tf, the target's default")]
@@ -140,7 +142,7 @@ def test_an_accepted_conversion_error_and_the_repairs_are_in_report_and_manifest
 def test_every_target_reports_conversion_and_quantization_error_apart(target, digits, tmp_path: Path):
     model, data = digits
     result = edgekit.build(model, target, calibration=data["x_calib"], eval_data=(data["x_eval"], data["y_eval"]),
-                           out=tmp_path / "b", emulator="host")
+                           out=tmp_path / "b", options=edgekit.BuildOptions(verify=edgekit.Verify(emulator="host")))
     report, lines = result.report, summary_lines(result.report)
     assert report["conversion"]["outputs"][0]["sqnr_db"] > 80  # converter error: float device model vs PyTorch
     assert report["conversion"]["repairs"] == [] and report["conversion"]["first_divergence"] is None

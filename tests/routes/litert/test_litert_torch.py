@@ -16,6 +16,7 @@ import pytest
 
 import edgekit
 from edgekit.bundle.report import report_schema
+from edgekit.config.options import options_from_keywords
 from edgekit.errors import UnsupportedError
 from edgekit.routes.litert.choose import Candidate, choose
 
@@ -173,7 +174,8 @@ def test_choose_prefers_the_faithful_converter_and_on_a_tie_the_faster():
 def _build(digits, target: str, out: Path, **kwargs) -> edgekit.BuildResult:
     model, data = digits
     return edgekit.build(model, target, calibration=(data["x_calib"], data["y_calib"]),
-                         eval_data=(data["x_eval"], data["y_eval"]), out=out, emulator="host", **kwargs)
+                         eval_data=(data["x_eval"], data["y_eval"]), out=out,
+                         options=options_from_keywords(emulator="host", **kwargs))
 
 
 def _check_py(bundle: Path) -> subprocess.CompletedProcess:
@@ -235,7 +237,9 @@ def test_onnx_model_on_litert_torch_is_refused_with_exit_2(int8_bundle, digits, 
     _, data = digits
     with pytest.raises(UnsupportedError) as info:
         edgekit.build(int8_bundle.out / "reference.onnx", "android-arm64-fp32", calibration=data["x_calib"],
-                      out=tmp_path / "x", converter="litert-torch", emulator="host")
+                      out=tmp_path / "x",
+                      options=edgekit.BuildOptions(conversion=edgekit.Conversion(converter="litert-torch"),
+                                                   verify=edgekit.Verify(emulator="host")))
     assert info.value.exit_code == 2 and "--converter onnx2tf" in info.value.hint
     assert not (tmp_path / "x").exists()
 
@@ -300,7 +304,9 @@ def upsample_model():
 def test_auto_picks_litert_torch_where_onnx2tf_converts_wrongly(tmp_path: Path):
     x = np.random.default_rng(0).standard_normal((60, 3, 9, 9)).astype(np.float32)
     result = edgekit.build(upsample_model(), "android-arm64-fp32", calibration=x[:40], eval_data=x[40:],
-                           out=tmp_path / "b", converter="auto", emulator="host")
+                           out=tmp_path / "b",
+                           options=edgekit.BuildOptions(conversion=edgekit.Conversion(converter="auto"),
+                                                        verify=edgekit.Verify(emulator="host")))
     assert result.report["runtime"]["converter"] == "litert-torch" and result.passed
     assert result.report["conversion"]["outputs"][0]["sqnr_db"] > 100
     [warning] = [w for w in result.report["warnings"] if "onnx2tf could not be used" in w]

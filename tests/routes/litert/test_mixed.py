@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import edgekit
+from edgekit.config.options import options_from_keywords
 from edgekit.routes.litert import mixed
 from examples.digits import load_digits_split
 from tests.helpers import mixed_head_model, two_scale_head_model
@@ -27,7 +28,7 @@ def _scores_error(bundle: Path) -> float:
 def _build(head, out: Path):
     model, data = head
     return edgekit.build(model, "android-arm64-int8", calibration=data["x_calib"], eval_data=data["x_eval"],
-                         out=out, emulator="host")
+                         out=out, options=edgekit.BuildOptions(verify=edgekit.Verify(emulator="host")))
 
 
 def test_mixed_range_concat_is_found_on_the_calibration_data(head, tmp_path: Path):
@@ -53,7 +54,7 @@ def test_a_concat_that_joins_mixed_concats_stays_in_float_too(tmp_path: Path, mo
     data = load_digits_split(0)
     model = two_scale_head_model()
     result = edgekit.build(model, "android-arm64-int8", calibration=data["x_calib"], eval_data=data["x_eval"],
-                           out=tmp_path / "b", emulator="host")
+                           out=tmp_path / "b", options=edgekit.BuildOptions(verify=edgekit.Verify(emulator="host")))
     joined = [w for w in result.report["warnings"] if "joins the outputs of mixed-range concats" in w]
     assert len(joined) == 1, result.report["warnings"]
     with np.load(tmp_path / "b" / "golden" / "outputs.npz") as golden:
@@ -74,12 +75,13 @@ def test_the_back_off_takes_a_published_audio_cnn_where_the_ladder_stops(tmp_pat
     data = {"calibration": tone_frames(64, seed=0), "eval_data": tone_frames(64, seed=1)}
     common = {"converter": "onnx2tf", "emulator": "host", "max_drop": 100.0, "min_agreement": 0.0, "task": "regress"}
     plain = edgekit.build("benchmarks.zoo.published:crepe_tiny", "android-arm64-int8", **data, out=tmp_path / "plain",
-                          equalize="off", **common)
+                          options=options_from_keywords(equalize="off", **common))
     plain_sqnr, plain_size = plain.report["drift"]["outputs"][0]["sqnr_db"], plain.report["size"]["device_bytes"]
     assert plain_sqnr < 30
     mixed_build = edgekit.build("benchmarks.zoo.published:crepe_tiny", "android-arm64-int8", **data,
-                                out=tmp_path / "mixed", min_sqnr=38.0, **common,
-                                fallback=edgekit.Fallback("auto", max_size=int(1.5 * plain_size)))
+                                out=tmp_path / "mixed", options=options_from_keywords(
+                                    min_sqnr=38.0, **common,
+                                    fallback=edgekit.Fallback("auto", max_size=int(1.5 * plain_size))))
     report = mixed_build.report
     assert mixed_build.passed and report["drift"]["outputs"][0]["sqnr_db"] >= 38
     assert report["size"]["device_bytes"] <= 1.5 * plain_size

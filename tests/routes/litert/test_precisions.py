@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import edgekit
+from edgekit.config.options import options_from_keywords
 from edgekit.errors import UnsupportedError
 
 pytest.importorskip("litert_torch")
@@ -17,7 +18,8 @@ pytest.importorskip("ai_edge_quantizer")
 
 def _build(digits_files, target: str, out: Path, **kwargs) -> edgekit.BuildResult:
     return edgekit.build(digits_files["pt2"], target, calibration=kwargs.pop("calibration", digits_files["calib"]),
-                         eval_data=digits_files["eval"], out=out, emulator=kwargs.pop("emulator", "host"), **kwargs)
+                         eval_data=digits_files["eval"], out=out,
+                         options=options_from_keywords(emulator=kwargs.pop("emulator", "host"), **kwargs))
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +124,8 @@ def test_an_onnx_model_takes_onnx2tf_and_the_same_quantizer(digits, tmp_path: Pa
     torch.onnx.export(model.eval(), (torch.zeros(1, 1, 8, 8),), tmp_path / "digits.onnx", dynamo=False,
                       input_names=["x"], output_names=["logits"])
     result = edgekit.build(tmp_path / "digits.onnx", "android-arm64-int16x8", calibration=data["x_calib"],
-                           eval_data=(data["x_eval"], data["y_eval"]), out=tmp_path / "b", emulator="host")
+                           eval_data=(data["x_eval"], data["y_eval"]), out=tmp_path / "b",
+                           options=edgekit.BuildOptions(verify=edgekit.Verify(emulator="host")))
     report = result.report
     assert result.passed and report["runtime"]["converter"] == "onnx2tf"
     assert report["quantization"]["outputs"][0]["sqnr_db"] > 40.0

@@ -12,13 +12,14 @@ import onnx
 import pytest
 
 import edgekit
+from edgekit.config.options import options_from_keywords
 from edgekit.errors import UnsupportedError
 from tests.helpers import int8_breaking_copy
 
 
 def _build(model, data, target: str, out: Path, **options) -> edgekit.BuildResult:
     return edgekit.build(model, target, calibration=(data["x_calib"], data["y_calib"]),
-                         eval_data=(data["x_eval"], data["y_eval"]), out=out, **options)
+                         eval_data=(data["x_eval"], data["y_eval"]), out=out, options=options_from_keywords(**options))
 
 
 @pytest.fixture(scope="module")

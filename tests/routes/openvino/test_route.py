@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import edgekit
+from edgekit.config.options import options_from_keywords
 from edgekit.errors import UnsupportedError
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -21,7 +22,7 @@ EXAMPLE = ROOT / "examples" / "01_android_int8"
 
 def _build(model, data, target: str, out: Path, **options) -> edgekit.BuildResult:
     return edgekit.build(model, target, calibration=(data["x_calib"], data["y_calib"]),
-                         eval_data=(data["x_eval"], data["y_eval"]), out=out, **options)
+                         eval_data=(data["x_eval"], data["y_eval"]), out=out, options=options_from_keywords(**options))
 
 
 @pytest.fixture(scope="module")
@@ -119,15 +120,16 @@ def test_nncf_accuracy_control_is_the_last_word(digits, tmp_path: Path):
     data keeps the op that reads the culprit's activation in float."""
     from edgekit.config.options import BuildOptions, Conversion
     from edgekit.pipeline.prepare import make_plan
+    from edgekit.routes import get_route
     from edgekit.transform.export import export_onnx
     from tests.helpers import int8_breaking_copy
 
     model, data = digits
     options = BuildOptions(conversion=Conversion(equalize="off"))
     plan = make_plan(int8_breaking_copy(model), "openvino-x86-int8", (data["x_calib"], data["y_calib"]),
-                     (data["x_eval"], data["y_eval"]), tmp_path / "out", options, None, None, False)
+                     (data["x_eval"], data["y_eval"]), tmp_path / "out", options)
     export = export_onnx(plan.model, plan.inputs, tmp_path / "reference.onnx")
-    device = plan.route.build(plan, export, tmp_path / "work")
+    device = get_route(plan.target.route).build(plan, export, tmp_path / "work")
     controlled = device.own_fallback()
     assert controlled.float_modules == ("features.4",)
     assert controlled.path.read_text().count('type="FakeQuantize"') < device.path.read_text().count(

@@ -279,7 +279,8 @@ def test_calibration_methods_give_different_activation_ranges(int8_result, digit
 
 
 def test_calibration_method_reaches_the_report(digits, tmp_path):
-    result = build(digits, "jetson-orin-int8", tmp_path / "pct", calibration_method=Calibration("percentile", 99.9))
+    result = build(digits, "jetson-orin-int8", tmp_path / "pct",
+                   options=edgekit.BuildOptions(calibration=Calibration("percentile", 99.9)))
     assert result.report["quantization"]["method"] == "percentile" and result.passed
 
 
@@ -341,7 +342,8 @@ def test_bad_tensorrt_profiles_are_refused(precision, flags, message):
 
 def test_an_android_converter_is_refused_for_jetson(digits, tmp_path):
     with pytest.raises(UnsupportedError, match="converter onnx2tf does not apply to jetson-orin-int8"):
-        build(digits, "jetson-orin-int8", tmp_path / "x", converter="onnx2tf")
+        build(digits, "jetson-orin-int8", tmp_path / "x",
+              options=edgekit.BuildOptions(conversion=edgekit.Conversion(converter="onnx2tf")))
     assert not (tmp_path / "x").exists()
 
 

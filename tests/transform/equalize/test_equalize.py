@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import edgekit
+from edgekit.config.options import options_from_keywords
 from edgekit.errors import UnsupportedError
 from edgekit.inputs.model import LoadedModel
 from edgekit.transform.equalize.torch import equalize, find_pairs
@@ -27,7 +28,8 @@ def broken(digits):
 
 def _build(model, data, target: str, out: Path, **options) -> edgekit.BuildResult:
     return edgekit.build(model, target, calibration=(data["x_calib"], data["y_calib"]),
-                         eval_data=(data["x_eval"], data["y_eval"]), out=out, emulator="host", **options)
+                         eval_data=(data["x_eval"], data["y_eval"]), out=out,
+                         options=options_from_keywords(emulator="host", **options))
 
 
 def _ranges(module) -> tuple[torch.Tensor, torch.Tensor]:
