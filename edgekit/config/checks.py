@@ -31,8 +31,8 @@ def rules(field_name: str, raw, check) -> tuple[tuple[str, object], ...]:
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{field_name} must map module types or names to values: {exc}",
                           hint=f"e.g. {field_name}={{'Linear': ...}}; None leaves the matched modules alone") from exc
-    for pattern, _ in rules:
-        pattern(field_name, pattern)
+    for name, _ in rules:
+        pattern(field_name, name)
     return rules
 
 

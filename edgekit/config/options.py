@@ -270,8 +270,7 @@ class BuildOptions:
         """The resolved options as manifest.json `config.options` records them: one key per build flag."""
         values = {name: _get(self, path) for name, path in FLAGS.items()}
         values.update(prune=_plain(self.compression.prune), cluster=_plain(self.compression.cluster),
-                      calibration=_plain(self.calibration), ladder=_plain(self.fallback),
-                      golden_samples=self.verify.golden_samples, holdout=self.data.holdout)
+                      calibration=_plain(self.calibration), ladder=_plain(self.fallback))
         inside_blocks = ("prune_mode", "clusters", "cluster_codebook", "calibration_method", "percentile",
                          "weight_method", "calibration_samples", "max_size", "max_latency_ratio", "max_float_layers")
         for name in inside_blocks:

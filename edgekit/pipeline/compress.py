@@ -61,12 +61,11 @@ def _compress_graph(model: LoadedModel, calibration, options) -> tuple[LoadedMod
     return dataclasses.replace(model, kind="exported_program", program=program, module=program.module()), block
 
 
-def device_columns(block: dict, device: DeviceModel, model: LoadedModel) -> tuple[dict, list[str]]:
+def device_columns(block: dict, device: DeviceModel, model: LoadedModel, fmt: str) -> tuple[dict, list[str]]:
     """Measured sparsity and distinct values per layer in the device model, where its route can read the device
     model's weights (`DeviceModel.weights`); warnings when lost."""
     if device.weights is None:
-        return block, [f"compression preservation is measured on TFLite models only; {device.path.suffix[1:]} "
-                       "device columns are null"]
+        return block, [f"compression preservation is measured on TFLite models only; {fmt} device columns are null"]
     weights = model.module
     if model.kind == "onnx":
         from edgekit.transform.compress.onnx import layer_weights

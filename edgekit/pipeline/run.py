@@ -96,7 +96,7 @@ def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Wr
 
 def _with_compression(plan: Plan, device_plan: Plan, device: DeviceModel, measured: Measured,
                       block: dict, workdir: Path) -> Measured:
-    block, notes = device_columns(block, device, device_plan.model)
+    block, notes = device_columns(block, device, device_plan.model, plan.target.format)
     unmatched = [f"compression rule matched no layer: {rule}" for rule in block.get("unmatched_rules", [])]
     return replace(measured, compression=block, warnings=[*measured.warnings, *notes, *unmatched],
                    baseline_float_gzip_bytes=baseline_float_gzip(plan, workdir))

@@ -24,7 +24,7 @@ LAYER_SAMPLES = 32
 
 
 def evaluate(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: Plan,
-              tasks: dict[str, str]) -> Measured:
+             tasks: dict[str, str]) -> Measured:
     """Drift on the eval data, plus per-layer drift where the route can measure it."""
     measured = measure(plan, export, device, device_plan, tasks)
     if device.per_layer is None:
@@ -52,7 +52,7 @@ def gate(plan: Plan) -> Gate:
 
 
 def measure(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: Plan,
-             tasks: dict[str, str]) -> Measured:
+            tasks: dict[str, str]) -> Measured:
     """Drift against the original model; the converter's error against the model that was converted (the
     compressed one, when compressing), so compression, conversion and quantization errors stay apart."""
     data = plan.evaluation
@@ -88,10 +88,10 @@ def _same_weights(model: LoadedModel, other: LoadedModel) -> bool:
 
 
 def measure_emulated(plan: Plan, device: DeviceModel, measured: Measured, count: int,
-                      tasks: dict[str, str]) -> Measured:
+                     tasks: dict[str, str]) -> Measured:
     inputs = {k: v[:count] for k, v in plan.evaluation.inputs.items()}
     block = measure_in_emulator(device.path, device.bindings, inputs, measured.reference, measured.device, tasks,
-                    gate(plan), plan.target.cpu, plan.options.verify.emulator_seconds)
+                                gate(plan), plan.target.cpu, plan.options.verify.emulator_seconds)
     warnings = list(measured.warnings)
     if block["error"]:
         warnings.append(f"emulator run failed: {block['error']}")

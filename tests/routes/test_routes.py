@@ -3,7 +3,10 @@ target of an existing route is one TOML file."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +70,71 @@ def test_a_target_of_an_existing_route_is_one_toml_file(tmp_path: Path):
     script = (out / "build_engine.sh").read_text()
     assert "7.2" in script and "--fp16" in script and "--int8" not in script
     assert (out / "model.onnx").is_file() and not (out / "model.qdq.onnx").exists()
+
+
+NEW_ROUTE = '''"""A route written for tests/routes/test_routes.py: the float ONNX export ships as it is."""
+
+from edgekit.routes import Route
+from edgekit.routes.device import DeviceModel, onnx_bindings
+from edgekit.runners.onnxrt import OnnxRunner
+
+
+class PlainOnnxRoute(Route):
+    name = "zzplainonnx"
+    runtime = "onnxruntime"
+    extra = None
+    requires = ("onnxruntime",)
+    precisions = ("fp32",)
+    converted_by = "nothing: the float ONNX export ships as it is"
+
+    def build(self, plan, export, workdir):
+        runtime = {"name": "onnxruntime", "version": "test", "where": "host", "converter": "none",
+                   "converter_version": None}
+        return DeviceModel(path=export.path, bundle_name="model.onnx", float_path=export.path, runtime=runtime,
+                           bindings=onnx_bindings(export), open_runner=OnnxRunner,
+                           open_float_runner=lambda: OnnxRunner(export.path))
+
+
+ROUTE = PlainOnnxRoute()
+'''
+NEW_TARGET = """name = "zzplainonnx-x86-fp32"
+description = "the float ONNX export, as it is"
+platform = "zzplainonnx"
+arch = "x86"
+format = "onnx"
+precision = "fp32"
+runtime = "onnxruntime"
+route = "zzplainonnx"
+converter = "none"
+min_sqnr_db = 80.0
+"""
+
+
+def test_a_new_route_is_one_sub_package_plus_its_toml(tmp_path: Path):
+    """A route is a folder under edgekit/routes/ and a target TOML that names it: nothing else is edited. The
+    registry finds it, the build runs it, and the bundle's own check.py passes on its golden I/O."""
+    package = ROOT / "edgekit" / "routes" / "zzplainonnx"
+    package.mkdir()
+    try:
+        (package / "__init__.py").write_text('"""A route written by a test."""\n')
+        (package / "route.py").write_text(NEW_ROUTE)
+        (tmp_path / "targets").mkdir()
+        (tmp_path / "targets" / "zzplainonnx-x86-fp32.toml").write_text(NEW_TARGET)
+        out = tmp_path / "b"
+        command = [sys.executable, "-m", "edgekit.cli", "build", str(EXAMPLE / "digits_cnn.pt2"), "--target",
+                   "zzplainonnx-x86-fp32", "--calibration", str(EXAMPLE / "calibration.npz"), "--eval",
+                   str(EXAMPLE / "eval.npz"), "--out", str(out)]
+        env = {**os.environ, "EDGEKIT_TARGETS": str(tmp_path / "targets")}
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        report = json.loads((out / "report.json").read_text())
+        assert report["target"] == "zzplainonnx-x86-fp32" and report["drift"]["passed"] is True
+        assert report["drift"]["outputs"][0]["sqnr_db"] > 80
+        check = subprocess.run([sys.executable, str(out / "check.py")], capture_output=True, text=True, timeout=300)
+        assert check.returncode == 0, check.stdout + check.stderr
+    finally:
+        shutil.rmtree(package)
+    assert "zzplainonnx" not in route_names()
 
 
 @pytest.mark.parametrize(("route", "precision", "message"), [

@@ -183,8 +183,7 @@ def _device_file(plan: Plan, float_path: Path, inputs: list[Binding],
                  folder: Path) -> tuple[Path, dict | None, bool]:
     """The device model of the target's precision, the activation ranges it was quantized with (None when it has
     none) and whether they came from the step cache."""
-    from edgekit.cache.keys import calibration_ranges
-    from edgekit.routes.litert.quantize import float16_weights, quantize_tflite
+    from edgekit.routes.litert.quantize import calibration_ranges, float16_weights, quantize_tflite
 
     precision = plan.target.precision
     if precision == "fp32":

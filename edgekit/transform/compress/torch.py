@@ -1,5 +1,5 @@
-"""The compression step: prune, then cluster, then (optionally) recover by distillation, on a copy of the model;
-and the check that the converted device model still has the zeros and the k values (`preservation`)."""
+"""The compression step on a torch module: prune, then cluster, then (optionally) recover by distillation, on a copy
+of the model (the steps themselves and the preservation check are in common.py)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def compress(module: Any, prune: Prune | None, cluster: Cluster | None, calibrat
     recovery = _recover(student, module, calibration, recover_steps, seed, prune, reports, tied)
     structured = prune is not None and prune.mode == "structured"
     block = compression_block(student, layers, channels, reports, structured, not_compressible, before,
-                   _ops_and_params(student, example))
+                              _ops_and_params(student, example))
     block.update(recovered_steps=int(recover_steps), recovery=recovery, mode=prune.mode if prune else None,
                  clusters=cluster.clusters if cluster else None,
                  config={"prune": as_dict(prune), "cluster": as_dict(cluster)})
