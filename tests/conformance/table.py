@@ -94,8 +94,8 @@ def render(results: list[CaseResult], seconds: float, without: dict[str, CaseRes
         lines.append(f"| `{r.name}` | {_number(r.float_rel_err, '.2e')} | {_number(r.int8_sqnr_db, '.1f')} | "
                      f"{label} |")
     lines += without_section(without)
-    lines += ["", "## Repairs (edgekit/routes/litert/repairs/, applied before onnx2tf only where the pattern is present)",
-              ""]
+    lines += ["", "## Repairs (edgekit/routes/litert/repairs/, applied before onnx2tf only where the pattern is "
+              "present)", ""]
     lines += [f"- **{repair.NAME}**: {repair.PROBLEM}." for repair in REGISTRY]
     lines += ["", "Every applied repair is listed in manifest.json (`device.repairs`), report.json "
               "(`conversion.repairs`) and the report's warnings. A float32 model still wrong beyond the tolerance "
