@@ -203,9 +203,11 @@ def test_sigint_stops_the_running_cell_and_starts_no_other(digits_files, tmp_pat
     matrix = _digits_matrix(digits_files, tmp_path,
                             'target = "android-arm64-int8"\nemulator = "host"\nseed = [0, 1, 2]')
     (tmp_path / "tmp").mkdir()
+    # as from a terminal: a suite started in the background by a non-interactive shell passes SIGINT on ignored
     run = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "matrix", str(matrix), "--out", str(tmp_path / "out"),
                             "--jobs", "1"], stderr=subprocess.PIPE, text=True,
-                           env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
+                           env={**os.environ, "TMPDIR": str(tmp_path / "tmp")},
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     log = tmp_path / "out" / "digits" / "android-arm64-int8-host-0.log"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and "converting" not in (log.read_text() if log.exists() else ""):
