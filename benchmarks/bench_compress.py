@@ -12,7 +12,6 @@ rounds so that load from other processes hits them alike.
 from __future__ import annotations
 
 import argparse
-import gzip
 import sys
 import tempfile
 import time
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from edgekit.measure.size import gzip_size
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # examples/ is importable as a package
@@ -79,11 +80,6 @@ def device_predictions(path: Path, converted: Converted, module, x: np.ndarray) 
 
 def device_accuracy(path: Path, converted: Converted, module, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(device_predictions(path, converted, module, x).argmax(1) == y))
-
-
-def gzip_bytes(path: Path) -> int:
-    """gzip -9 size, measured as report.json's `size` block measures it (edgekit.measure.size.gzip_size)."""
-    return len(gzip.compress(Path(path).read_bytes(), compresslevel=9, mtime=0))
 
 
 def median_latencies_ms(paths: list[Path], repeats: int, rounds: int = 5) -> list[float]:
@@ -159,7 +155,7 @@ def _params(model) -> int:
 
 
 def _row(name: str, path: Path, accuracy: float, reference: float) -> dict:
-    return {"name": name, "path": path, "bytes": path.stat().st_size, "gzip": gzip_bytes(path), "accuracy": accuracy,
+    return {"name": name, "path": path, "bytes": path.stat().st_size, "gzip": gzip_size(path), "accuracy": accuracy,
             "drop": (reference - accuracy) * 100.0, "reference": reference}
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import shutil
@@ -16,7 +15,7 @@ from edgekit.bundle.report import make_report, validate_report
 from edgekit.bundle.report_html import Evidence, render_html
 from edgekit.inputs.plan import Plan
 from edgekit.measure.measured import Measured
-from edgekit.measure.size import gzip_size
+from edgekit.measure.size import gzip_bytes, gzip_size
 from edgekit.measure.tasks import scores_output
 from edgekit.routes.device import DeviceModel, tolerances
 from edgekit.standalone import check as check_script
@@ -92,7 +91,7 @@ def _sizes(device_files: list[Path], device: DeviceModel, baseline_gzip: int | N
     data = b"".join(path.read_bytes() for path in device_files)
     return {"baseline_float_gzip_bytes": baseline_gzip or float_gzip, "float_device_bytes": float_bytes,
             "float_device_gzip_bytes": float_gzip, "device_bytes": len(data),
-            "device_gzip_bytes": len(gzip.compress(data, compresslevel=9, mtime=0))}
+            "device_gzip_bytes": gzip_bytes(data)}
 
 
 def _write_golden(staging: Path, plan: Plan, measured: Measured) -> dict[str, np.ndarray]:

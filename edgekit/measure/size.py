@@ -10,7 +10,12 @@ import numpy as np
 
 
 def gzip_size(path: Path) -> int:
-    return len(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0))
+    return gzip_bytes(Path(path).read_bytes())
+
+
+def gzip_bytes(data: bytes) -> int:
+    """The gzip -9 size of `data` (a device model in several files is gzipped as their concatenation)."""
+    return len(gzip.compress(data, compresslevel=9, mtime=0))
 
 
 def weight_stats(name: str, array: np.ndarray) -> dict:
