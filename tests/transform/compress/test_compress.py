@@ -13,9 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.bench_compress import HIDDEN, WIDTH, convert_module, device_accuracy, gzip_bytes
+from benchmarks.bench_compress import HIDDEN, WIDTH, convert_module, device_accuracy
 from edgekit.config.options import Cluster, Prune
 from edgekit.errors import ConfigError
+from edgekit.measure.size import gzip_size
 from edgekit.routes.litert.weights import device_weights
 from edgekit.transform.compress.cluster import cluster_array, kmeans_1d, max_distinct
 from edgekit.transform.compress.common import match_weights, preservation
@@ -285,8 +286,8 @@ def test_int8_keeps_the_zeros_and_the_k_values(pruned_clustered):
 
 @pytest.mark.slow
 def test_pruned_clustered_int8_is_an_eighth_of_the_float_model_gzipped(original_tflite, pruned_clustered):
-    baseline = gzip_bytes(original_tflite.float32)
-    compressed = gzip_bytes(pruned_clustered[2].int8)
+    baseline = gzip_size(original_tflite.float32)
+    compressed = gzip_size(pruned_clustered[2].int8)
     assert compressed * 8 <= baseline, f"gzip {compressed} B vs float32 {baseline} B (1/{baseline / compressed:.2f})"
 
 
