@@ -184,11 +184,20 @@ def _shape(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 @click.option("--accept-conversion-error", is_flag=True,
               help="build even when the float32 conversion is wrong beyond rounding (else exit 2); warned")
 @click.option("--ignore-index", type=int, help="an eval label left out of accuracy, e.g. -100 (segmentation)")
-@click.option("--task", type=click.Choice(["classify", "regress", "embed"]),
+@click.option("--task", type=click.Choice(["classify", "regress", "embed", "detect"]),
               help="what every output is (default: edgekit decides per output, see docs/outputs.md)")
 @click.option("--outputs", type=click.Path(path_type=Path),
-              help='TOML with [outputs] name = "classify" | "regress" | "embed", per output')
-@click.option("--min-sqnr", type=float, help="SQNR floor in dB for regress/embed outputs (default: the target's)")
+              help='TOML with [outputs] name = "classify" | "regress" | "embed" | "detect", per output, and an '
+                   "optional [detect] table (layout, confidence, iou)")
+@click.option("--min-sqnr", type=float,
+              help="SQNR floor in dB for outputs that are not class scores, of their worst part (default: the "
+                   "target's)")
+@click.option("--min-recall", type=float,
+              help="detect: the share of the float model's detections the device must find (default: the target's, "
+                   "0.95)")
+@click.option("--min-precision", type=float,
+              help="detect: the share of the device's detections the float model also makes (default: the "
+                   "target's, 0.95)")
 @click.option("--allow-small-calibration", is_flag=True,
               help="calibrate on fewer than 8 samples (else exit 2); warned in the report")
 @click.option("--json", "as_json", is_flag=True, help="print report.json on stdout (progress stays on stderr)")

@@ -42,8 +42,8 @@ AXES: dict[str, tuple | None] = {
     "converter": CONVERTERS, "prune": None, "prune_mode": PRUNE_MODES, "clusters": None, "recover": None,
     "fallback": FALLBACKS, "equalize": EQUALIZE, "max_size": None, "max_latency_ratio": None,
     "max_float_layers": None, "emulator": ("host", "arm64"), "io": ("float32", "int8"), "seed": None}
-MODEL_KEYS = ("name", "model", "calibration", "eval", "recipe", "max_drop", "min_agreement", "min_sqnr", "task",
-              "ignore_index", "input_shape", "outputs")
+MODEL_KEYS = ("name", "model", "calibration", "eval", "recipe", "max_drop", "min_agreement", "min_sqnr", "min_recall",
+              "min_precision", "task", "ignore_index", "input_shape", "outputs")
 SETTINGS = MODEL_KEYS[4:]  # per-model build options
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 

@@ -16,6 +16,7 @@ from edgekit.config.options import Gate
 from edgekit.errors import ConfigError, IntegrityError
 from edgekit.inputs.data import load_data, validate_against
 from edgekit.inputs.model import onnx_value_spec
+from edgekit.measure.detect import Detector
 from edgekit.measure.drift import drift_block
 from edgekit.runners.onnxrt import OnnxRunner
 from edgekit.standalone import check as check_script
@@ -134,13 +135,25 @@ def _drift_on(opened: OpenedBundle, eval_data: Any, recipe: Path | str | None) -
         reference = runner.run(data.inputs)
     outputs, _ = _run(opened.verified.model, device, data.inputs)
     t = opened.report["drift"]["thresholds"]
-    gate = Gate(t["max_drop"], t["min_agreement"], t.get("min_sqnr_db", 20.0))
+    gate = Gate(t["max_drop"], t["min_agreement"], t.get("min_sqnr_db", 20.0), t.get("min_recall"),
+                t.get("min_precision"))
     config = opened.manifest.get("config")
     ignore = ((config or {}).get("options") or {}).get("ignore_index") if isinstance(config, dict) else None
     ignore = ignore if type(ignore) is int else None  # the manifest is data: an int or nothing
     tasks = device["tolerances"].get("tasks")
     tasks = tasks if isinstance(tasks, dict) else device["tolerances"].get("class_output")  # older manifests
-    return drift_block(reference, outputs, data.labels, tasks, gate, ignore)
+    return drift_block(reference, outputs, data.labels, tasks, gate, ignore, _detectors(device["tolerances"]),
+                       data.boxes)
+
+
+def _detectors(tolerances: dict) -> tuple[Detector, ...]:
+    """How the build read its detect outputs (manifest.json is data: a malformed entry is refused)."""
+    raw = tolerances.get("detectors") or []
+    try:
+        return tuple(Detector.from_dict(entry) for entry in raw if isinstance(entry, dict))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"manifest.json: device.tolerances.detectors is malformed: {exc}",
+                          hint="rebuild the bundle") from None
 
 
 def result_lines(result: dict) -> list[str]:

@@ -16,7 +16,7 @@ from edgekit.bundle.report_html import Evidence, render_html
 from edgekit.inputs.plan import Plan
 from edgekit.measure.measured import Measured
 from edgekit.measure.size import gzip_bytes, gzip_size
-from edgekit.measure.tasks import scores_output
+from edgekit.measure.tasks import Reading, scores_output
 from edgekit.routes.device import DeviceModel, tolerances
 from edgekit.standalone import check as check_script
 from edgekit.standalone import monitor
@@ -33,7 +33,7 @@ class Written:
 
 
 def write(staging: Path, plan: Plan, export: OnnxExport, device: DeviceModel, measured: Measured,
-          timings_s: dict[str, float], tasks: dict[str, str]) -> Written:
+          timings_s: dict[str, float], reading: Reading) -> Written:
     """Fill the staging folder; nothing here touches the final OUT."""
     shutil.copyfile(device.path, staging / device.bundle_name)
     shutil.copyfile(export.path, staging / "reference.onnx")
@@ -51,8 +51,8 @@ def write(staging: Path, plan: Plan, export: OnnxExport, device: DeviceModel, me
     report = make_report(plan, device, measured, timings_s, sizes)
     validate_report(report)
     (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    manifest = _manifest(plan, export, device, golden, tasks)
-    scores = scores_output(tasks)
+    manifest = _manifest(plan, export, device, golden, reading)
+    scores = scores_output(reading.tasks)
     evidence = _evidence(measured, plan.evaluation.labels, scores, plan.options.data.ignore_index)
     (staging / "report.html").write_text(render_html(report, manifest, evidence))
     manifest["files"] = lineage.file_hashes(staging)
@@ -105,7 +105,7 @@ def _write_golden(staging: Path, plan: Plan, measured: Measured) -> dict[str, np
 
 
 def _manifest(plan: Plan, export: OnnxExport, device: DeviceModel, golden: dict[str, np.ndarray],
-              tasks: dict[str, str]) -> dict:
+              reading: Reading) -> dict:
     config = {"target": plan.target.name, "options": plan.options.to_dict(), "io": plan.io}
     return {
         "schema": lineage.MANIFEST_SCHEMA, "created": lineage.now_utc(), "git_sha": lineage.git_sha(),
@@ -121,7 +121,7 @@ def _manifest(plan: Plan, export: OnnxExport, device: DeviceModel, golden: dict[
             "io": plan.io, **device.bindings,
             "signature": _signature(plan, export, device),
             "tolerances": {"atol": tolerances(device, plan.target.precision, golden),
-                           "class_output": scores_output(tasks), "tasks": dict(tasks)},
+                           "class_output": scores_output(reading.tasks), **reading.manifest()},
         },
     }
 

@@ -19,7 +19,8 @@ CONVERTERS = ("onnx2tf", "litert-torch", "auto", "ort-quant", "none")
 EMULATORS = ("host", "arm64")
 FALLBACKS = ("none", "auto")
 EQUALIZE = ("auto", "on", "off")
-TASKS = ("classify", "regress", "embed")
+TASKS = ("classify", "regress", "embed", "detect")
+DETECT_LAYOUTS = ("auto", "ultralytics", "ultralytics-t", "yolov5", "boxes-scores")
 PRUNE_MODES = ("unstructured", "structured")
 
 
@@ -139,11 +140,14 @@ class Fallback:
 @dataclass(frozen=True)
 class Gate:
     """What the device model must hold against the original to pass (exit 0): the accuracy drop in percentage
-    points, the top-1 agreement of class scores, and the SQNR floor of regress/embed outputs (None: the target's)."""
+    points, the top-1 agreement of class scores, the SQNR floor of the other outputs (of their worst part), and a
+    detector's recall and precision against the float model's detections (None: the target's)."""
 
     max_drop: float = 1.0
     min_agreement: float = 0.99
     min_sqnr: float | None = None
+    min_recall: float | None = None
+    min_precision: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.max_drop) <= 100.0:
@@ -152,6 +156,9 @@ class Gate:
         fraction("min_agreement", self.min_agreement)
         if self.min_sqnr is not None and not -200.0 <= float(self.min_sqnr) <= 200.0:
             raise ConfigError(f"min_sqnr = {self.min_sqnr} dB is outside -200..200", hint="e.g. --min-sqnr 30")
+        for name in ("min_recall", "min_precision"):
+            if getattr(self, name) is not None:
+                fraction(name, getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -208,16 +215,38 @@ class Verify:
 
 
 @dataclass(frozen=True)
+class Detect:
+    """How a detector's outputs are read (edgekit/measure/detect.py): the layout (auto: from the model's metadata
+    or its output shapes), and the confidence and NMS IoU its app applies (Ultralytics' defaults)."""
+
+    layout: str = "auto"
+    confidence: float = 0.25
+    iou: float = 0.7
+
+    def __post_init__(self) -> None:
+        choice("detect layout", self.layout, DETECT_LAYOUTS)
+        for name in ("confidence", "iou"):
+            if not 0.0 < float(getattr(self, name)) < 1.0:
+                raise ConfigError(f"detect {name} = {getattr(self, name)} is outside (0, 1)",
+                                  hint="Ultralytics predicts with confidence 0.25 and NMS IoU 0.7")
+
+
+@dataclass(frozen=True)
 class Outputs:
     """What each model output is (docs/outputs.md): one task for every output, or one per output name
-    (`per_output`, a dict or the path of an --outputs TOML file); None: edgekit decides."""
+    (`per_output`, a dict or the path of an --outputs TOML file, whose [detect] table sets `detect`); None: edgekit
+    decides."""
 
     task: str | None = None
     per_output: dict[str, str] | None = None
+    detect: Detect = field(default_factory=Detect)
 
     def __post_init__(self) -> None:
         if isinstance(self.per_output, (str, Path)):
-            object.__setattr__(self, "per_output", load_outputs_file(self.per_output))
+            table, detect = load_outputs_file(self.per_output)
+            object.__setattr__(self, "per_output", table)
+            if detect is not None:
+                object.__setattr__(self, "detect", detect)
         if self.task is not None:
             choice("task", self.task, TASKS)
         for name, task in (self.per_output or {}).items():
@@ -285,6 +314,7 @@ GROUPS = {"gate": Gate, "calibration": Calibration, "compression": Compression, 
 # through this table alone, and tests/config/test_options.py checks it against the command and the dataclasses.
 FLAGS: dict[str, str] = {
     "max_drop": "gate.max_drop", "min_agreement": "gate.min_agreement", "min_sqnr": "gate.min_sqnr",
+    "min_recall": "gate.min_recall", "min_precision": "gate.min_precision",
     "calibration_method": "calibration.method", "percentile": "calibration.percentile",
     "weight_method": "calibration.weights", "calibration_samples": "calibration.max_samples",
     "prune": "compression.prune.fraction", "prune_mode": "compression.prune.mode",
@@ -302,9 +332,10 @@ FLAGS: dict[str, str] = {
     "seed": "seed",
 }
 # Fields set from Python only (rule tables have no flag form): tests check every other field has a flag.
-PYTHON_ONLY = ("compression.prune.exclude", "compression.prune.per_type", "compression.prune.per_name",
-               "compression.prune.scope", "compression.prune.keep_edges", "compression.cluster.exclude",
-               "compression.cluster.per_type", "compression.cluster.per_name", "compression.cluster.keep_edges")
+PYTHON_ONLY = ("outputs.detect", "compression.prune.exclude", "compression.prune.per_type",
+               "compression.prune.per_name", "compression.prune.scope", "compression.prune.keep_edges",
+               "compression.cluster.exclude", "compression.cluster.per_type", "compression.cluster.per_name",
+               "compression.cluster.keep_edges")
 # The objects a flag's field lives in, made only when their first flag is given (--prune without --prune-mode)
 OPTIONAL = {"compression.prune": (Prune, "fraction"), "compression.cluster": (Cluster, "clusters")}
 
@@ -363,20 +394,27 @@ def _plain(value):
     return None if value is None else dataclasses.asdict(value)
 
 
-def load_outputs_file(path: str | Path) -> dict[str, str]:
-    """`--outputs FILE.toml`: `[outputs]` with `name = "classify" | "regress" | "embed"` per output."""
+def load_outputs_file(path: str | Path) -> tuple[dict[str, str], Detect | None]:
+    """`--outputs FILE.toml`: `[outputs]` with `name = "classify" | "regress" | "embed" | "detect"` per output, and
+    an optional `[detect]` table (layout, confidence, iou)."""
     path = Path(path)
+    example = 'write [outputs] with one line per output: bbox_reg = "regress"'
     try:
         raw = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read --outputs {path}: {exc}",
-                          hint='write [outputs] with one line per output: bbox_reg = "regress"') from None
-    table = raw.get("outputs") if isinstance(raw, dict) else None
-    if not isinstance(table, dict) or set(raw) != {"outputs"}:
-        raise ConfigError(f"--outputs {path} must hold one [outputs] table",
-                          hint='write [outputs] with one line per output: bbox_reg = "regress"')
+        raise ConfigError(f"cannot read --outputs {path}: {exc}", hint=example) from None
+    table = raw.get("outputs", {}) if isinstance(raw, dict) else None
+    if not isinstance(table, dict) or not set(raw) <= {"outputs", "detect"} or not raw:
+        raise ConfigError(f"--outputs {path} must hold an [outputs] table (and optionally [detect])", hint=example)
     for name, task in table.items():
         if task not in TASKS:
             raise ConfigError(f"--outputs {path}: {name} = {task!r} is not one of {', '.join(TASKS)}",
                               hint=f"use one of: {', '.join(TASKS)}")
-    return dict(table)
+    detect = raw.get("detect")
+    if detect is None:
+        return dict(table), None
+    known = {f.name for f in dataclasses.fields(Detect)}
+    if not isinstance(detect, dict) or set(detect) - known:
+        raise ConfigError(f"--outputs {path}: [detect] takes {', '.join(sorted(known))}",
+                          hint='e.g. [detect] layout = "ultralytics", confidence = 0.25, iou = 0.7')
+    return dict(table), Detect(**detect)

@@ -52,6 +52,8 @@ class Target:
     cpu: str | None = None
     cpu_little: str | None = None
     min_sqnr_db: float = 20.0
+    min_recall: float = 0.95  # detectors: the device's detections against the float model's
+    min_precision: float = 0.95
     tensorrt: TensorRTProfile | None = None
 
     def __post_init__(self) -> None:

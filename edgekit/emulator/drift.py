@@ -12,6 +12,7 @@ from edgekit.config.options import Gate
 from edgekit.emulator import qemu as emulator
 from edgekit.errors import ConfigError, EdgekitError, ToolError
 from edgekit.measure.drift import drift_block
+from edgekit.measure.tasks import Reading
 from edgekit.standalone import check as check_script
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ def run_bindings(model: Path, device: dict, inputs: dict[str, np.ndarray], cpu: 
 
 
 def measure(model: Path, device: dict, inputs: dict[str, np.ndarray], reference: dict[str, np.ndarray],
-            host: dict[str, np.ndarray], tasks: dict[str, str], gate: Gate, cpu: str,
+            host: dict[str, np.ndarray], reading: Reading, gate: Gate, cpu: str,
             budget_s: float = 60.0) -> dict:
     """The report's `emulator` block; an emulator failure is recorded (passed false), never raised. `inputs` holds
     at most --emulator-samples samples; MIN_EMULATED run first, and the rest only as many as the time budget fits
@@ -62,7 +63,8 @@ def measure(model: Path, device: dict, inputs: dict[str, np.ndarray], reference:
         return {"where": where, "samples": 0, "bit_exact_with_host": None, "top1_agreement": None,
                 "passed": False, "error": str(exc), "budget_s": budget_s, "seconds": None}
     count = len(next(iter(outputs.values())))
-    block = drift_block({k: v[:count] for k, v in reference.items()}, outputs, None, tasks, gate)
+    block = drift_block({k: v[:count] for k, v in reference.items()}, outputs, None, reading.tasks, gate,
+                        detectors=reading.detectors)
     diffs = {k: float(np.max(np.abs(outputs[k] - host[k][:count]))) for k in outputs}
     return {"where": where, "samples": count,
             "bit_exact_with_host": all(np.array_equal(outputs[k], host[k][:count]) for k in outputs),

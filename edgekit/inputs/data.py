@@ -14,15 +14,36 @@ from edgekit.errors import DataError
 from edgekit.inputs.model import TensorSpec
 
 LABEL_KEY = "y"
+BOX_KEYS = ("boxes", "box_classes", "box_image")  # a detector's ground truth (docs/outputs.md)
+
+
+@dataclass(frozen=True)
+class Boxes:
+    """Ground-truth boxes of a detector's eval data: corners (M, 4) x1, y1, x2, y2 in the model input's pixels,
+    class (M,), and the index of the sample each box belongs to (M,)."""
+
+    corners: np.ndarray
+    classes: np.ndarray
+    image: np.ndarray
+
+    def take(self, index: np.ndarray | slice, count: int) -> Boxes:
+        """The boxes of samples `index` (of `count`), renumbered to their new positions."""
+        chosen = np.arange(count)[index]
+        position = np.full(count, -1, np.int64)
+        position[chosen] = np.arange(len(chosen))
+        keep = position[self.image] >= 0
+        return Boxes(self.corners[keep], self.classes[keep], position[self.image[keep]])
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Samples in the model's own layout (NCHW for images), one array per model input, optional int labels."""
+    """Samples in the model's own layout (NCHW for images), one array per model input, optional int labels, and
+    optional ground-truth boxes for detectors."""
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None
     source: str
+    boxes: Boxes | None = None
 
     @property
     def size(self) -> int:
@@ -31,7 +52,10 @@ class Dataset:
     @property
     def sha256(self) -> str:
         digest = hashlib.sha256()
-        for key, array in sorted(self.inputs.items()) + ([(LABEL_KEY, self.labels)] if self.labels is not None else []):
+        extra = [(LABEL_KEY, self.labels)] if self.labels is not None else []
+        if self.boxes is not None:
+            extra += list(zip(BOX_KEYS, (self.boxes.corners, self.boxes.classes, self.boxes.image)))
+        for key, array in sorted(self.inputs.items()) + extra:
             array = np.ascontiguousarray(array)
             digest.update(f"{key}:{array.shape}:{array.dtype}".encode())
             digest.update(array.tobytes())
@@ -39,17 +63,18 @@ class Dataset:
 
     def take(self, index: np.ndarray | slice) -> Dataset:
         labels = None if self.labels is None else self.labels[index]
-        return Dataset({k: v[index] for k, v in self.inputs.items()}, labels, self.source)
+        boxes = None if self.boxes is None else self.boxes.take(index, self.size)
+        return Dataset({k: v[index] for k, v in self.inputs.items()}, labels, self.source, boxes)
 
     def renamed(self, names: list[str]) -> Dataset:
         """Key the arrays by the model's input names (a single `x` becomes the single input's name)."""
         if list(self.inputs) == ["x"] and len(names) == 1:
-            return Dataset({names[0]: self.inputs["x"]}, self.labels, self.source)
+            return Dataset({names[0]: self.inputs["x"]}, self.labels, self.source, self.boxes)
         missing = [n for n in names if n not in self.inputs]
         if missing:
             raise DataError(f"{self.source}: no array for model input(s) {', '.join(missing)}",
                             hint=f"give one key per input name ({', '.join(names)}), or `x` for a single input")
-        return Dataset({n: self.inputs[n] for n in names}, self.labels, self.source)
+        return Dataset({n: self.inputs[n] for n in names}, self.labels, self.source, self.boxes)
 
 
 def load_data(source: Any, recipe: Path | str | None = None, what: str = "data") -> Dataset:
@@ -65,9 +90,10 @@ def load_data(source: Any, recipe: Path | str | None = None, what: str = "data")
         inputs = dict(x) if isinstance(x, dict) else {"x": np.asarray(x)}
         return _finish(inputs, None if y is None else np.asarray(y), f"<{what} arrays>", what)
     if isinstance(source, dict):
-        inputs = {k: np.asarray(v) for k, v in source.items() if k != LABEL_KEY}
+        inputs = {k: np.asarray(v) for k, v in source.items() if k != LABEL_KEY and k not in BOX_KEYS}
         labels = source.get(LABEL_KEY)
-        return _finish(inputs, None if labels is None else np.asarray(labels), f"<{what} dict>", what)
+        return _finish(inputs, None if labels is None else np.asarray(labels), f"<{what} dict>", what,
+                       _boxes({k: source[k] for k in BOX_KEYS if k in source}, f"<{what} dict>", what))
     if callable(source):
         return _from_iterable(source(), f"<{what} callable>", what)
     raise DataError(f"cannot use a {type(source).__name__} as {what}",
@@ -98,7 +124,8 @@ def _load_file(path: Path, what: str) -> Dataset:
             with np.load(path, allow_pickle=False) as archive:
                 arrays = {k: archive[k] for k in archive.files}
             labels = arrays.pop(LABEL_KEY, None)
-            return _finish(arrays, labels, str(path), what)
+            boxes = {k: arrays.pop(k) for k in BOX_KEYS if k in arrays}
+            return _finish(arrays, labels, str(path), what, _boxes(boxes, str(path), what))
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read {what} {path}: {exc}", hint="write it with numpy.savez / numpy.save") from exc
     raise DataError(f"{what} {path}: unknown data format {path.suffix!r}",
@@ -124,7 +151,8 @@ def _from_iterable(items: Any, source: str, what: str) -> Dataset:
     return _finish(inputs, None, source, what)
 
 
-def _finish(inputs: dict[str, np.ndarray], labels: np.ndarray | None, source: str, what: str) -> Dataset:
+def _finish(inputs: dict[str, np.ndarray], labels: np.ndarray | None, source: str, what: str,
+            boxes: Boxes | None = None) -> Dataset:
     if not inputs or any(a.size == 0 or a.ndim == 0 for a in inputs.values()):
         raise DataError(f"{what} {source} is empty", hint="give at least one sample (a few hundred for calibration)")
     sizes = {k: len(a) for k, a in inputs.items()}
@@ -134,7 +162,27 @@ def _finish(inputs: dict[str, np.ndarray], labels: np.ndarray | None, source: st
     inputs = {k: _as_input(k, a, source, what) for k, a in inputs.items()}
     if labels is not None:
         labels = _check_labels(labels, next(iter(sizes.values())), source, what)
-    return Dataset(inputs, labels, source)
+    if boxes is not None and len(boxes.image) and int(boxes.image.max()) >= next(iter(sizes.values())):
+        raise DataError(f"{what} {source}: box_image names sample {int(boxes.image.max())}, beyond the "
+                        f"{next(iter(sizes.values()))} samples", hint="box_image holds each box's sample index, from 0")
+    return Dataset(inputs, labels, source, boxes)
+
+
+def _boxes(arrays: dict[str, np.ndarray], source: str, what: str) -> Boxes | None:
+    """Ground-truth boxes from the npz keys boxes (M, 4), box_classes (M,), box_image (M,); all or none."""
+    if not arrays:
+        return None
+    hint = "give boxes (M, 4) float corners x1, y1, x2, y2 in input pixels, box_classes (M,) and box_image (M,) ints"
+    if set(arrays) != set(BOX_KEYS):
+        raise DataError(f"{what} {source}: ground-truth boxes need all of {', '.join(BOX_KEYS)}", hint=hint)
+    corners, classes, image = (np.asarray(arrays[k]) for k in BOX_KEYS)
+    count = len(corners)
+    if corners.shape != (count, 4) or classes.shape != (count,) or image.shape != (count,) or \
+            not np.issubdtype(classes.dtype, np.integer) or not np.issubdtype(image.dtype, np.integer) or \
+            not np.all(np.isfinite(corners)) or (count and (image.min() < 0 or classes.min() < 0)):
+        raise DataError(f"{what} {source}: ground-truth boxes of shapes {corners.shape}, {classes.shape}, "
+                        f"{image.shape} do not fit together", hint=hint)
+    return Boxes(corners.astype(np.float64), classes.astype(np.int64), image.astype(np.int64))
 
 
 def _as_input(key: str, array: np.ndarray, source: str, what: str) -> np.ndarray:

@@ -44,6 +44,7 @@ class LoadedModel:
     program: Any = None
     onnx_path: Path | None = None
     inputs: tuple[TensorSpec, ...] | None = None
+    metadata: dict[str, str] | None = None  # what the exporter wrote beside the graph (Ultralytics: task, names)
 
     @property
     def is_torch(self) -> bool:
@@ -117,12 +118,12 @@ def _load_file(path: Path, name: str | None) -> LoadedModel:
 
 
 def _load_pt2(path: Path, name: str) -> LoadedModel:
-    from edgekit.inputs.safe_pt2 import load_exported_program
+    from edgekit.inputs.safe_pt2 import archive_metadata, load_exported_program
 
     program = load_exported_program(path)
     inputs = tuple(_placeholder_specs(program))
     return LoadedModel(name=name, kind="exported_program", sha256=sha256_file(path), source=str(path),
-                       module=program.module(), program=program, inputs=inputs)
+                       module=program.module(), program=program, inputs=inputs, metadata=archive_metadata(path))
 
 
 def _placeholder_specs(program: Any) -> list[TensorSpec]:
@@ -140,14 +141,17 @@ def _placeholder_specs(program: Any) -> list[TensorSpec]:
 def _load_torchscript(path: Path, name: str) -> LoadedModel:
     import torch
 
+    from edgekit.inputs.safe_pt2 import METADATA_FILES, metadata_from_files
+
+    extra = {name: "" for name in METADATA_FILES}
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:
         raise ModelError(f"{path} is not a readable TorchScript file: {first_line(exc)}",
                          hint="save it with torch.jit.save(torch.jit.script(model), path), or use .pt2") from None
     module.eval()
     return LoadedModel(name=name, kind="torchscript", sha256=sha256_file(path), source=str(path), module=module,
-                       inputs=None)
+                       inputs=None, metadata=metadata_from_files(extra))
 
 
 def _load_onnx(path: Path, name: str) -> LoadedModel:
@@ -161,8 +165,9 @@ def _load_onnx(path: Path, name: str) -> LoadedModel:
                          hint="re-export it with torch.onnx.export and check it with onnx.checker") from None
     initializers = {init.name for init in model.graph.initializer}
     inputs = tuple(onnx_value_spec(v) for v in model.graph.input if v.name not in initializers)
+    metadata = {prop.key: prop.value for prop in model.metadata_props}
     return LoadedModel(name=name, kind="onnx", sha256=sha256_file(path), source=str(path), onnx_path=path,
-                       inputs=inputs)
+                       inputs=inputs, metadata=metadata or None)
 
 
 def onnx_value_spec(value_info: Any) -> TensorSpec:

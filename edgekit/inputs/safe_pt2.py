@@ -36,6 +36,34 @@ def load_exported_program(path: Path) -> Any:
         raise ModelError(f"{path} is not a readable ExportedProgram: {first_line(exc)}", hint=SAVE_HINT) from None
 
 
+METADATA_FILES = ("metadata.json", "config.txt")  # extra files holding a JSON object (Ultralytics: config.txt)
+
+
+def metadata_from_files(files: dict) -> dict[str, str] | None:
+    """The first extra file that holds a JSON object, its values as text; read as data, never executed."""
+    for name in METADATA_FILES:
+        raw = files.get(name)
+        if not raw or len(raw) > 1 << 20:
+            continue
+        try:
+            value = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if isinstance(value, dict):
+            return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in value.items()}
+    return None
+
+
+def archive_metadata(path: Path) -> dict[str, str] | None:
+    """The metadata an exporter stored with torch.export.save(..., extra_files=...) (metadata.json or
+    Ultralytics' config.txt), read as JSON text."""
+    with zipfile.ZipFile(path) as archive:
+        found = {PurePosixPath(n).name: archive.read(n) for n in archive.namelist()
+                 if PurePosixPath(n).name in METADATA_FILES and "extra" in PurePosixPath(n).parts
+                 and archive.getinfo(n).file_size <= 1 << 20}
+    return metadata_from_files(found)
+
+
 def check_archive(path: Path) -> None:
     """Refuse, before torch opens it, anything that is not a current-format archive of plain tensors."""
     if not zipfile.is_zipfile(path):

@@ -6,13 +6,18 @@ import numpy as np
 
 from edgekit.config.options import Gate
 from edgekit.errors import DataError
+from edgekit.inputs.data import Boxes
+from edgekit.measure import parts as joined
+from edgekit.measure.detect import Detector, detection_block
+from edgekit.measure.detect import parts as layout_parts
 
 SQNR_CAP_DB = 200.0  # identical outputs; JSON has no infinity
 
 
 def thresholds_block(gate: Gate) -> dict:
     """report.json drift.thresholds: the gate as it was applied (min_sqnr resolved to the target's when unset)."""
-    return {"max_drop": gate.max_drop, "min_agreement": gate.min_agreement, "min_sqnr_db": gate.min_sqnr}
+    return {"max_drop": gate.max_drop, "min_agreement": gate.min_agreement, "min_sqnr_db": gate.min_sqnr,
+            "min_recall": gate.min_recall, "min_precision": gate.min_precision}
 
 
 def sqnr_db(reference: np.ndarray, device: np.ndarray) -> float:
@@ -66,15 +71,18 @@ def is_scores(shape: tuple, label_dims: tuple[int, ...] = ()) -> bool:
 
 
 def drift_block(reference: dict[str, np.ndarray], device: dict[str, np.ndarray], labels: np.ndarray | None,
-                tasks: dict[str, str] | str | None, gate: Gate, ignore_index: int | None = None) -> dict:
-    """The report's `drift` block; zero samples never pass. `tasks`: {output: classify | regress | embed}
+                tasks: dict[str, str] | str | None, gate: Gate, ignore_index: int | None = None,
+                detectors: tuple[Detector, ...] = (), truth: Boxes | None = None) -> dict:
+    """The report's `drift` block; zero samples never pass. `tasks`: {output: classify | regress | embed | detect}
     (edgekit/measure/tasks.py; a single name means that output classifies and the others regress). Classify outputs are
-    gated by top-1 agreement (the lowest over them) and, with labels, the accuracy drop of the first one; regress
-    and embed outputs by SQNR. Samples (or, with per-pixel labels, pixels) labelled `ignore_index` count for
-    agreement and output errors, not for accuracy."""
+    gated by top-1 agreement (the lowest over them) and, with labels, the accuracy drop of the first one; the others
+    by SQNR, of their worst part when they join parts (edgekit/measure/parts.py); embed outputs also by
+    nearest-neighbour agreement, detect outputs by recall and precision against the float model's detections.
+    Samples (or, with per-pixel labels, pixels) labelled `ignore_index` count for agreement and output errors, not
+    for accuracy."""
     tasks = as_tasks(tasks, list(reference))
     samples = len(next(iter(reference.values()))) if reference else 0
-    outputs = [{**row, **_task_metrics(tasks[row["name"]], reference[row["name"]], device[row["name"]])}
+    outputs = [{**row, **_task_metrics(tasks[row["name"]], reference, device, row["name"], detectors, truth)}
                for row in output_metrics(reference, device)] if samples else []
     ref_acc = dev_acc = drop = agreement = None
     classify = [name for name in reference if tasks[name] == "classify"]
@@ -99,13 +107,47 @@ def as_tasks(tasks: dict[str, str] | str | None, names: list[str]) -> dict[str, 
     return {name: "classify" if name == tasks else "regress" for name in names}
 
 
-def _task_metrics(task: str, reference: np.ndarray, device: np.ndarray) -> dict:
-    """The output's task, and for embeddings the per-sample cosine (min and mean)."""
-    if task != "embed" or not np.all(np.isfinite(device)):
-        return {"task": task}
-    per_sample = [cosine(r, d) for r, d in zip(reference, device)]
-    return {"task": task, "cosine_min": round(float(np.min(per_sample)), 8),
-            "cosine_mean": round(float(np.mean(per_sample)), 8)}
+def _task_metrics(task: str, reference: dict[str, np.ndarray], device: dict[str, np.ndarray], name: str,
+                  detectors: tuple[Detector, ...], truth: Boxes | None) -> dict:
+    """The output's task; its parts' SQNR when it joins parts; per-sample cosine and nearest-neighbour agreement
+    for embeddings; detections for detectors."""
+    ref, dev = reference[name], device[name]
+    row: dict = {"task": task, "parts": None, "cosine_min": None, "cosine_mean": None, "neighbour_agreement": None,
+                 "detection": None}
+    if not np.all(np.isfinite(dev)):
+        return row
+    detector = next((d for d in detectors if d.outputs[0] == name), None) if task == "detect" else None
+    row["parts"] = _parts(ref, dev, detector)
+    if task == "embed":
+        per_sample = [cosine(r, d) for r, d in zip(ref, dev)]
+        row.update({"cosine_min": round(float(np.min(per_sample)), 8),
+                    "cosine_mean": round(float(np.mean(per_sample)), 8),
+                    "neighbour_agreement": joined.neighbour_agreement(ref, dev)})
+    if detector is not None and all(np.all(np.isfinite(device[o])) for o in detector.outputs):
+        row["detection"] = detection_block([reference[o] for o in detector.outputs],
+                                           [device[o] for o in detector.outputs], detector, truth)
+    return row
+
+
+def _parts(reference: np.ndarray, device: np.ndarray, detector: Detector | None) -> list[dict] | None:
+    """One SQNR per part of a joined output (the layout's parts for a detector, else parts by range)."""
+    found = layout_parts(detector.layout, reference.shape) if detector is not None else None
+    found = found or joined.split_by_range(reference)
+    if not found:
+        return None
+    rows = []
+    for part in found:
+        ref, dev = joined.take(reference, part), joined.take(device, part)
+        rows.append({"name": part[0], "axis": part[1], "start": part[2], "stop": part[3],
+                     "sqnr_db": round(sqnr_db(ref, dev), 4), "cosine": round(cosine(ref, dev), 8)})
+    return rows
+
+
+def worst_sqnr(row: dict) -> float | None:
+    """The output's SQNR as gated: its worst part's when it joins parts."""
+    if row["sqnr_db"] is None:
+        return None
+    return min([row["sqnr_db"], *(p["sqnr_db"] for p in row.get("parts") or [])])
 
 
 def _passed(samples: int, outputs: list[dict], drop: float | None, agreement: float | None,
@@ -116,7 +158,42 @@ def _passed(samples: int, outputs: list[dict], drop: float | None, agreement: fl
         return False
     if agreement is not None and agreement < gate.min_agreement:
         return False
-    return all(o["sqnr_db"] >= gate.min_sqnr for o in outputs if o["task"] != "classify")
+    return not any(_output_failures(o, gate.min_sqnr, gate.min_agreement, gate.min_recall, gate.min_precision)
+                   for o in outputs)
+
+
+def _output_failures(row: dict, min_sqnr: float, min_agreement: float, min_recall: float | None,
+                     min_precision: float | None) -> list[str]:
+    """What fails in one output beyond class agreement, as sentences."""
+    name, task = row["name"], row.get("task", "regress")
+    if row["sqnr_db"] is None:
+        return [f"output {name} has NaN/inf values on the device"]
+    if task == "classify":
+        return []
+    reasons = []
+    parts = row.get("parts") or []
+    worst = min(parts, key=lambda p: p["sqnr_db"]) if parts else None
+    if worst is not None and worst["sqnr_db"] < min_sqnr:
+        others = ", ".join(f"{p['name']} {p['sqnr_db']:.1f} dB" for p in parts if p is not worst)
+        reasons.append(f"output {name} part {worst['name']} SQNR {worst['sqnr_db']:.1f} dB < min {min_sqnr} dB "
+                       f"(whole tensor {row['sqnr_db']:.1f} dB; {others})")
+    elif worst is None and row["sqnr_db"] < min_sqnr:
+        reasons.append(f"output {name} SQNR {row['sqnr_db']:.1f} dB < min {min_sqnr} dB")
+    nearest = row.get("neighbour_agreement")
+    if task == "embed" and nearest is not None and nearest < min_agreement:
+        reasons.append(f"output {name}: nearest-neighbour agreement {nearest:.4f} < min {min_agreement}")
+    detection = row.get("detection")
+    if detection is not None:
+        path = f" (score path: {worst['name']} at {worst['sqnr_db']:.1f} dB)" if worst is not None else ""
+        if min_recall is not None and detection["recall"] < min_recall:
+            reasons.append(f"output {name}: detection recall vs float {detection['recall']:.3f} < min {min_recall} "
+                           f"({detection['matched']} of {detection['float_detections']} float detections found)"
+                           f"{path}")
+        if min_precision is not None and detection["precision"] < min_precision:
+            reasons.append(f"output {name}: detection precision vs float {detection['precision']:.3f} < min "
+                           f"{min_precision} ({detection['device_detections'] - detection['matched']} of "
+                           f"{detection['device_detections']} device detections not in the float model's)")
+    return reasons
 
 
 def failure_reasons(drift: dict) -> list[str]:
@@ -129,9 +206,7 @@ def failure_reasons(drift: dict) -> list[str]:
     if drift["top1_agreement"] is not None and drift["top1_agreement"] < t["min_agreement"]:
         reasons.append(f"top-1 agreement {drift['top1_agreement']:.4f} < min {t['min_agreement']}")
     for row in drift["outputs"]:
-        if row["sqnr_db"] is None:
-            reasons.append(f"output {row['name']} has NaN/inf values on the device")
-        elif row.get("task", "regress" if drift["top1_agreement"] is None else "classify") != "classify" and \
-                row["sqnr_db"] < t["min_sqnr_db"]:
-            reasons.append(f"output {row['name']} SQNR {row['sqnr_db']:.1f} dB < min {t['min_sqnr_db']} dB")
+        row = {"task": "regress" if drift["top1_agreement"] is None else "classify", **row}
+        reasons.extend(_output_failures(row, t["min_sqnr_db"], t["min_agreement"], t.get("min_recall"),
+                                        t.get("min_precision")))
     return reasons

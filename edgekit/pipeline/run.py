@@ -10,14 +10,14 @@ from pathlib import Path
 from edgekit.bundle import write as bundle_io
 from edgekit.inputs.plan import Plan
 from edgekit.measure.measured import Measured
-from edgekit.measure.tasks import output_tasks
+from edgekit.measure.tasks import Reading, detectors, embed_by_values, output_tasks
 from edgekit.pipeline.compress import baseline_float_gzip, compress_model, device_columns
 from edgekit.pipeline.fallback import Bounds, run_fallback
-from edgekit.pipeline.verify import evaluate, measure, measure_emulated, sensitivity
+from edgekit.pipeline.verify import evaluate, measure, measure_emulated, references, sensitivity
 from edgekit.routes import get_route
 from edgekit.routes.device import DeviceModel
 from edgekit.transform.equalize.step import equalize_applies, equalize_model
-from edgekit.transform.export import exported
+from edgekit.transform.export import OnnxExport, exported
 from edgekit.utils import outdir
 from edgekit.utils.progress import Steps
 
@@ -59,15 +59,16 @@ def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Wr
             device_plan = replace(device_plan, model=compressed)
     with steps.step("export", "exporting to ONNX"):
         export, export_reused = exported(device_plan.model, plan.inputs, workdir / "reference.onnx")
-        tasks, notes = output_tasks({o.name: o.shape for o in export.outputs}, plan.evaluation.labels,
-                                    plan.options.outputs.task, plan.options.outputs.per_output)
+    with steps.step("reference", f"running the original model on {plan.evaluation.size} eval samples"):
+        known = references(plan, export, device_plan)
+        reading, notes = read_outputs(plan, export, known.original)
     for note in notes:
         steps.note(note)
         plan.warnings.append(note)
     with steps.step("convert", f"converting for {plan.target.name}"):
         device = route.build(device_plan, export, workdir)
     with steps.step("verify", f"measuring drift on {plan.evaluation.size} {plan.eval_source} samples"):
-        measured = evaluate(plan, export, device, device_plan, tasks)
+        measured = evaluate(plan, export, device, device_plan, reading, known)
     if compression is not None:
         with steps.step("preservation", "checking sparsity and clusters in the device model"):
             measured = _with_compression(plan, device_plan, device, measured, compression, workdir)
@@ -77,21 +78,35 @@ def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Wr
         with steps.step("fallback", f"moving the most sensitive layers up the ladder "
                                     f"({', '.join(route.ladder(plan.target))})"):
             device, measured = run_fallback(route, plan.target, device, measured,
-                                            lambda candidate: evaluate(plan, export, candidate, device_plan, tasks),
+                                            lambda candidate: evaluate(plan, export, candidate, device_plan,
+                                                                       reading, known),
                                             bounds, lambda rows: sensitivity(export, rows, plan),
-                                            lambda candidate: measure(plan, export, candidate, device_plan, tasks))
+                                            lambda candidate: measure(plan, export, candidate, device_plan,
+                                                                      reading, known))
     if plan.emulator == "arm64":
         count = min(plan.options.verify.emulator_samples, plan.evaluation.size)
         with steps.step("emulator", f"running up to {count} samples in the ARM64 emulator ({plan.target.cpu}, "
                                     f"budget {plan.options.verify.emulator_seconds:g} s)"):
-            measured = measure_emulated(plan, device, measured, count, tasks)
+            measured = measure_emulated(plan, device, measured, count, reading)
     if equalization is not None:
         notes = [equalization.note] if equalization.note else []
         measured = replace(measured, equalization=equalization.block, warnings=[*measured.warnings, *notes])
     reused = ["export"] * export_reused + ["conversion"] * bool(device.conversion.get("reused"))
     measured = replace(measured, reused=tuple(sorted({*reused, *device.reused, *measured.reused})))
     with steps.step("bundle", "writing the bundle"):
-        return bundle_io.write(staging, plan, export, device, measured, steps.timings_s, tasks)
+        return bundle_io.write(staging, plan, export, device, measured, steps.timings_s, reading)
+
+
+def read_outputs(plan: Plan, export: OnnxExport, reference: dict) -> tuple[Reading, list[str]]:
+    """What each output is (docs/outputs.md): the user's word, the model's metadata, names, shapes, then values
+    (L2-normalised rows are embeddings); and how detect outputs are decoded."""
+    given = plan.options.outputs
+    shapes = {o.name: o.shape for o in export.outputs}
+    tasks, notes = output_tasks(shapes, plan.evaluation.labels, given.task, given.per_output, plan.model.metadata)
+    decided = set(shapes) if given.task is not None else set(given.per_output or {})
+    tasks = embed_by_values(tasks, reference, decided)
+    found, more = detectors(shapes, tasks, given.detect, plan.model.metadata)
+    return Reading(tasks, found), notes + more
 
 
 def _with_compression(plan: Plan, device_plan: Plan, device: DeviceModel, measured: Measured,

@@ -3,7 +3,7 @@ emulator), per-layer drift where the route can measure it, and each layer's sens
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -17,16 +17,17 @@ from edgekit.measure.layers import activation_bytes, layer_samples
 from edgekit.measure.measured import Measured
 from edgekit.measure.reference import reference_outputs, reference_runner
 from edgekit.measure.sensitivity import layer_sensitivity
+from edgekit.measure.tasks import Reading
 from edgekit.routes.device import DeviceModel
 from edgekit.transform.export import OnnxExport
 
 LAYER_SAMPLES = 32
 
 
-def evaluate(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: Plan,
-             tasks: dict[str, str]) -> Measured:
+def evaluate(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: Plan, reading: Reading,
+             reference: References | None = None) -> Measured:
     """Drift on the eval data, plus per-layer drift where the route can measure it."""
-    measured = measure(plan, export, device, device_plan, tasks)
+    measured = measure(plan, export, device, device_plan, reading, reference)
     if device.per_layer is None:
         return measured
     count = layer_samples(export.path, min(LAYER_SAMPLES, plan.evaluation.size))
@@ -46,26 +47,45 @@ def sensitivity(export: OnnxExport, rows: list[dict], plan: Plan) -> dict[str, f
 
 
 def gate(plan: Plan) -> Gate:
-    """The build's gate, its SQNR floor resolved to the target's when the user set none."""
-    given = plan.options.gate
-    return given if given.min_sqnr is not None else replace(given, min_sqnr=plan.target.min_sqnr_db)
+    """The build's gate, its SQNR floor and detection floors resolved to the target's where the user set none."""
+    given, target = plan.options.gate, plan.target
+    return replace(given, min_sqnr=target.min_sqnr_db if given.min_sqnr is None else given.min_sqnr,
+                   min_recall=target.min_recall if given.min_recall is None else given.min_recall,
+                   min_precision=target.min_precision if given.min_precision is None else given.min_precision)
 
 
-def measure(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: Plan,
-            tasks: dict[str, str]) -> Measured:
-    """Drift against the original model; the converter's error against the model that was converted (the
-    compressed one, when compressing), so compression, conversion and quantization errors stay apart."""
-    data = plan.evaluation
+@dataclass(frozen=True)
+class References:
+    """The original model's outputs on the eval data, and the converted (compressed, equalized) model's, measured
+    once per build and reused by every candidate the fallback tries."""
+
+    original: dict[str, np.ndarray]
+    converted: dict[str, np.ndarray]
+    reused: bool
+
+
+def references(plan: Plan, export: OnnxExport, device_plan: Plan) -> References:
     reference, reused = _reference(plan, export)
     converted = reference
     if not _same_weights(plan.model, device_plan.model):  # compressed or equalized: run those weights too
         converted, _ = _reference(device_plan, export)
+    return References(reference, converted, reused)
+
+
+def measure(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: Plan, reading: Reading,
+            known: References | None = None) -> Measured:
+    """Drift against the original model; the converter's error against the model that was converted (the
+    compressed one, when compressing), so compression, conversion and quantization errors stay apart."""
+    data = plan.evaluation
+    known = known or references(plan, export, device_plan)
+    reference, converted, reused = known.original, known.converted, known.reused
     with device.open_float_runner() as runner:
         floats = runner.run(data.inputs)
     with device.open_runner(device.path) as runner:
         outputs = runner.run(data.inputs)
         latency = runner.median_latency_ms()
-    drift = drift_block(reference, outputs, data.labels, tasks, gate(plan), plan.options.data.ignore_index)
+    drift = drift_block(reference, outputs, data.labels, reading.tasks, gate(plan), plan.options.data.ignore_index,
+                        reading.detectors, data.boxes)
     quantized = plan.target.precision != "fp32"
     return Measured(
         reference=reference, device=outputs, conversion=output_metrics(converted, floats),
@@ -88,10 +108,10 @@ def _same_weights(model: LoadedModel, other: LoadedModel) -> bool:
 
 
 def measure_emulated(plan: Plan, device: DeviceModel, measured: Measured, count: int,
-                     tasks: dict[str, str]) -> Measured:
+                     reading: Reading) -> Measured:
     inputs = {k: v[:count] for k, v in plan.evaluation.inputs.items()}
-    block = measure_in_emulator(device.path, device.bindings, inputs, measured.reference, measured.device, tasks,
-                                gate(plan), plan.target.cpu, plan.options.verify.emulator_seconds)
+    block = measure_in_emulator(device.path, device.bindings, inputs, measured.reference, measured.device,
+                                reading, gate(plan), plan.target.cpu, plan.options.verify.emulator_seconds)
     warnings = list(measured.warnings)
     if block["error"]:
         warnings.append(f"emulator run failed: {block['error']}")
