@@ -293,7 +293,7 @@ def _inspect_text(info: dict) -> str:
 @click.option("--max-drop-increase", type=float, default=0.5, show_default=True,
               help="how much NEW's accuracy drop may grow, percentage points")
 @click.option("--max-agreement-decrease", type=float, default=0.01, show_default=True,
-              help="how much NEW's top-1 agreement may fall, 0..1")
+              help="how much NEW's top-1 agreement (or a detector's recall or precision vs float) may fall, 0..1")
 @click.option("--max-size-increase", type=float, help="how much NEW's device model may grow, fraction (not gated "
               "unless given), e.g. 0.1")
 @click.option("--json", "as_json", is_flag=True, help="print the comparison as JSON")

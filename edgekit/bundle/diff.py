@@ -1,7 +1,8 @@
 """`edgekit diff`: what changed between two bundles (lineage, config, drift, size, latency), and a release gate on it.
 
-NEW regresses when its accuracy drop grew, its top-1 agreement fell or its device model grew beyond the thresholds,
-or when it fails its own drift thresholds while OLD passed them.
+NEW regresses when its accuracy drop grew, its top-1 agreement (or a detector's recall or precision against its float
+model) fell or its device model grew beyond the thresholds, or when it fails its own drift thresholds while OLD passed
+them.
 """
 
 from __future__ import annotations
@@ -93,9 +94,28 @@ def _lineage(old: dict, new: dict) -> dict:
 def _drift(old: dict, new: dict) -> dict:
     block = {key: change(old.get(key), new.get(key)) for key in DRIFT_KEYS}
     new_outputs = {row["name"]: row for row in new.get("outputs") or []}
-    block["outputs"] = [{"name": row["name"], "sqnr_db": change(row["sqnr_db"], new_outputs[row["name"]]["sqnr_db"])}
+    block["outputs"] = [_output_change(row, new_outputs[row["name"]])
                         for row in old.get("outputs") or [] if row["name"] in new_outputs]
     return block
+
+
+def _output_change(old: dict, new: dict) -> dict:
+    """SQNR of the output (and of its worst part), and a detector's recall, precision and mAP, old -> new."""
+    row = {"name": old["name"], "sqnr_db": change(old["sqnr_db"], new["sqnr_db"]),
+           "worst_part_sqnr_db": change(_worst_part(old), _worst_part(new))}
+    old_found, new_found = old.get("detection") or {}, new.get("detection") or {}
+    for key in ("recall", "precision"):
+        row[key] = change(old_found.get(key), new_found.get(key))
+    for key in ("map50", "map50_95"):
+        row[key] = change(_get(old_found, key, "device"), _get(new_found, key, "device"))
+    return row
+
+
+def _worst_part(row: dict) -> float | None:
+    parts = row.get("parts") if isinstance(row.get("parts"), list) else None
+    values = [p.get("sqnr_db") for p in parts or [] if isinstance(p, dict)]
+    values = [v for v in values if isinstance(v, (int, float))]
+    return min(values) if values else None
 
 
 def diff_bundles(old: Path, new: Path, thresholds: DiffThresholds | None = None) -> dict:
@@ -134,6 +154,13 @@ def regressions(result: dict, thresholds: DiffThresholds) -> list[str]:
     if limit is not None and size.get("delta") is not None and size["old"] and size["delta"] / size["old"] > limit:
         found.append(f"device model grew by {size['delta'] / size['old']:.1%} ({size['old']:,} -> {size['new']:,} "
                      f"bytes) > max increase {limit:.1%}")
+    limit = thresholds.max_agreement_decrease
+    for row in drift["outputs"]:
+        for key in ("recall", "precision"):
+            delta = row[key].get("delta")
+            if limit is not None and delta is not None and -delta > limit:
+                found.append(f"detection {key} vs float of {row['name']} fell by {-delta:.4f} ({row[key]['old']:.4f} "
+                             f"-> {row[key]['new']:.4f}) > max decrease {limit}")
     if result["verdict"]["old"] and not result["verdict"]["new"]:
         found.append("NEW fails its own drift thresholds (report.json drift.passed false) while OLD passed")
     return found
@@ -177,6 +204,13 @@ def diff_lines(result: dict) -> list[str]:
     lines.append(f"{'agreement':<14}{_pair(drift['top1_agreement'], '.4f')} "
                  f"(max decrease {t['max_agreement_decrease']})")
     lines += [f"{'SQNR ' + row['name']:<14}{_pair(row['sqnr_db'], '.1f', ' dB')}" for row in drift["outputs"]]
+    lines += [f"{'worst part':<14}{_pair(row['worst_part_sqnr_db'], '.1f', ' dB')} ({row['name']})"
+              for row in drift["outputs"] if row["worst_part_sqnr_db"]["new"] is not None]
+    for row in drift["outputs"]:
+        for key, label, spec in (("recall", "recall", ".3f"), ("precision", "precision", ".3f"),
+                                 ("map50", "mAP@0.5", ".2f"), ("map50_95", "mAP@.5:.95", ".2f")):
+            if row[key]["new"] is not None or row[key]["old"] is not None:
+                lines.append(f"{label:<14}{_pair(row[key], spec)} ({row['name']})")
     lines.append(f"{'size':<14}{_pair(result['size']['device_bytes'], ',', ' B')}")
     lines += [f"{'latency ' + k:<14}{_pair(row, '.3f', ' ms')}" for k, row in result["latency_ms"].items()]
     lines += [f"note          {n}" for n in result["notes"]]

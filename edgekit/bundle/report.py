@@ -30,6 +30,28 @@ def output_rows(title: str, rows: list[dict] | None) -> list[str]:
             f"max|err| {_num(r['max_abs_err'], '.3g')}  mean|err| {_num(r['mean_abs_err'], '.3g')}" for r in rows]
 
 
+def task_lines(row: dict) -> list[str]:
+    """An output's parts, nearest-neighbour agreement and detections, one line each."""
+    lines = []
+    if row.get("parts"):
+        lines.append(f"  parts       {row['name']}: " + ", ".join(f"{p['name']} {p['sqnr_db']:.1f} dB"
+                                                              for p in row["parts"]))
+    if row.get("neighbour_agreement") is not None:
+        lines.append(f"  embedding   {row['name']}: nearest-neighbour agreement {row['neighbour_agreement']:.4f}, "
+                     f"cosine min {_num(row.get('cosine_min'), '.6f')}")
+    found = row.get("detection")
+    if found:
+        lines.append(f"  detections  {row['name']} ({found['layout']}, confidence {found['confidence']}, NMS IoU "
+                     f"{found['iou']}): recall {found['recall']:.3f}, precision {found['precision']:.3f} vs float "
+                     f"({found['matched']} matched of {found['float_detections']} float, "
+                     f"{found['device_detections']} device)")
+        for key, label in (("map50", "mAP@0.5"), ("map50_95", "mAP@0.5:0.95")):
+            if found.get(key):
+                lines.append(f"  {label:<11} float {found[key]['float']:.2f}  device {found[key]['device']:.2f}  "
+                             f"drop {found[key]['drop']:.2f} points")
+    return lines
+
+
 def _num(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
@@ -48,6 +70,7 @@ def summary_lines(report: dict) -> list[str]:
     lines += output_rows("conversion", (report["conversion"] or {}).get("outputs"))
     lines += output_rows("quantization", (report["quantization"] or {}).get("outputs"))
     lines += output_rows("total drift", drift["outputs"])
+    lines += [line for row in drift["outputs"] for line in task_lines(row)]
     emulator = report.get("emulator")
     if emulator:
         lines.append(f"emulator      {emulator['where']}: {emulator['samples']} samples, bit-exact with host "

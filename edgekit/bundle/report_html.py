@@ -1,17 +1,21 @@
 """report.html: one self-contained page (no network, no scripts) with inline SVG charts drawn here in Python.
 
-Stable element ids: summary, verdict, layers-chart, confusion, error-histogram, sizes, errors, lineage.
+Stable element ids: summary, verdict, layers-chart, confusion, detections, error-histogram, sizes, errors, lineage.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import json
-from dataclasses import dataclass
+import struct
+import zlib
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from edgekit.bundle.report import passed, summary_lines
+from edgekit.measure.detect import Detector, decode
 from edgekit.measure.drift import failure_reasons
 
 GREEN, AMBER, RED, GREY, BLUE = "#1a7f37", "#bf8700", "#cf222e", "#8c959f", "#0969da"
@@ -41,6 +45,8 @@ class Evidence:
     labels: np.ndarray | None = None
     scores: str | None = None
     unit: str = "samples"  # "labelled pixels" for segmentation labels
+    images: np.ndarray | None = None  # the first eval inputs (N, C, H, W) of an image model with a detector
+    detectors: tuple[Detector, ...] = field(default=())
 
 
 def render_html(report: dict, manifest: dict, evidence: Evidence | None = None) -> str:
@@ -53,6 +59,8 @@ def render_html(report: dict, manifest: dict, evidence: Evidence | None = None) 
         _section("layers-chart", "Per-layer drift (SQNR, worst first)", _layers_chart(report)),
         _section("ladder", "Mixed precision: the ladder of --fallback auto", _ladder_table(report)),
         _section("confusion", "Predictions: float (PyTorch) vs device", _confusion(evidence)),
+        *([_section("detections", "Detections: float (dashed green) vs device (blue)", _detections(report, evidence))]
+          if evidence is not None and evidence.detectors else []),
         _section("error-histogram", "Output error |device − reference| on the eval set", _error_histogram(evidence)),
         _section("sizes", "Size", _sizes_chart(report["size"])),
         _section("errors", "Error by stage", _error_table(report)),
@@ -168,6 +176,61 @@ def _sqnr_colour(value: float | None, floor: float) -> str:
     if value is None:
         return GREY
     return RED if value < floor else AMBER if value < floor + 10 else GREEN
+
+
+DRAWN_IMAGES = 4
+DRAWN_SIDE = 240
+
+
+def _detections(report: dict, evidence: Evidence) -> str:
+    """The eval images where float and device detections agree least (report.json worst_images), each with both
+    models' boxes drawn over it."""
+    detector = evidence.detectors[0]
+    if evidence.images is None:
+        return '<p class="note">not drawn: the detector\'s input is not an image (N, 1 or 3, H, W)</p>'
+    row = next((r for r in report["drift"]["outputs"] if r["name"] == detector.outputs[0]), None)
+    worst = [w["image"] for w in ((row or {}).get("detection") or {}).get("worst_images", [])]
+    chosen = [i for i in dict.fromkeys([*worst, *range(len(evidence.images))]) if i < len(evidence.images)]
+    chosen = chosen[:DRAWN_IMAGES]
+    ref = decode([evidence.reference[o][chosen] for o in detector.outputs], detector)
+    dev = decode([evidence.device[o][chosen] for o in detector.outputs], detector)
+    return "".join(_drawn(evidence.images[i], ref[k], dev[k], i, detector.names) for k, i in enumerate(chosen))
+
+
+def _drawn(image: np.ndarray, ref, dev, index: int, names: tuple[str, ...]) -> str:
+    height, width = image.shape[1:]
+    scale = DRAWN_SIDE / max(height, width)
+    body = [f'<image href="data:image/png;base64,{_png(image)}" width="{width * scale:.0f}" '
+            f'height="{height * scale:.0f}" preserveAspectRatio="none"/>']
+    for found, colour, dash in ((ref, GREEN, ' stroke-dasharray="4 3"'), (dev, BLUE, "")):
+        fill = f'style="fill:{colour}"'
+        for (x1, y1, x2, y2), score, cls in zip(found.boxes, found.scores, found.classes):
+            label = names[cls] if cls < len(names) else str(cls)
+            body.append(f'<g><title>{"float" if colour == GREEN else "device"}: {_e(label)} {score:.2f}</title>'
+                        f'<rect x="{x1 * scale:.1f}" y="{y1 * scale:.1f}" width="{max(x2 - x1, 0) * scale:.1f}" '
+                        f'height="{max(y2 - y1, 0) * scale:.1f}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>'
+                        f"{_text(x1 * scale + 2, y1 * scale + 12, label, extra=fill)}</g>")
+    caption = f"eval image {index}: {len(ref.scores)} float, {len(dev.scores)} device detections"
+    picture = _svg(width * scale, height * scale, "".join(body), caption)
+    return (f'<figure style="display:inline-block;margin:.5em">{picture}'
+            f'<figcaption class="note">{_e(caption)}</figcaption></figure>')
+
+
+def _png(image: np.ndarray) -> str:
+    """An (C, H, W) input as a base64 PNG, stretched to its own range (grey for one channel, RGB for three)."""
+    pixels = image.astype(np.float64)
+    low, high = float(pixels.min()), float(pixels.max())
+    pixels = np.round((pixels - low) / (high - low or 1.0) * 255).astype(np.uint8)
+    pixels = np.repeat(pixels, 3, 0) if pixels.shape[0] == 1 else pixels[:3]
+    rows = np.moveaxis(pixels, 0, -1)
+    raw = b"".join(b"\0" + row.tobytes() for row in rows)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", rows.shape[1], rows.shape[0], 8, 2, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+    return base64.b64encode(data).decode()
 
 
 def _predictions(evidence: Evidence | None) -> tuple[np.ndarray, np.ndarray] | None:

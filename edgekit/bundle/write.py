@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,7 @@ def write(staging: Path, plan: Plan, export: OnnxExport, device: DeviceModel, me
     manifest = _manifest(plan, export, device, golden, reading)
     scores = scores_output(reading.tasks)
     evidence = _evidence(measured, plan.evaluation.labels, scores, plan.options.data.ignore_index)
+    evidence = replace(evidence, detectors=reading.detectors, images=_images(plan) if reading.detectors else None)
     (staging / "report.html").write_text(render_html(report, manifest, evidence))
     manifest["files"] = lineage.file_hashes(staging)
     text = json.dumps(manifest, indent=2) + "\n"
@@ -61,6 +62,14 @@ def write(staging: Path, plan: Plan, export: OnnxExport, device: DeviceModel, me
     digest = hashlib.sha256(text.encode()).hexdigest()
     (staging / "manifest.sha256").write_text(f"{digest}  manifest.json\n")  # `sha256sum -c manifest.sha256`
     return Written(report, manifest, digest)
+
+
+def _images(plan: Plan) -> np.ndarray | None:
+    """The eval inputs, for report.html to draw detections on (a few of them), when the model takes one image."""
+    inputs = list(plan.evaluation.inputs.values())
+    if len(inputs) != 1 or inputs[0].ndim != 4 or inputs[0].shape[1] not in (1, 3):
+        return None
+    return inputs[0]
 
 
 def _evidence(measured: Measured, labels: np.ndarray | None, scores: str | None, ignore: int | None) -> Evidence:
