@@ -6,7 +6,8 @@ it. The ladder of `--fallback auto` therefore orders layers by measurement: the 
 once per quantized activation, with only that activation fake-quantized (QuantizeLinear/DequantizeLinear with the
 device tensor's own scale and zero point), and the worst output SQNR against the float outputs is the layer's
 sensitivity (lower: more sensitive). The float model stands in for the rest of the device model, so layers are
-compared on their own error, not on the error that reaches them.
+compared on their own error, not on the error that reaches them. An output that joins parts of very different range
+(a detector's boxes beside its scores) counts by its worst part (edgekit/measure/parts.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgekit.measure.drift import SQNR_CAP_DB, sqnr_db
+from edgekit.measure.parts import split_by_range, take
 
 SAMPLES = 8
 INTEGER = {"int8": 3, "uint8": 2}  # ONNX TensorProto element types of the zero point
@@ -28,6 +30,7 @@ def layer_sensitivity(export_path, rows: list[dict], samples: dict[str, np.ndarr
     model = onnx.load(str(export_path))
     inputs = {k: v[:SAMPLES] for k, v in samples.items()}
     reference = _run(cpu_session(model.SerializeToString()), inputs)
+    parts = {name: split_by_range(value) for name, value in reference.items()}
     found = {}
     for row in rows:
         dtype, scale = row.get("dtype", "int8"), row.get("scale")
@@ -37,9 +40,13 @@ def layer_sensitivity(export_path, rows: list[dict], samples: dict[str, np.ndarr
         if quantized is None:
             continue
         outputs = _run(cpu_session(quantized.SerializeToString()), inputs)
-        found[row["tensor"]] = round(min((sqnr_db(reference[k], outputs[k]) for k in reference),
+        found[row["tensor"]] = round(min((_worst(reference[k], outputs[k], parts[k]) for k in reference),
                                          default=SQNR_CAP_DB), 3)
     return found
+
+
+def _worst(reference: np.ndarray, output: np.ndarray, parts: list | None) -> float:
+    return min([sqnr_db(reference, output), *(sqnr_db(take(reference, p), take(output, p)) for p in parts or [])])
 
 
 def _run(session, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from edgekit.errors import EdgekitError
+from edgekit.measure.drift import worst_sqnr
 from edgekit.routes.device import DeviceModel, model_bytes
 
 if TYPE_CHECKING:
@@ -155,8 +156,9 @@ def _rounded(value: float) -> float | None:
 
 
 def _worst_sqnr(measured) -> float:
-    """The worst output's SQNR vs PyTorch; -inf when an output is not finite (its SQNR is null)."""
-    values = [o["sqnr_db"] for o in measured.drift["outputs"]]
+    """The worst output's SQNR vs PyTorch, of its worst part when it joins parts (a detector's scores); -inf when
+    an output is not finite (its SQNR is null)."""
+    values = [worst_sqnr(o) for o in measured.drift["outputs"]]
     return float("-inf") if any(v is None for v in values) else min(values, default=0.0)
 
 
@@ -238,6 +240,8 @@ def _summary(before, after, kept: list[dict], chosen: dict[str, str], device: De
              bounds: Bounds) -> str:
     drop = f"{_pts(before.drift['accuracy_drop'])} -> {_pts(after.drift['accuracy_drop'])} points"
     agreement = f"agreement {_frac(before.drift['top1_agreement'])} -> {_frac(after.drift['top1_agreement'])}"
+    agreement += "".join(f", {name} {key} {_frac(old[key])} -> {_frac(new[key])}"
+                         for name, old, new in _detections(before, after) for key in ("recall", "precision"))
     size_before, size_after = model_bytes(device), model_bytes(candidate)
     latency = f"host latency {_ms(before.latency_ms.get('host'))} -> {_ms(after.latency_ms.get('host'))}"
     verdict = "passes" if after.drift["passed"] else "still over the threshold within the ladder's bounds"
@@ -245,6 +249,12 @@ def _summary(before, after, kept: list[dict], chosen: dict[str, str], device: De
     floats = f", computing {', '.join(candidate.float_modules)} in float" if candidate.float_modules else ""
     return (f"fallback auto kept {len(kept)} activation(s) out of INT8 ({moves}){floats}: accuracy drop {drop}, "
             f"{agreement}, size {size_before:,} -> {size_after:,} bytes, {latency}; {verdict}")
+
+
+def _detections(before, after) -> list[tuple[str, dict, dict]]:
+    new = {o["name"]: o.get("detection") for o in after.drift["outputs"]}
+    return [(o["name"], o["detection"], new[o["name"]]) for o in before.drift["outputs"]
+            if o.get("detection") and new.get(o["name"])]
 
 
 def _pts(value: float | None) -> str:
