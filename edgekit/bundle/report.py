@@ -6,6 +6,8 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from edgekit.measure.drift import failure_reasons
+
 SCHEMA_ID = "edgekit.report/1"
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schema" / "report.schema.json"
 
@@ -79,6 +81,8 @@ def summary_lines(report: dict) -> list[str]:
     lines.append(f"size          device {size['device_bytes']:,} B (gzip {size['device_gzip_bytes']:,} B); float32 "
                  f"{_num(size['float_device_bytes'], ',')} B")
     lines.extend(f"warning       {w}" for w in report["warnings"])
+    if not drift["passed"]:
+        lines.extend(f"over          {reason}" for reason in failure_reasons(drift))
     lines.append("PASSED" if passed(report) else "FAILED: drift over threshold")
     return lines
 

@@ -192,7 +192,7 @@ def _output_failures(row: dict, min_sqnr: float, min_agreement: float, min_recal
         if min_precision is not None and detection["precision"] < min_precision:
             reasons.append(f"output {name}: detection precision vs float {detection['precision']:.3f} < min "
                            f"{min_precision} ({detection['device_detections'] - detection['matched']} of "
-                           f"{detection['device_detections']} device detections not in the float model's)")
+                           f"{detection['device_detections']} device detections not in the float model's){path}")
     return reasons
 
 

@@ -25,6 +25,7 @@ How edgekit decides, for an output the user did not name (`--outputs FILE.toml`)
 from __future__ import annotations
 
 import ast
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -168,9 +169,14 @@ def _class_names(metadata: dict[str, str] | None) -> tuple[str, ...]:
     try:
         value = ast.literal_eval(raw) if isinstance(raw, str) and len(raw) < 1 << 16 else None
     except (ValueError, SyntaxError, MemoryError, RecursionError):
-        return ()
-    if isinstance(value, dict) and all(isinstance(k, int) for k in value):
-        return tuple(str(value[k]) for k in sorted(value))
+        value = None
+    if isinstance(raw, str) and value is None:
+        try:  # TorchScript's config.txt is json.dumps of the metadata: {"0": "person", ...}
+            value = json.loads(raw)
+        except ValueError:
+            return ()
+    if isinstance(value, dict) and all(str(k).isdigit() for k in value):
+        return tuple(str(value[k]) for k in sorted(value, key=int))
     return tuple(str(v) for v in value) if isinstance(value, list) else ()
 
 
