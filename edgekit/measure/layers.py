@@ -136,19 +136,36 @@ def qdq_layer_drift(export_path: Path, qdq_path: Path, modules: dict[str, str],
     constants = {i.name: numpy_helper.to_array(i) for i in qdq.initializer}
     dequantized = {n.input[0]: n.output[0] for n in qdq.node if n.op_type == "DequantizeLinear"}
     floats, device = onnx_activations(export_path, samples), onnx_activations(qdq_path, samples)
-    quantized = [n for n in qdq.node if n.op_type == "QuantizeLinear" and n.input[0] in floats]
-    stops = {n.input[0] for n in quantized}
+    quantized = [(n, _model_tensor(n.input[0], floats)) for n in qdq.node if n.op_type == "QuantizeLinear"]
+    quantized = [(n, tensor) for n, tensor in quantized if tensor is not None]
+    stops = {tensor for _, tensor in quantized}
     graph, rows = onnx.load(str(export_path)).graph, []
-    for node in quantized:
-        tensor, scale = node.input[0], float(constants[node.input[1]])
+    for node, tensor in quantized:
+        scale = float(constants[node.input[1]])
+        zero = constants.get(node.input[2]) if len(node.input) > 2 else None
+        dtype = str(zero.dtype) if zero is not None else "uint8"  # ONNX's default zero point is uint8 0
+        zero_point = int(zero) if zero is not None else 0
         dq_out = device.get(dequantized.get(node.output[0], ""))
         group = fused_modules(graph, tensor, stops - {tensor}, modules)
         rows.append({"module": group[0] if group else modules.get(tensor), "modules": group, "tensor": tensor,
-                     "device_tensor": node.output[0], "op": "QuantizeLinear", "scale": scale, "zero_point": 0,
-                     "dtype": "int8",
-                     "sqnr_db": round(local_sqnr_db(floats[tensor], scale, 0, "int8", axis=1), 3),
+                     "device_tensor": node.output[0], "op": "QuantizeLinear", "scale": scale,
+                     "zero_point": zero_point, "dtype": dtype,
+                     "sqnr_db": round(local_sqnr_db(floats[tensor], scale, zero_point, dtype, axis=1), 3),
                      "accumulated_sqnr_db": None if dq_out is None else round(sqnr_db(floats[tensor], dq_out), 3)})
     return sorted(rows, key=lambda r: r["sqnr_db"])
+
+
+GRAPH_OUTPUT_SUFFIX = "_QuantizeLinear_Input"  # onnxruntime's QDQ renames a graph output's producer output so
+
+
+def _model_tensor(name: str, floats: dict) -> str | None:
+    """The export's tensor a QuantizeLinear reads: its own name, or the graph output onnxruntime renamed to
+    `<output>_QuantizeLinear_Input` (the model's last op, often a concat that joins parts)."""
+    if name in floats:
+        return name
+    if name.endswith(GRAPH_OUTPUT_SUFFIX) and name[:-len(GRAPH_OUTPUT_SUFFIX)] in floats:
+        return name[:-len(GRAPH_OUTPUT_SUFFIX)]
+    return None
 
 
 def touching(model: Path, tensors: frozenset[str]) -> list:

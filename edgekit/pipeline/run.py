@@ -13,7 +13,7 @@ from edgekit.measure.measured import Measured
 from edgekit.measure.tasks import Reading, detectors, embed_by_values, output_tasks
 from edgekit.pipeline.compress import baseline_float_gzip, compress_model, device_columns
 from edgekit.pipeline.fallback import Bounds, run_fallback
-from edgekit.pipeline.verify import evaluate, measure, measure_emulated, references, sensitivity
+from edgekit.pipeline.verify import evaluate, measure, measure_emulated, references, sensitivity, size_note
 from edgekit.routes import get_route
 from edgekit.routes.device import DeviceModel
 from edgekit.transform.equalize.step import equalize_applies, equalize_model
@@ -83,6 +83,9 @@ def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Wr
                                             bounds, lambda rows: sensitivity(export, rows, plan),
                                             lambda candidate: measure(plan, export, candidate, device_plan,
                                                                       reading, known))
+    note = size_note(plan, device)
+    if note is not None:
+        measured = replace(measured, warnings=[*measured.warnings, note])
     if plan.emulator == "arm64":
         count = min(plan.options.verify.emulator_samples, plan.evaluation.size)
         with steps.step("emulator", f"running up to {count} samples in the ARM64 emulator ({plan.target.cpu}, "

@@ -18,10 +18,11 @@ from edgekit.measure.measured import Measured
 from edgekit.measure.reference import reference_outputs, reference_runner
 from edgekit.measure.sensitivity import layer_sensitivity
 from edgekit.measure.tasks import Reading
-from edgekit.routes.device import DeviceModel
+from edgekit.routes.device import DeviceModel, model_bytes
 from edgekit.transform.export import OnnxExport
 
 LAYER_SAMPLES = 32
+INT8_SIZE_RATIO = 0.5  # an INT8 device model above this share of its float32 one is barely smaller: say why
 
 
 def evaluate(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: Plan, reading: Reading,
@@ -130,3 +131,24 @@ def _warnings(plan: Plan, drift: dict, reference: dict, outputs: dict) -> list[s
     if any(not np.all(np.isfinite(v)) for v in reference.values()):
         notes.append("the reference model itself produces NaN/inf on the eval data")
     return notes
+
+
+def size_note(plan: Plan, device: DeviceModel) -> str | None:
+    """Why an INT8 device model is barely smaller than its float32 one, read from its own weights."""
+    if plan.target.precision != "int8" or device.float_path is None or not device.float_path.exists():
+        return None
+    size, float_size = model_bytes(device), device.float_path.stat().st_size
+    if size <= INT8_SIZE_RATIO * float_size:
+        return None
+    head = f"the INT8 model is {size / float_size:.0%} of the float32 model's size ({size:,} vs {float_size:,} bytes)"
+    if device.weights is None:
+        return f"{head}: `edgekit inspect` on the bundle lists which tensors stay float"
+    weights = device.weights(device.path)
+    floats = sorted(((a.nbytes, n) for n, a in weights if np.issubdtype(a.dtype, np.floating)), reverse=True)
+    total, kept = sum(a.nbytes for _, a in weights), sum(b for b, _ in floats)
+    if kept <= 0.25 * size:
+        return (f"{head}: its weights take {total:,} bytes; the rest is graph and quantization parameters, which a "
+                "model this small does not amortize")
+    largest = ", ".join(name for _, name in floats[:3])
+    return (f"{head}: {kept:,} of its {total:,} weight bytes stay float (largest: {largest}); the converter kept "
+            "them out of INT8 (ops without INT8 kernels, such as unrolled recurrent cells, or hybrid ops)")
