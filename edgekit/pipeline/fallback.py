@@ -100,27 +100,45 @@ def _ladder(route: Route, target, device: DeviceModel, measured, evaluate: Calla
 def _back_off(route: Route, target, device: DeviceModel, measured, evaluate, bounds: Bounds,
               history: list[dict]) -> tuple | None:
     """When no per-layer climb passes: every layer in the route's back-off precision (LiteRT: INT8 weights, float
-    compute), then each back to the target's own precision, least sensitive first, as long as the drift passes and
-    the bounds hold. None when even the first model does not pass within the bounds."""
-    rung, rows = route.back_off(target), measured.layers
-    base_latency = measured.latency_ms.get("host")
-    chosen = {row["tensor"]: rung for row in rows}
+    compute; onnxruntime: float), then layers back to the target's own precision, least sensitive first, as long
+    as the drift passes and the bounds hold: a run of layers at once, halved when it fails (so the builds grow with
+    the layers that must stay, times the log of all of them, not with every layer). None when even the first
+    model does not pass within the bounds."""
+    rows, base_latency = measured.layers, measured.latency_ms.get("host")
     every = {"module": "(every layer)", "tensor": "*", "sensitivity_db": None}
-    trial, outcome, entry = _step(route, target, device, measured, evaluate, chosen,
-                                  (every, rung, base_latency, bounds))
-    history.append(entry)
-    if trial is None or not (entry["within_bounds"] and outcome.drift["passed"]):
+    for rung in back_off_rungs(route, target):  # the cheapest start that passes
+        chosen = {row["tensor"]: rung for row in rows}
+        trial, outcome, entry = _step(route, target, device, measured, evaluate, chosen,
+                                      (every, rung, base_latency, bounds))
+        history.append(entry)
+        if trial is not None and entry["within_bounds"] and outcome.drift["passed"]:
+            break
+    else:
         return None
     entry["kept"], best = True, (trial, outcome)
     default = next(iter(rows), {}).get("precision", "int8")
-    for row in sorted(rows, key=lambda r: -(r.get("sensitivity_db") or 0.0)):  # the least sensitive first
-        fewer = {t: p for t, p in chosen.items() if t != row["tensor"]}
+    pending = [sorted(rows, key=lambda r: -(r.get("sensitivity_db") or 0.0))]  # the least sensitive first
+    while pending:
+        run = pending.pop(0)
+        fewer = {t: p for t, p in chosen.items() if t not in {r["tensor"] for r in run}}
+        first = run[0]["module"] or run[0]["tensor"]
+        label = run[0] if len(run) == 1 else {"module": f"{len(run)} layers from {first}",
+                                              "tensor": ",".join(r["tensor"] for r in run), "sensitivity_db": None}
         trial, outcome, entry = _step(route, target, device, measured, evaluate, fewer,
-                                      (row, default, base_latency, bounds))
+                                      (label, default, base_latency, bounds))
         history.append(entry)
         if trial is not None and entry["within_bounds"] and outcome.drift["passed"]:
             chosen, best, entry["kept"] = fewer, (trial, outcome), True
+        elif len(run) > 1:
+            pending[:0] = [run[:len(run) // 2], run[len(run) // 2:]]
     return best[0], best[1], chosen
+
+
+def back_off_rungs(route: Route, target) -> list[str]:
+    """Where the back-off may start: the route's own back-off precision (LiteRT: INT8 weights with float compute),
+    then the ladder's last step (float) when INT8 weights alone cost too much."""
+    steps = route.ladder(target)
+    return [r for r in dict.fromkeys([route.back_off(target), steps[-1] if steps else None]) if r]
 
 
 def _step(route: Route, target, device: DeviceModel, measured, evaluate, precisions: dict[str, str], about: tuple):
@@ -174,12 +192,13 @@ def _mixed(route: Route, target, device: DeviceModel, measured, evaluators: tupl
     measure, evaluate = evaluators
     candidate, result, chosen, history = _ladder(route, target, device, replace(measured, layers=ordered), measure,
                                                  bounds)
-    rung = route.back_off(target)
-    if not result.drift["passed"] and rung is not None:
+    backed_off = False
+    if not result.drift["passed"] and back_off_rungs(route, target):
         climbed = len(history)
         found = _back_off(route, target, device, replace(measured, layers=ordered), measure, bounds, history)
         if found is not None:  # it replaces what the climb kept
             candidate, result, chosen = found
+            backed_off = True
             for entry in history[:climbed]:
                 entry["kept"] = False
     if chosen and measure is not evaluate:
@@ -190,8 +209,8 @@ def _mixed(route: Route, target, device: DeviceModel, measured, evaluators: tupl
                 "built")
         return device, replace(measured, ladder=history, warnings=[*measured.warnings, note])
     rows = {row["tensor"]: row for row in ordered}
-    moved = [{**rows[t], "precision": "int8" if p == rung else p,  # its weights: the report's precisions
-              "chosen_because": _backed_off(rows[t], history) if p == rung else _because(rows[t], p, history)}
+    moved = [{**rows[t], "precision": p,
+              "chosen_because": _backed_off(rows[t], history) if backed_off else _because(rows[t], p, history)}
              for t, p in chosen.items()]
     others = [row for row in result.layers or [] if row["tensor"] not in chosen]
     kept = [rows[t] for t in chosen]
@@ -212,10 +231,10 @@ def _because(row: dict, precision: str, history: list[dict]) -> str:
 
 def _backed_off(row: dict, history: list[dict]) -> str:
     every = next(e for e in history if e["tensor"] == "*")
-    back = next((e for e in history if e["tensor"] == row["tensor"] and e is not every and
+    back = next((e for e in history if row["tensor"] in e["tensor"].split(",") and e is not every and
                  e["precision"] == row.get("precision", "int8")), None)
-    return ("mixed precision (fallback auto, back-off): no single layer's climb passed; every layer went to INT8 "
-            f"weights with float compute ({_tried(every)}), and this one stays there"
+    return ("mixed precision (fallback auto, back-off): no single layer's climb passed; every layer went to "
+            f"{every['precision']} ({_tried(every)}), and this one stays there"
             + (f": back to INT8 activations it gave {_tried(back)}" if back else ""))
 
 

@@ -100,3 +100,21 @@ def test_the_default_int8_build_judges_detections_and_never_passes_moved_ones(fi
     ours = {"float": _independent_map50(reference, truth), "device": _independent_map50(device, truth)}
     assert abs(found["map50"]["float"] - ours["float"]) <= 0.5
     assert abs(found["map50"]["drop"] - (ours["float"] - ours["device"])) <= 0.5
+
+
+def test_fallback_auto_cures_the_score_path_on_onnxruntime(files, tmp_path: Path):
+    """onnxruntime's INT8 gives the final concat one scale for boxes (0..600 px) and scores: every score rounds to 0
+    and the detector finds nothing. `--fallback auto` keeps the join and the decoder tail in float, measured, at
+    about the INT8 size and latency."""
+    code, plain, stderr = _build(files, "pt2", "onnxruntime-arm64-int8", tmp_path / "plain")
+    row = plain["drift"]["outputs"][0]
+    assert row["task"] == "detect"  # the .pt2's metadata.json says so
+    assert code == 3 and row["detection"]["recall"] < 0.95 and "(score path: scores at" in stderr
+    code, cured, _ = _build(files, "pt2", "onnxruntime-arm64-int8", tmp_path / "cured", "--fallback", "auto",
+                            "--min-recall", "0.97", "--min-precision", "0.97")
+    found = cured["drift"]["outputs"][0]["detection"]
+    assert code == 0 and found["recall"] >= 0.97 and found["precision"] >= 0.97
+    assert cured["size"]["device_bytes"] <= 1.3 * plain["size"]["device_bytes"]
+    moved = [r for r in cured["layers"] if r["precision"] != "int8"]
+    assert moved and all("fallback auto" in r["chosen_because"] for r in moved)
+    assert "output" in {r["tensor"] for r in moved}  # the join of boxes and scores left INT8

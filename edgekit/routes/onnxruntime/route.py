@@ -31,6 +31,11 @@ class OnnxRuntimeRoute(Route):
     methods = tuple(METHODS)
     converted_by = "onnxruntime.quantization"
 
+    def back_off(self, target) -> str | None:
+        """Every layer in float (onnxruntime.quantization has no INT8-weights-with-float-compute form for Conv),
+        then layers back to INT8 while the drift passes: the layers that must stay float are what is left."""
+        return "float32" if target.precision == "int8" else None
+
     def build(self, plan, export, workdir: Path, float_tensors: frozenset[str] = frozenset()):
         """`float_tensors`: activations kept out of INT8 (their producers and readers run in float): fallback."""
         import dataclasses
