@@ -11,7 +11,7 @@ import numpy as np
 from edgekit.config.options import Gate
 from edgekit.emulator import qemu as emulator
 from edgekit.errors import ConfigError, EdgekitError, ToolError
-from edgekit.measure.drift import drift_block
+from edgekit.measure.drift import drift_block, worst_sqnr
 from edgekit.measure.tasks import Reading
 from edgekit.standalone import check as check_script
 
@@ -63,14 +63,34 @@ def measure(model: Path, device: dict, inputs: dict[str, np.ndarray], reference:
         return {"where": where, "samples": 0, "bit_exact_with_host": None, "top1_agreement": None,
                 "passed": False, "error": str(exc), "budget_s": budget_s, "seconds": None}
     count = len(next(iter(outputs.values())))
-    block = drift_block({k: v[:count] for k, v in reference.items()}, outputs, None, reading.tasks, gate,
-                        detectors=reading.detectors)
+    subset = {k: v[:count] for k, v in reference.items()}
+    block = drift_block(subset, outputs, None, reading.tasks, gate, detectors=reading.detectors)
+    on_host = drift_block(subset, {k: v[:count] for k, v in host.items()}, None, reading.tasks, gate,
+                          detectors=reading.detectors)
     diffs = {k: float(np.max(np.abs(outputs[k] - host[k][:count]))) for k in outputs}
+    rounding = all(diffs[k] <= ROUNDING * (float(np.max(np.abs(host[k][:count]))) + 1e-6) for k in outputs)
     return {"where": where, "samples": count,
             "bit_exact_with_host": all(np.array_equal(outputs[k], host[k][:count]) for k in outputs),
             "max_abs_diff_vs_host": diffs, "top1_agreement": block["top1_agreement"],
-            "outputs": block["outputs"], "passed": block["passed"], "error": None, "budget_s": budget_s,
-            "seconds": round(seconds, 3)}
+            "outputs": block["outputs"], "passed": rounding or block["passed"] or _no_worse(block, on_host),
+            "error": None, "budget_s": budget_s, "seconds": round(seconds, 3)}
+
+
+ROUNDING = 1e-5  # relative: what two runtimes' float rounding leaves between the same model's outputs
+
+
+def _no_worse(emulated: dict, host: dict) -> bool:
+    """The emulator's metrics on its subset at least those of the host on the same samples: a subset's SQNR or
+    recall is never held to a full-set threshold (a subset of hard samples measures lower on the host too)."""
+    if emulated["samples"] == 0 or (emulated["top1_agreement"] or 1.0) < (host["top1_agreement"] or 1.0) - 1e-9:
+        return False
+    for dev, ref in zip(emulated["outputs"], host["outputs"]):
+        if dev["sqnr_db"] is None or (ref["sqnr_db"] is not None and worst_sqnr(dev) < worst_sqnr(ref) - 0.1):
+            return False
+        found, wanted = dev.get("detection") or {}, ref.get("detection") or {}
+        if any(found.get(k, 1.0) < wanted.get(k, 1.0) - 1e-9 for k in ("recall", "precision")):
+            return False
+    return True
 
 
 def _budgeted(model: Path, device: dict, inputs: dict[str, np.ndarray], cpu: str, upper: int,
