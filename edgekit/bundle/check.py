@@ -164,7 +164,7 @@ def result_lines(result: dict) -> list[str]:
                      f"{'ok' if row['passed'] else 'DRIFT'}")
     drift = result.get("drift")
     if drift:
-        from edgekit.bundle.report import output_rows
+        from edgekit.bundle.report import output_rows, task_lines
 
         if drift["reference_accuracy"] is not None:
             lines.append(f"eval: reference accuracy {drift['reference_accuracy']:.4f}, device "
@@ -172,5 +172,6 @@ def result_lines(result: dict) -> list[str]:
         if drift["top1_agreement"] is not None:
             lines.append(f"eval: top-1 agreement {drift['top1_agreement']:.4f} over {drift['samples']} samples")
         lines += output_rows("total drift", drift["outputs"])
+        lines += [line for row in drift["outputs"] for line in task_lines(row)]
     lines.append("PASSED" if result["passed"] else "FAILED: drift over threshold")
     return lines

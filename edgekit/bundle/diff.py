@@ -104,11 +104,17 @@ def _output_change(old: dict, new: dict) -> dict:
     row = {"name": old["name"], "sqnr_db": change(old["sqnr_db"], new["sqnr_db"]),
            "worst_part_sqnr_db": change(_worst_part(old), _worst_part(new))}
     old_found, new_found = old.get("detection") or {}, new.get("detection") or {}
-    for key in ("recall", "precision"):
-        row[key] = change(old_found.get(key), new_found.get(key))
+    for key, count in (("recall", "float_detections"), ("precision", "device_detections")):
+        row[key] = change(_rate(old_found, key, count), _rate(new_found, key, count))
     for key in ("map50", "map50_95"):
         row[key] = change(_get(old_found, key, "device"), _get(new_found, key, "device"))
     return row
+
+
+def _rate(found: dict, key: str, count: str) -> float | None:
+    """Recall or precision, None when it had nothing to count (no detections: vacuously 1.0 in the report)."""
+    value = found.get(key)
+    return value if isinstance(value, (int, float)) and found.get(count) else None
 
 
 def _worst_part(row: dict) -> float | None:

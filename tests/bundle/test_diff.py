@@ -143,3 +143,22 @@ def test_a_folder_that_is_not_a_bundle_exits_2(int8_bundle, tmp_path: Path):
 def test_negative_thresholds_are_refused():
     with pytest.raises(edgekit.ConfigError, match="max-drop-increase must be zero or more"):
         DiffThresholds(max_drop_increase=-1.0)
+
+
+def test_diff_compares_detections_and_flags_a_recall_fall():
+    from edgekit.bundle.diff import DiffThresholds, _drift, regressions
+
+    def drift(recall, precision, found):
+        detection = {"recall": recall, "precision": precision, "float_detections": 10, "device_detections": found,
+                     "map50": {"float": 90.0, "device": 80.0 + found, "drop": 10.0 - found}}
+        return {"samples": 8, "reference_accuracy": None, "device_accuracy": None, "accuracy_drop": None,
+                "top1_agreement": None, "outputs": [{"name": "output0", "sqnr_db": 30.0, "detection": detection,
+                                                     "parts": [{"name": "scores", "sqnr_db": 12.0}]}]}
+
+    block = _drift(drift(0.99, 1.0, 0), drift(0.9, 0.95, 9))
+    row = block["outputs"][0]
+    assert row["precision"]["old"] is None  # no device detections: nothing to compare
+    assert (row["recall"]["old"], row["recall"]["new"]) == (0.99, 0.9) and row["worst_part_sqnr_db"]["new"] == 12.0
+    result = {"drift": block, "size": {"device_bytes": {"old": 1, "new": 1}}, "verdict": {"old": True, "new": True}}
+    [found] = regressions(result, DiffThresholds())
+    assert found.startswith("detection recall vs float of output0 fell by 0.0900")

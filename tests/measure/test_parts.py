@@ -50,3 +50,4 @@ def test_embeddings_are_found_by_their_norm_and_judged_by_their_neighbours():
     assert not is_normalized(softmax)
     assert neighbour_agreement(unit, unit + rng.normal(0, 1e-4, unit.shape)) == 1.0
     assert neighbour_agreement(unit, rng.permutation(unit)) < 0.5
+
