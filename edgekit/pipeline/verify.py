@@ -10,6 +10,7 @@ import numpy as np
 from edgekit.config.options import Gate
 from edgekit.config.target import LAYER_PRECISION
 from edgekit.emulator.drift import measure as measure_in_emulator
+from edgekit.errors import EdgekitError
 from edgekit.inputs.model import LoadedModel
 from edgekit.inputs.plan import Plan
 from edgekit.measure.drift import drift_block, output_metrics
@@ -18,6 +19,7 @@ from edgekit.measure.measured import Measured
 from edgekit.measure.reference import reference_outputs, reference_runner
 from edgekit.measure.sensitivity import layer_sensitivity
 from edgekit.measure.tasks import Reading
+from edgekit.routes import get_route
 from edgekit.routes.device import DeviceModel, model_bytes
 from edgekit.transform.export import OnnxExport
 
@@ -134,7 +136,7 @@ def _warnings(plan: Plan, drift: dict, reference: dict, outputs: dict) -> list[s
 
 
 def size_note(plan: Plan, device: DeviceModel) -> str | None:
-    """Why an INT8 device model is barely smaller than its float32 one, read from its own weights."""
+    """Why an INT8 device model is barely smaller than its float32 one, read from its own weights and ops."""
     if plan.target.precision != "int8" or device.float_path is None or not device.float_path.exists():
         return None
     size, float_size = model_bytes(device), device.float_path.stat().st_size
@@ -146,9 +148,25 @@ def size_note(plan: Plan, device: DeviceModel) -> str | None:
     weights = device.weights(device.path)
     floats = sorted(((a.nbytes, n) for n, a in weights if np.issubdtype(a.dtype, np.floating)), reverse=True)
     total, kept = sum(a.nbytes for _, a in weights), sum(b for b, _ in floats)
-    if kept <= 0.25 * size:
-        return (f"{head}: its weights take {total:,} bytes; the rest is graph and quantization parameters, which a "
-                "model this small does not amortize")
-    largest = ", ".join(name for _, name in floats[:3])
-    return (f"{head}: {kept:,} of its {total:,} weight bytes stay float (largest: {largest}); the converter kept "
-            "them out of INT8 (ops without INT8 kernels, such as unrolled recurrent cells, or hybrid ops)")
+    if kept > 0.25 * size:
+        largest = ", ".join(name for _, name in floats[:3])
+        return (f"{head}: {kept:,} of its {total:,} weight bytes stay float (largest: {largest}); the converter kept "
+                "them out of INT8 (ops without INT8 kernels, or hybrid ops)")
+    return f"{head}: its weights take {total:,} bytes; {_graph_share(plan, device, size - total)}"
+
+
+def _graph_share(plan: Plan, device: DeviceModel, rest: int) -> str:
+    """What the bytes that are not weights are: the graph's ops, their constants and quantization parameters."""
+    try:
+        ops = get_route(plan.target.route).inspect(device.path).get("ops") or {}
+    except (NotImplementedError, EdgekitError, OSError, ValueError):  # a note, never a failure
+        ops = {}
+    count = sum(ops.values())
+    if count < 1000:
+        return (f"the other {rest:,} bytes are graph and quantization parameters, which a model this small does not "
+                "amortize")
+    most = ", ".join(f"{name} {n:,}" for name, n in sorted(ops.items(), key=lambda kv: -kv[1])[:3])
+    return (f"the other {rest:,} bytes are the graph itself, {count:,} ops (most: {most}), with their constants and "
+            "quantization parameters: a recurrence unrolled over its time steps repeats them at every step, and INT8 "
+            "adds a QUANTIZE op and parameters to each; a float or dynamic-range target, or fewer time steps, keeps it "
+            "smaller")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -62,3 +63,38 @@ def test_an_l2_normalised_output_is_an_embedding_with_nothing_said(tmp_path: Pat
     assert row["neighbour_agreement"] >= 0.9 and row["cosine_min"] > 0.95
     assert not any("class scores" in w for w in result.report["warnings"])
     assert result.manifest["device"]["tolerances"]["tasks"] == {"output": "embed"}
+
+
+class SpeakerEncoder(nn.Module):
+    """A GE2E-style speaker encoder, shrunk: stacked LSTM over mel frames, last step, projection, L2-normalised."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lstm = nn.LSTM(40, 48, num_layers=3, batch_first=True)
+        self.proj = nn.Linear(48, 64)
+
+    def forward(self, mels):
+        out, _ = self.lstm(mels)
+        return nn.functional.normalize(torch.relu(self.proj(out[:, -1])), dim=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("converter", ["litert-torch"])
+def test_a_stacked_lstm_encoder_is_built_honestly_or_refused_by_op(converter, tmp_path: Path):
+    """The converter either builds it, measured as an embedding (nothing said), and says why its INT8 file is not
+    much smaller than its float one when it is not; or refuses it, naming the op (exit 2). onnx2tf refuses it
+    naming ReduceL2 (the L2 normalisation) after 90 s here; litert-torch builds it in 15 s."""
+    x = np.random.default_rng(2).standard_normal((32, 20, 40)).astype(np.float32)
+    options = edgekit.BuildOptions(verify=edgekit.Verify(emulator="host"),
+                                   conversion=edgekit.Conversion(converter=converter, equalize="off"))
+    try:
+        result = edgekit.build(SpeakerEncoder(), "android-arm64-int8", x[:20], x[20:], tmp_path / "b",
+                               options=options)
+    except edgekit.UnsupportedError as refused:
+        assert refused.exit_code == 2 and ("LSTM" in refused.message or "cannot convert ONNX node" in refused.message)
+        return
+    row, size = result.report["drift"]["outputs"][0], result.report["size"]
+    assert row["task"] == "embed" and row["neighbour_agreement"] is not None and row["sqnr_db"] > 15.0
+    notes = [w for w in result.report["warnings"] if w.startswith("the INT8 model is")]
+    assert bool(notes) == (size["device_bytes"] > 0.5 * size["float_device_bytes"])
