@@ -150,7 +150,9 @@ def _detectors(tolerances: dict) -> tuple[Detector, ...]:
     """How the build read its detect outputs (manifest.json is data: a malformed entry is refused)."""
     raw = tolerances.get("detectors") or []
     try:
-        return tuple(Detector.from_dict(entry) for entry in raw if isinstance(entry, dict))
+        if not isinstance(raw, list) or not all(isinstance(entry, dict) for entry in raw):
+            raise ValueError("not a list of detector readings")
+        return tuple(Detector.from_dict(entry) for entry in raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"manifest.json: device.tolerances.detectors is malformed: {exc}",
                           hint="rebuild the bundle") from None

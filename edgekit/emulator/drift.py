@@ -82,15 +82,21 @@ ROUNDING = 1e-5  # relative: what two runtimes' float rounding leaves between th
 def _no_worse(emulated: dict, host: dict) -> bool:
     """The emulator's metrics on its subset at least those of the host on the same samples: a subset's SQNR or
     recall is never held to a full-set threshold (a subset of hard samples measures lower on the host too)."""
-    if emulated["samples"] == 0 or (emulated["top1_agreement"] or 1.0) < (host["top1_agreement"] or 1.0) - 1e-9:
+    if emulated["samples"] == 0 or _below(emulated["top1_agreement"], host["top1_agreement"]):
         return False
     for dev, ref in zip(emulated["outputs"], host["outputs"]):
         if dev["sqnr_db"] is None or (ref["sqnr_db"] is not None and worst_sqnr(dev) < worst_sqnr(ref) - 0.1):
             return False
+        if _below(dev.get("neighbour_agreement"), ref.get("neighbour_agreement")):
+            return False
         found, wanted = dev.get("detection") or {}, ref.get("detection") or {}
-        if any(found.get(k, 1.0) < wanted.get(k, 1.0) - 1e-9 for k in ("recall", "precision")):
+        if any(_below(found.get(k), wanted.get(k)) for k in ("recall", "precision")):
             return False
     return True
+
+
+def _below(value: float | None, floor: float | None) -> bool:
+    return value is not None and floor is not None and value < floor - 1e-9
 
 
 def _budgeted(model: Path, device: dict, inputs: dict[str, np.ndarray], cpu: str, upper: int,

@@ -176,8 +176,9 @@ def _boxes(arrays: dict[str, np.ndarray], source: str, what: str) -> Boxes | Non
     if set(arrays) != set(BOX_KEYS):
         raise DataError(f"{what} {source}: ground-truth boxes need all of {', '.join(BOX_KEYS)}", hint=hint)
     corners, classes, image = (np.asarray(arrays[k]) for k in BOX_KEYS)
-    count = len(corners)
-    if corners.shape != (count, 4) or classes.shape != (count,) or image.shape != (count,) or \
+    count = len(corners) if corners.ndim else -1
+    if not np.issubdtype(corners.dtype, np.number) or corners.shape != (count, 4) or \
+            classes.shape != (count,) or image.shape != (count,) or \
             not np.issubdtype(classes.dtype, np.integer) or not np.issubdtype(image.dtype, np.integer) or \
             not np.all(np.isfinite(corners)) or (count and (image.min() < 0 or classes.min() < 0)):
         raise DataError(f"{what} {source}: ground-truth boxes of shapes {corners.shape}, {classes.shape}, "

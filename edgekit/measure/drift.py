@@ -116,7 +116,8 @@ def _task_metrics(task: str, reference: dict[str, np.ndarray], device: dict[str,
                  "detection": None}
     if not np.all(np.isfinite(dev)):
         return row
-    detector = next((d for d in detectors if d.outputs[0] == name), None) if task == "detect" else None
+    detector = next((d for d in detectors if d.outputs[0] == name and all(o in device for o in d.outputs)),
+                    None) if task == "detect" else None
     row["parts"] = _parts(ref, dev, detector)
     if task == "embed":
         per_sample = [cosine(r, d) for r, d in zip(ref, dev)]

@@ -49,6 +49,8 @@ class Reading:
         return {"tasks": dict(self.tasks), "detectors": [d.as_dict() for d in self.detectors]}
 
 
+MAX_CLASS_ID = 100_000  # class names beyond this are not a detector's: ignored
+
 HINTS = (  # first match wins, on the lowercased output name split at non-letters
     ("regress", re.compile(r"box|bbox|landmark|reg|offset|coord|heatmap|depth|mask|delta|keypoint")),
     ("embed", re.compile(r"emb|feat|vector|hidden")),
@@ -155,7 +157,7 @@ def _layout(name: str, shape: tuple, layout: str) -> tuple[str, str | None]:
 
 
 def _pair(wanted: list[str], shapes: dict[str, tuple], settings: Detect, names: tuple[str, ...]) -> Detector:
-    boxes = [n for n in wanted if len(shapes[n]) == 3 and shapes[n][2] == 4]
+    boxes = [n for n in wanted if len(shapes[n]) == 3 and shapes[n][2] == 4][:1]  # four classes: the first is boxes
     scores = [n for n in wanted if n not in boxes and len(shapes[n]) == 3]
     if len(wanted) != 2 or len(boxes) != 1 or len(scores) != 1 or shapes[boxes[0]][1] != shapes[scores[0]][1]:
         raise ConfigError(f"detect outputs {', '.join(wanted)} are not boxes (N, A, 4) beside scores (N, A, C)",
@@ -164,20 +166,31 @@ def _pair(wanted: list[str], shapes: dict[str, tuple], settings: Detect, names: 
 
 
 def _class_names(metadata: dict[str, str] | None) -> tuple[str, ...]:
-    """Ultralytics' `names` ("{0: 'person', ...}", a literal, parsed as data) in class order; () when absent."""
+    """Ultralytics' `names` ("{0: 'person', ...}", a literal parsed as data, or config.txt's JSON) indexed by class
+    id ("" where an id has no name); () when absent or unreadable."""
     raw = (metadata or {}).get("names")
-    try:
-        value = ast.literal_eval(raw) if isinstance(raw, str) and len(raw) < 1 << 16 else None
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        value = None
-    if isinstance(raw, str) and value is None:
-        try:  # TorchScript's config.txt is json.dumps of the metadata: {"0": "person", ...}
-            value = json.loads(raw)
-        except ValueError:
+    if not isinstance(raw, str) or len(raw) >= 1 << 16:
+        return ()
+    value = None
+    for parse in (ast.literal_eval, json.loads):
+        try:
+            value = parse(raw)
+            break
+        except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+            continue
+    if isinstance(value, list):
+        value = dict(enumerate(value))
+    if not isinstance(value, dict):
+        return ()
+    ids = {}
+    for key, name in value.items():
+        try:
+            ids[int(key)] = str(name)
+        except (TypeError, ValueError):
             return ()
-    if isinstance(value, dict) and all(str(k).isdigit() for k in value):
-        return tuple(str(value[k]) for k in sorted(value, key=int))
-    return tuple(str(v) for v in value) if isinstance(value, list) else ()
+    if not ids or min(ids) < 0 or max(ids) > MAX_CLASS_ID:
+        return ()
+    return tuple(ids.get(i, "") for i in range(max(ids) + 1))
 
 
 def _scores_shape(shape: tuple, labels: np.ndarray | None = None) -> bool:

@@ -137,7 +137,7 @@ def _back_off(route: Route, target, device: DeviceModel, measured, evaluate, bou
 def back_off_rungs(route: Route, target) -> list[str]:
     """Where the back-off may start: the route's own back-off precision (LiteRT: INT8 weights with float compute),
     then the ladder's last step (float) when INT8 weights alone cost too much."""
-    steps = route.ladder(target)
+    steps = route.ladder(target) if target.precision == "int8" else ()
     return [r for r in dict.fromkeys([route.back_off(target), steps[-1] if steps else None]) if r]
 
 
@@ -230,7 +230,7 @@ def _because(row: dict, precision: str, history: list[dict]) -> str:
 
 
 def _backed_off(row: dict, history: list[dict]) -> str:
-    every = next(e for e in history if e["tensor"] == "*")
+    every = next(e for e in history if e["tensor"] == "*" and e["kept"])
     back = next((e for e in history if row["tensor"] in e["tensor"].split(",") and e is not every and
                  e["precision"] == row.get("precision", "int8")), None)
     return ("mixed precision (fallback auto, back-off): no single layer's climb passed; every layer went to "

@@ -130,6 +130,12 @@ def _warnings(plan: Plan, drift: dict, reference: dict, outputs: dict) -> list[s
         notes.append(f"no eval data given: drift measured on {plan.evaluation.size} held-out calibration samples")
     if drift["top1_agreement"] is not None and plan.evaluation.labels is None:
         notes.append("eval data has no labels: accuracy drop not measured, agreement only")
+    for row in drift["outputs"]:
+        found = row.get("detection")
+        if found is not None and found["float_detections"] == 0:
+            notes.append(f"output {row['name']}: the float model detects nothing on the eval data at confidence "
+                         f"{found['confidence']}: recall and precision vs float measure nothing; check the eval "
+                         "images (objects in them, the preprocessing) or the [detect] settings")
     if any(not np.all(np.isfinite(v)) for v in reference.values()):
         notes.append("the reference model itself produces NaN/inf on the eval data")
     return notes
