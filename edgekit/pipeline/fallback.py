@@ -117,7 +117,9 @@ def _back_off(route: Route, target, device: DeviceModel, measured, evaluate, bou
         return None
     entry["kept"], best = True, (trial, outcome)
     default = next(iter(rows), {}).get("precision", "int8")
-    pending = [sorted(rows, key=lambda r: -(r.get("sensitivity_db") or 0.0))]  # the least sensitive first
+    ordered = sorted(rows, key=lambda r: -(r.get("sensitivity_db") or 0.0))  # the least sensitive first
+    # all of them back is the first build, which failed: start from its halves
+    pending = [ordered[:len(ordered) // 2], ordered[len(ordered) // 2:]] if len(ordered) > 1 else [ordered]
     while pending:
         run = pending.pop(0)
         fewer = {t: p for t, p in chosen.items() if t not in {r["tensor"] for r in run}}
