@@ -139,8 +139,9 @@ def _back_off(route: Route, target, device: DeviceModel, measured, evaluate, bou
 def back_off_rungs(route: Route, target) -> list[str]:
     """Where the back-off may start: the route's own back-off precision (LiteRT: INT8 weights with float compute),
     then the ladder's last step (float) when INT8 weights alone cost too much."""
-    steps = route.ladder(target) if target.precision == "int8" else ()
-    return [r for r in dict.fromkeys([route.back_off(target), steps[-1] if steps else None]) if r]
+    own = route.back_off(target)
+    steps = route.ladder(target) if own is not None else ()  # routes with a back-off of their own (LiteRT, ORT)
+    return [r for r in dict.fromkeys([own, steps[-1] if steps else None]) if r]
 
 
 def _step(route: Route, target, device: DeviceModel, measured, evaluate, precisions: dict[str, str], about: tuple):

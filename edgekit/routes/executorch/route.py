@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from edgekit.errors import UnsupportedError, first_line
 from edgekit.routes import Route
 from edgekit.routes.executorch.runner import quiet_imports
 from edgekit.utils.fxgraph import node_op
@@ -103,7 +104,15 @@ def quantize(plan, example: tuple, graph, skipped: frozenset[str] = frozenset())
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
         quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-        prepared = prepare_pt2e(copy.deepcopy(graph), _skipping(quantizer, skipped) if skipped else quantizer)
+        try:
+            prepared = prepare_pt2e(copy.deepcopy(graph), _skipping(quantizer, skipped) if skipped else quantizer)
+        except (KeyError, ValueError, RuntimeError, AssertionError) as exc:
+            if not skipped:
+                raise
+            # a node left float that another node's shared quantization spec points at: this set cannot be built
+            raise UnsupportedError(f"the XNNPACK quantizer cannot leave these {len(skipped)} node(s) in float "
+                                   f"together: {type(exc).__name__}: {first_line(exc)}",
+                                   hint="a fallback step that needs it is recorded and skipped") from None
         inputs = plan.calibration.take(slice(0, plan.options.calibration.max_samples)).inputs
         with torch.no_grad():
             for i in range(len(next(iter(inputs.values())))):
