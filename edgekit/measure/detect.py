@@ -184,10 +184,7 @@ def average_precision(predictions: list[Detections], truth: list[Detections], cl
     scores, hits = [], []
     wanted = 0
     for found, boxes in zip(predictions, truth):
-        mine = found.classes == cls
-        own = Detections(found.boxes[mine], found.scores[mine], found.classes[mine])
-        truth_own = Detections(boxes.boxes[boxes.classes == cls], boxes.scores[boxes.classes == cls],
-                               boxes.classes[boxes.classes == cls])
+        own, truth_own = _subset(found, found.classes == cls), _subset(boxes, boxes.classes == cls)
         wanted += len(truth_own.classes)
         scores.extend(own.scores.tolist())
         hits.extend(match(own, truth_own, threshold).tolist())
@@ -203,6 +200,10 @@ def average_precision(predictions: list[Detections], truth: list[Detections], cl
     return float(np.mean([envelope[i] if i < len(envelope) else 0.0 for i in taken]))
 
 
+def _subset(found: Detections, keep: np.ndarray) -> Detections:
+    return Detections(found.boxes[keep], found.scores[keep], found.classes[keep])
+
+
 def mean_ap(predictions: list[Detections], truth: list[Detections], thresholds: tuple[float, ...]) -> float:
     """Mean over the classes with ground truth, and over the IoU thresholds."""
     classes = sorted(set(np.concatenate([t.classes for t in truth]).tolist())) if truth else []
@@ -210,10 +211,10 @@ def mean_ap(predictions: list[Detections], truth: list[Detections], thresholds: 
     return float(np.mean(values)) if values else float("nan")
 
 
-def map_block(reference: list[np.ndarray], device: list[np.ndarray], detector: Detector, truth: Boxes) -> dict:
-    """mAP@0.5 and mAP@0.5:0.95 of the float and the device model against ground truth, in points, and the drop."""
-    images = [_truth_of(truth, i) for i in range(len(reference[0]))]
-    ref, dev = decode(reference, detector, MAP_CONFIDENCE), decode(device, detector, MAP_CONFIDENCE)
+def map_block(ref: list[Detections], dev: list[Detections], truth: Boxes) -> dict:
+    """mAP@0.5 and mAP@0.5:0.95 of the float and the device model's detections (decoded down to MAP_CONFIDENCE)
+    against ground truth, in points, and the drop."""
+    images = [_truth_of(truth, i) for i in range(len(ref))]
     block = {}
     for key, thresholds in (("map50", (0.5,)), ("map50_95", COCO_IOUS)):
         before, after = mean_ap(ref, images, thresholds) * 100.0, mean_ap(dev, images, thresholds) * 100.0
@@ -229,10 +230,12 @@ def _truth_of(truth: Boxes, index: int) -> Detections:
 def detection_block(reference: list[np.ndarray], device: list[np.ndarray], detector: Detector,
                     truth: Boxes | None = None) -> dict:
     """report.json `drift.outputs[].detection`: the reading, recall and precision vs float, and mAP with labels."""
-    block = {**detector.as_dict(), "match_iou": MATCH_IOU,
-             **agreement(decode(reference, detector), decode(device, detector), detector.names)}
-    if truth is not None and len(truth.classes):
-        block.update(map_block(reference, device, detector, truth))
-    else:
-        block.update({"map50": None, "map50_95": None})
+    with_truth = truth is not None and len(truth.classes)
+    ref = decode(reference, detector, MAP_CONFIDENCE if with_truth else None)
+    dev = decode(device, detector, MAP_CONFIDENCE if with_truth else None)
+    # greedy NMS never lets a box suppress a higher-scoring one: the app's detections are those above its confidence
+    app = [[_subset(d, d.scores > detector.confidence) for d in found] for found in (ref, dev)] if with_truth \
+        else (ref, dev)
+    block = {**detector.as_dict(), "match_iou": MATCH_IOU, **agreement(*app, detector.names)}
+    block.update(map_block(ref, dev, truth) if with_truth else {"map50": None, "map50_95": None})
     return block
