@@ -59,6 +59,25 @@ def int8_breaking_copy(model, factor: float = 1000.0):
     return broken.eval()
 
 
+def pooled_breaking_copy(model, factor: float = 1000.0):
+    """The same function with channel 0 of the second block's activations scaled by `factor` and the first linear
+    layer's inputs from that channel divided by it. That activation, the max-pool after it and the flattened input
+    of the linear layer share one INT8 scale on every route: moving any one of them to float alone changes
+    nothing, the group must move together."""
+    import copy
+
+    import torch
+
+    broken = copy.deepcopy(model)
+    bn, linear = broken.features[4], broken.classifier[1]
+    per_channel = linear.in_features // bn.num_features  # the flattened (C, 4, 4) pooled map
+    with torch.no_grad():
+        bn.weight[0] *= factor
+        bn.bias[0] *= factor
+        linear.weight[:, :per_channel] /= factor
+    return broken.eval()
+
+
 def inverse_model():
     """A model with an operator (matrix inverse) that has no ONNX export."""
     import torch

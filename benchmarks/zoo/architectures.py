@@ -203,6 +203,28 @@ def _kws_lstm():
     return KeywordLSTM()
 
 
+def speaker_lstm(hidden: int = 256, seed: int = 0):
+    """A speaker encoder of the published GE2E / Resemblyzer shape: 40 log-mel bins x 160 frames through a 3-layer
+    LSTM, the last state through a linear layer and a ReLU, L2-normalised (1.4 M parameters at hidden 256). Not in
+    ARCHITECTURES: its 160 unrolled steps make a conversion of minutes (benchmarks/bench_bias.py builds it)."""
+    import torch
+    from torch import nn
+
+    class SpeakerEncoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = nn.LSTM(40, hidden, num_layers=3, batch_first=True)
+            self.linear = nn.Linear(hidden, 256)
+
+        def forward(self, mels):
+            out, _ = self.lstm(mels)
+            embed = torch.relu(self.linear(out[:, -1]))
+            return embed / (embed.norm(dim=1, keepdim=True) + 1e-5)
+
+    torch.manual_seed(seed)
+    return SpeakerEncoder().eval()
+
+
 def _gru():
     from torch import nn
 

@@ -140,6 +140,12 @@ def make_report(plan, device, measured, timings_s: dict[str, float], size: dict)
         "layers": measured.layers,
         "warnings": measured.warnings,
         "resources": {"peak_rss_mb": peak_rss_mb(), "reused_steps": list(measured.reused)},
-        "timings_s": dict(timings_s),
+        "timings_s": {**timings_s, **_parts_of_convert(device)},
         "latency_ms": measured.latency_ms,
     }
+
+
+def _parts_of_convert(device) -> dict[str, float]:
+    """Timed parts of the convert step (already inside its time): bias correction, beside the conversion."""
+    block = device.quantization.get("bias_correction") or {}
+    return {"bias_correction": block["seconds"]} if "seconds" in block else {}

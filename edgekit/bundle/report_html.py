@@ -158,12 +158,20 @@ def _ladder_table(report: dict) -> str:
             "<th>kept</th></tr>")
     kept = ' class="kept"'
     rows = "".join(
-        f'<tr{kept if s["kept"] else ""}><td>{_e(s["module"] or s["tensor"])}</td>'
+        f'<tr{kept if s["kept"] else ""}><td>{_e(_moved(s))}</td>'
         f'<td>{_e(s["precision"])}</td><td>{"yes" if s["passed"] else "no"}</td><td>{_num(s["sqnr_db"], ".1f")}</td>'
-        f'<td>{_num(s["accuracy_drop"], ".2f")}</td><td>{s["device_bytes"]:,}</td>'
+        f'<td>{_num(s["accuracy_drop"], ".2f")}</td><td>{_num(s["device_bytes"], ",")}</td>'
         f'<td>{_num(s["host_latency_ms"], ".3f")}</td><td>{_num(s["latency_ratio"], ".2f")}</td>'
         f'<td>{"yes" if s["within_bounds"] else "no"}</td><td>{"yes" if s["kept"] else ""}</td></tr>' for s in steps)
     return f"<table>{head}{rows}</table>"
+
+
+def _moved(step: dict) -> str:
+    """A ladder step's layers: the group one INT8 scale covers, joined; the step's error when it was not built."""
+    group, label = step.get("group") or [], step["module"] or step["tensor"]
+    run = " groups from " in label  # the back-off's runs name themselves
+    name = " + ".join(group) if len(group) > 1 and not run else label
+    return f"{name} (not built: {step['error']})" if step.get("error") else name
 
 
 def _layer_tip(row: dict) -> str:

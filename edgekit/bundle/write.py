@@ -153,7 +153,8 @@ def _signature(plan: Plan, export: OnnxExport, device: DeviceModel) -> dict:
                     "normalisation": _normalisation(plan.recipe)}
                    for spec in plan.inputs],
         "outputs": [{**spec.to_dict(), "device_name": outputs[spec.name]["device_name"],
-                     "device_dtype": outputs[spec.name]["dtype"]} for spec in export.outputs],
+                     "device_dtype": outputs[spec.name]["dtype"], "scale": outputs[spec.name]["scale"],
+                     "zero_point": outputs[spec.name]["zero_point"]} for spec in export.outputs],
     }
 
 

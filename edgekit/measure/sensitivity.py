@@ -1,5 +1,6 @@
 """Per-layer sensitivity: how much the model's output suffers when one activation alone is quantized.
 
+A group of activations that share one grid (edgekit/measure/groups.py) is quantized together and ranked as one.
 A layer's own (local) SQNR says how coarse its INT8 grid is, not how much that costs at the output: a coarse early
 activation can wash out, a fine one in front of an amplifying head (a DFL box branch times its stride) can ruin
 it. The ladder of `--fallback auto` therefore orders layers by measurement: the float export runs in onnxruntime
@@ -21,8 +22,10 @@ SAMPLES = 8
 INTEGER = {"int8": 3, "uint8": 2}  # ONNX TensorProto element types of the zero point
 
 
-def layer_sensitivity(export_path, rows: list[dict], samples: dict[str, np.ndarray]) -> dict[str, float]:
-    """{ONNX tensor: worst output SQNR (dB) with only it quantized} for the rows with a per-tensor INT8 grid."""
+def layer_sensitivity(export_path, groups: list[list[dict]], samples: dict[str, np.ndarray]) -> dict[str, float]:
+    """{first ONNX tensor of a group: worst output SQNR (dB) with only that group quantized} for the groups
+    (edgekit/measure/groups.py: the rows one INT8 grid covers together; a list of single rows ranks rows) whose
+    rows have a per-tensor INT8 grid."""
     import onnx
 
     from edgekit.runners.onnxrt import cpu_session
@@ -32,17 +35,18 @@ def layer_sensitivity(export_path, rows: list[dict], samples: dict[str, np.ndarr
     reference = _run(cpu_session(model.SerializeToString()), inputs)
     parts = {name: split_by_range(value) for name, value in reference.items()}
     found = {}
-    for row in rows:
-        dtype, scale = row.get("dtype", "int8"), row.get("scale")
-        if dtype not in INTEGER or not scale or "zero_point" not in row:
-            continue
-        quantized = _fake_quantized(model, row["tensor"], float(scale), int(row["zero_point"]), dtype)
+    for group in groups:
+        quantized = _fake_quantized(model, [row for row in group if _gridded(row)])
         if quantized is None:
             continue
         outputs = _run(cpu_session(quantized.SerializeToString()), inputs)
-        found[row["tensor"]] = round(min((_worst(reference[k], outputs[k], parts[k]) for k in reference),
-                                         default=SQNR_CAP_DB), 3)
+        found[group[0]["tensor"]] = round(min((_worst(reference[k], outputs[k], parts[k]) for k in reference),
+                                              default=SQNR_CAP_DB), 3)
     return found
+
+
+def _gridded(row: dict) -> bool:
+    return row.get("dtype", "int8") in INTEGER and bool(row.get("scale")) and "zero_point" in row
 
 
 def _worst(reference: np.ndarray, output: np.ndarray, parts: list | None) -> float:
@@ -56,18 +60,26 @@ def _run(session, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: np.concatenate([r[j] for r in rows]) for j, name in enumerate(names)}
 
 
-def _fake_quantized(model, tensor: str, scale: float, zero_point: int, dtype: str):
-    """A copy of `model` whose readers of `tensor` read it quantized and dequantized; None if nothing reads it."""
+def _fake_quantized(model, rows: list[dict]):
+    """A copy of `model` whose readers of each row's tensor read it quantized and dequantized with the row's grid;
+    None if nothing reads any of them."""
     import onnx
-    from onnx import helper
 
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    graph = copy.graph
+    touched = [_insert_qdq(copy.graph, row["tensor"], float(row["scale"]), int(row["zero_point"]),
+                           row.get("dtype", "int8"), i) for i, row in enumerate(rows)]
+    return copy if any(touched) else None
+
+
+def _insert_qdq(graph, tensor: str, scale: float, zero_point: int, dtype: str, number: int) -> bool:
+    import onnx
+    from onnx import helper
+
     readers = [n for n in graph.node if tensor in n.input]
     if not readers:
-        return None
-    prefix = f"edgekit_sensitivity_{len(graph.node)}"
+        return False
+    prefix = f"edgekit_sensitivity_{number}"
     graph.initializer.extend([helper.make_tensor(f"{prefix}_scale", onnx.TensorProto.FLOAT, [], [scale]),
                               helper.make_tensor(f"{prefix}_zero", INTEGER[dtype], [], [zero_point])])
     nodes = [helper.make_node("QuantizeLinear", [tensor, f"{prefix}_scale", f"{prefix}_zero"], [f"{prefix}_q"]),
@@ -80,4 +92,4 @@ def _fake_quantized(model, tensor: str, scale: float, zero_point: int, dtype: st
     producer = next((i for i, n in enumerate(graph.node) if tensor in n.output), -1)
     for offset, node in enumerate(nodes):
         graph.node.insert(producer + 1 + offset, node)
-    return copy
+    return True

@@ -15,7 +15,7 @@ from edgekit.pipeline.compress import baseline_float_gzip, compress_model, devic
 from edgekit.pipeline.fallback import Bounds, run_fallback
 from edgekit.pipeline.verify import evaluate, measure, measure_emulated, references, sensitivity, size_note
 from edgekit.routes import get_route
-from edgekit.routes.device import DeviceModel
+from edgekit.routes.device import DeviceModel, check_io
 from edgekit.transform.equalize.step import equalize_applies, equalize_model
 from edgekit.transform.export import OnnxExport, exported
 from edgekit.utils import outdir
@@ -67,6 +67,7 @@ def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Wr
         plan.warnings.append(note)
     with steps.step("convert", f"converting for {plan.target.name}"):
         device = route.build(device_plan, export, workdir)
+        check_io(device, plan.io)
     with steps.step("verify", f"measuring drift on {plan.evaluation.size} {plan.eval_source} samples"):
         measured = evaluate(plan, export, device, device_plan, reading, known)
     if compression is not None:
@@ -80,7 +81,7 @@ def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Wr
             device, measured = run_fallback(route, plan.target, device, measured,
                                             lambda candidate: evaluate(plan, export, candidate, device_plan,
                                                                        reading, known),
-                                            bounds, lambda rows: sensitivity(export, rows, plan),
+                                            bounds, lambda groups: sensitivity(export, groups, plan),
                                             lambda candidate: measure(plan, export, candidate, device_plan,
                                                                       reading, known))
     note = size_note(plan, device)

@@ -44,9 +44,10 @@ def evaluate(plan: Plan, export: OnnxExport, device: DeviceModel, device_plan: P
     return replace(measured, layers=rows, warnings=[*measured.warnings, *notes])
 
 
-def sensitivity(export: OnnxExport, rows: list[dict], plan: Plan) -> dict[str, float]:
-    """Each quantized activation's effect on the output alone (edgekit/measure/sensitivity.py), on eval samples."""
-    return layer_sensitivity(export.path, rows, plan.evaluation.inputs)
+def sensitivity(export: OnnxExport, groups: list[list[dict]], plan: Plan) -> dict[str, float]:
+    """Each group of quantized activations' effect on the output alone (edgekit/measure/sensitivity.py), on eval
+    samples."""
+    return layer_sensitivity(export.path, groups, plan.evaluation.inputs)
 
 
 def gate(plan: Plan) -> Gate:

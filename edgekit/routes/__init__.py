@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, ClassVar
 from edgekit.config.target import LAYER_PRECISION, route_names
 from edgekit.errors import ConfigError, ToolError, UnsupportedError
 from edgekit.measure.size import gzip_size
+from edgekit.routes.device import check_io
 from edgekit.transform.export import export_onnx
 
 if TYPE_CHECKING:
@@ -79,9 +80,12 @@ class Route:
         return (self.fallback_precision,)
 
     def back_off(self, target: Target) -> str | None:
-        """The precision every layer may start from when no per-layer climb passes, before layers go back to the
-        target's own one by one (edgekit/pipeline/fallback.py); None: the route has none."""
-        return None
+        """The precision every layer may start from when no group's climb passes, before groups go back to the
+        target's own (edgekit/pipeline/fallback.py); None: the route has none. By default, for INT8 targets, the
+        ladder's last rung (float; FP16 on Jetson): a route with an INT8-weights-with-float-compute form (LiteRT)
+        overrides it, and the report says when the back-off had to start from float."""
+        steps = self.ladder(target) if target.precision == "int8" else ()
+        return steps[-1] if steps else None
 
     def set_precisions(self, device: DeviceModel, precisions: dict[str, str], layers: list[dict],
                        target: Target | None = None) -> DeviceModel:
@@ -106,11 +110,14 @@ class Route:
         if not moves:
             return device
         if device.with_precisions is not None:
-            return device.with_precisions(moves)
-        if set(moves) != {self.fallback_precision} or device.with_float is None:
+            moved = device.with_precisions(moves)
+        elif set(moves) != {self.fallback_precision} or device.with_float is None:
             raise UnsupportedError(f"this {self.name} build cannot move layers to {', '.join(sorted(moves))}",
                                    hint="see docs/routes.md: which routes and converters can")
-        return device.with_float(moves[self.fallback_precision])
+        else:
+            moved = device.with_float(moves[self.fallback_precision])
+        check_io(moved, before=device)  # the I/O contract: a step that changes the model's I/O is not taken
+        return moved
 
     def inspect(self, path: Path) -> dict:
         """`edgekit inspect` of a device model in one of the formats the route `reads`."""

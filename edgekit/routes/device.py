@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.errors import ConversionError
 from edgekit.runners.base import Runner
 from edgekit.runners.binding import Binding
 
@@ -34,6 +35,9 @@ class DeviceModel:
     # rebuild with `layers` rows in other precisions, {precision: rows} ("int16x8", "float32"): the LiteRT ladder
     with_precisions: Callable[[dict[str, list[dict]]], DeviceModel] | None = None
     float_modules: tuple[str, ...] = ()  # what a fallback kept in float
+    # pairs of `layers` tensors one weightless op apart in the model the route quantized: the ladder moves rows
+    # linked this way and sharing one INT8 grid together (edgekit/measure/groups.py)
+    layer_links: Callable[[], list[tuple[str, str]]] | None = None
     # a route's own accuracy-aware fallback, for routes without per-layer rows (OpenVINO: NNCF's accuracy control)
     own_fallback: Callable[[], DeviceModel] | None = None
     conversion: dict = field(default_factory=dict)  # extra keys of report.json's conversion block (repairs, ...)
@@ -42,6 +46,37 @@ class DeviceModel:
     # in them (None: the route cannot read them, and the report's device columns stay null)
     weights: Callable[[Path], list[tuple[str, np.ndarray]]] | None = None
     reused: tuple[str, ...] = ()  # the route's steps taken from the step cache (edgekit/cache/keys.py)
+
+
+def io_types(device: DeviceModel) -> dict[str, str]:
+    """{"input x": dtype, "output y": dtype} of the device model's bindings, as the route read them."""
+    return {f"{side[:-1]} {b['model_name']}": b["dtype"] for side in ("inputs", "outputs")
+            for b in device.bindings[side]}
+
+
+def check_io(device: DeviceModel, io: str | None = None, before: DeviceModel | None = None) -> None:
+    """The I/O contract (docs/design.md): every binding takes the promised `io` dtype (integer inputs passed through
+    as they are), or, for a rebuild of `before` (a ladder step), keeps `before`'s types. ConversionError otherwise:
+    a step that breaks it is not taken."""
+    found = io_types(device)
+    wanted = io_types(before) if before is not None else {
+        key: dtype if dtype in PASSED_THROUGH else io for key, dtype in found.items()}
+    broken = [f"{key} is {found.get(key)} (promised {dtype})" for key, dtype in wanted.items()
+              if found.get(key) != dtype]
+    if broken:
+        raise ConversionError(f"the device model breaks its I/O contract: {'; '.join(broken)}",
+                              hint="report this model: whatever a layer computes in, the model's inputs and outputs "
+                                   "keep the --io type")
+
+
+def step_name(moves: dict[str, list[dict]]) -> str:
+    """A file or folder name for one ladder step, unique to the layers it moves and where: two steps moving as many
+    layers must not overwrite each other's model (a kept step's file is shipped after others were tried)."""
+    import hashlib
+
+    spelled = ";".join(f"{p}:{','.join(sorted(r['tensor'] for r in rows))}" for p, rows in sorted(moves.items()))
+    counts = "_".join(f"{p}{len(rows)}" for p, rows in sorted(moves.items()))
+    return f"{counts}-{hashlib.sha256(spelled.encode()).hexdigest()[:10]}"
 
 
 def model_bytes(device: DeviceModel) -> int:

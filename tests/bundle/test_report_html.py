@@ -117,3 +117,20 @@ def test_screenshot_for_the_docs(needs_chromium, int8_bundle, tmp_path: Path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000
     if os.environ.get("EDGEKIT_UPDATE_SCREENSHOT"):  # the suite never rewrites tracked files unless asked
         SCREENSHOT.write_bytes(data)
+
+
+def test_the_ladder_table_names_groups_and_steps_that_were_not_built():
+    """A group moved in one step reads as its modules joined; a step that could not be built (no size, no drift)
+    says why instead of failing the page."""
+    from edgekit.bundle.report_html import _ladder_table
+
+    common = {"passed": False, "sqnr_db": None, "accuracy_drop": None, "device_bytes": None, "host_latency_ms": None,
+              "latency_ratio": None, "within_bounds": False, "kept": False, "sensitivity_db": None}
+    steps = [{**common, "module": "features.4", "tensor": "relu_1,max_pool2d,view", "precision": "float32",
+              "group": ["features.4", "features.6", "classifier.0"], "error": None, "device_bytes": 1234,
+              "passed": True, "kept": True},
+             {**common, "module": "(every layer)", "tensor": "*", "precision": "float32", "group": None,
+              "error": "the back-off left 5 groups in float32, over --max-float-layers 3"}]
+    html = _ladder_table({"quantization": {"ladder": steps}})
+    assert "features.4 + features.6 + classifier.0" in html and "1,234" in html
+    assert "(every layer) (not built: the back-off left 5 groups in float32" in html

@@ -118,4 +118,4 @@ def test_fallback_auto_cures_the_score_path_on_onnxruntime(files, tmp_path: Path
     assert cured["size"]["device_bytes"] <= 1.3 * plain["size"]["device_bytes"]
     moved = [r for r in cured["layers"] if r["precision"] != "int8"]
     assert moved and all("fallback auto" in r["chosen_because"] for r in moved)
-    assert "output" in {r["tensor"] for r in moved}  # the join of boxes and scores left INT8
+    assert len(moved) <= 8 < len(cured["layers"])  # a few activations out of INT8, the rest back in it

@@ -11,7 +11,7 @@ import pytest
 import edgekit
 import edgekit.bundle.inspect
 from edgekit.config.options import options_from_keywords
-from tests.helpers import int8_breaking_copy
+from tests.helpers import int8_breaking_copy, pooled_breaking_copy
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_sensitivity_ranks_the_culprit_by_its_effect_on_the_output(broken, digit
     rows = failed.report["layers"]
     reference = tmp_path / "minmax" / "reference.onnx"
     name = onnx.load(str(reference)).graph.input[0].name
-    scores = layer_sensitivity(reference, rows, {name: data["x_eval"]})
+    scores = layer_sensitivity(reference, [[row] for row in rows], {name: data["x_eval"]})
     assert set(scores) == {r["tensor"] for r in rows if r["tensor"] in scores} and len(scores) >= 4
     worst = min(scores, key=scores.get)
     assert worst == next(r["tensor"] for r in rows if r["module"] == "features.1") and scores[worst] < 5.0
@@ -157,3 +157,73 @@ def test_a_non_finite_output_ranks_below_every_finite_one():
 
     assert _worst_sqnr(SimpleNamespace(drift={"outputs": [{"sqnr_db": 30.0}, {"sqnr_db": None}]})) == float("-inf")
     assert _worst_sqnr(SimpleNamespace(drift={"outputs": [{"sqnr_db": 30.0}, {"sqnr_db": 12.5}]})) == 12.5
+
+
+GROUPED = [("onnxruntime-arm64-int8", None, "float32"), ("android-arm64-int8", "onnx2tf", "int16x8"),
+           ("android-arm64-int8", "litert-torch", "int16x8"), ("openvino-x86-int8", None, "float32"),
+           ("android-arm64-executorch-int8", None, "float32")]
+POOL = "features.6"  # the max-pool after the ruined activation
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("target", "converter", "rung"), GROUPED, ids=[f"{t}-{c}" if c else t for t, c, _ in GROUPED])
+def test_the_ladder_moves_what_one_scale_covers_together(target, converter, rung, digits, tmp_path: Path):
+    """The activation, the max-pool after it and the flattened input of the next layer share one INT8 scale
+    (tests.helpers.pooled_breaking_copy): the ladder moves the group the built model ties, in one step, and names
+    it. OpenVINO's NNCF gives the pool's output a scale of its own: there the pool alone is the group."""
+    model, data = digits
+    result = _build(pooled_breaking_copy(model), data, target, tmp_path / "b", fallback="auto", converter=converter)
+    assert result.passed and result.report["drift"]["accuracy_drop"] <= 1.0
+    [kept] = [e for e in result.report["quantization"]["ladder"] if e["kept"]]
+    assert kept["precision"] == rung and POOL in kept["group"]
+    if target.startswith("openvino"):
+        assert kept["group"] == [POOL]
+    else:
+        assert len(kept["group"]) == 3 and {"classifier.0"} < set(kept["group"])  # the flatten the linear reads
+        assert len(result.report["quantization"]["ladder"]) == 1  # the first step passes
+        moved = [r for r in result.report["layers"] if "(one INT8 scale)" in r["chosen_because"]]
+        assert len(moved) == 3 and {r["precision"] for r in moved} == {rung}
+    summary = next(w for w in result.report["warnings"] if w.startswith("fallback auto kept"))
+    assert POOL in summary and "passes" in summary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("target", "converter"), [("onnxruntime-arm64-int8", None),
+                                                   ("android-arm64-int8", "litert-torch")])
+def test_one_tensor_at_a_time_the_ladder_cannot_climb_out(target, converter, digits, tmp_path: Path, monkeypatch):
+    """The same model with every layer its own group: no single move of the climb passes (each leaves the others
+    on the ruined scale). (The back-off, every layer out of INT8 and back, would still find a model at many more
+    builds: it is left out here.)"""
+    from edgekit.pipeline import fallback
+
+    monkeypatch.setattr(fallback, "scale_groups", lambda rows, links: [[row] for row in rows])
+    monkeypatch.setattr(fallback, "back_off_rungs", lambda route, target: [])
+    model, data = digits
+    failed = _build(pooled_breaking_copy(model), data, target, tmp_path / "b", fallback="auto", converter=converter)
+    assert not failed.passed
+    climb = failed.report["quantization"]["ladder"]
+    assert len(climb) >= 3 and not any(e["passed"] for e in climb)
+    assert all(len(e["group"]) == 1 for e in climb) and any(e["group"] == [POOL] for e in climb)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("target", "rung"), [("openvino-x86-int8", "float32"), ("jetson-orin-int8", "fp16"),
+                                              ("android-arm64-executorch-int8", "float32")])
+def test_the_back_off_on_routes_without_int8_weights_starts_from_float(target, rung, digits, tmp_path: Path,
+                                                                       monkeypatch):
+    """With the climb left out, the back-off alone: every layer in float (FP16 on Jetson), then groups back to INT8
+    while the gate holds; the ruined group is what stays, and the report says the route had to start from float."""
+    from edgekit.pipeline import fallback
+
+    monkeypatch.setattr(fallback, "_ladder", lambda route, target, device, measured, *rest: (device, measured, {}, []))
+    model, data = digits
+    result = _build(pooled_breaking_copy(model), data, target, tmp_path / "b", fallback="auto")
+    assert result.passed and result.report["drift"]["accuracy_drop"] <= 1.0
+    ladder = result.report["quantization"]["ladder"]
+    assert ladder[0]["tensor"] == "*" and ladder[0]["precision"] == rung and ladder[0]["kept"]
+    assert any(e["kept"] and e["precision"] == "int8" for e in ladder[1:])  # groups went back to INT8
+    left = [r for r in result.report["layers"] if r["precision"] == rung]
+    assert left and len(left) < len(result.report["layers"])
+    assert POOL in {r["module"] for r in left} | {m for r in left for m in r.get("modules") or []}
+    assert any("has no form with INT8 weights and float compute" in w and f"started from every layer in {rung}" in w
+               for w in result.report["warnings"])

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from edgekit.errors import UnsupportedError, first_line
 from edgekit.routes import Route
+from edgekit.routes.device import step_name
 from edgekit.routes.executorch.runner import quiet_imports
 from edgekit.utils.fxgraph import node_op
 
@@ -79,7 +80,9 @@ class ExecuTorchRoute(Route):
             float_modules=tuple(dict.fromkeys(m for m in (_module(n) for n in graph.graph.nodes if n.name in skipped)
                                               if m)),
             per_layer=lambda samples: layer_drift(graph, converted, names, samples),
-            with_float=lambda rows: self._quantized(plan, float_device, graph, workdir / f"fallback-{len(rows)}",
+            layer_links=lambda: fx_links(graph),
+            with_float=lambda rows: self._quantized(plan, float_device, graph,
+                                                    workdir / f"fallback-{step_name({'float32': rows})}",
                                                     frozenset(r["tensor"] for r in rows)))
 
 
@@ -156,6 +159,14 @@ def float_nodes(graph, tensors: frozenset[str]) -> frozenset[str]:
     return frozenset(found)
 
 
+def fx_links(graph) -> list[tuple[str, str]]:
+    """(input, output) node-name pairs of the exported graph's ops that read no parameter (pools, views, cats,
+    activations): the layers a shared quantization spec may tie (edgekit/measure/groups.py)."""
+    return [(arg.name, node.name) for node in graph.graph.nodes if node.op == "call_function"
+            and not any(getattr(a, "op", None) == "get_attr" for a in node.all_input_nodes)
+            for arg in node.all_input_nodes]
+
+
 def layer_drift(graph, converted, names: list[str], samples: dict) -> list[dict]:
     """`layers` from the PT2E simulation: every activation quantize_per_tensor of the converted graph, its local
     SQNR (the float activation through its scale) and accumulated SQNR (its dequantized value against float)."""
@@ -177,6 +188,7 @@ def layer_drift(graph, converted, names: list[str], samples: dict) -> list[dict]
         group = _group(by_name[tensor])
         rows.append({"module": group[0] if group else None, "modules": group, "tensor": tensor,
                      "device_tensor": out_name, "op": "quantize_per_tensor", "scale": scale,
+                     "zero_point": zero_point, "dtype": "int8",
                      "sqnr_db": round(local_sqnr_db(floats[tensor], scale, zero_point, "int8",
                                                     axis=1 if floats[tensor].ndim > 1 else -1), 3),
                      "accumulated_sqnr_db": round(sqnr_db(floats[tensor], device[out_name]), 3)})

@@ -5,9 +5,17 @@ Rounding a constant (an image's flat background, a channel that is almost always
 the same error at every position, so it does not average out: it adds up layer after layer. Each weighted op
 (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED) of the device model with an INT32 bias gets, in graph order, the
 mean difference between its output and the float32 model's on the calibration samples subtracted from that bias
-(per output channel, in the bias's own scale). Each op is measured after the ones before it were corrected, so
-it corrects only what is left. The op's weights, scales and every other tensor stay as the quantizer wrote them;
-ops in INT16 or float are left alone.
+(per output channel, in the bias's own scale). The op's weights, scales and every other tensor stay as the
+quantizer wrote them; ops in INT16 or float are left alone.
+
+Linear in the graph: ops are corrected level by level (an op's level: the most weighted ops on a path from the
+inputs to it), all ops of a level from one interpreter run, after the levels before them were
+corrected, so each corrects only what is left. The ops that share one weight tensor (a recurrent layer unrolled
+over its time steps: 481 FULLY_CONNECTED ops of a 3-layer LSTM over 160 frames read 7 weight tensors) are one
+layer: one shift, the mean over all its steps, measured at its first level. So an unrolled LSTM takes a handful of
+runs, not one per op. The biases are patched in the serialized file's bytes, so nothing is repacked per level. At
+most MAX_LEVELS levels are corrected (a bound in work, not in seconds, so a build gives the same file on every
+machine); the block's `stopped` says when a deeper model was cut there, and `seconds` what it took.
 
 A fused ReLU/ReLU6 passes a bias shift only where the layer is active: the mean is taken there. Under
 `--equalize auto` the corrected model is kept only when its output SQNR against the float32 model, on the same
@@ -16,6 +24,7 @@ samples, is higher; `on` keeps it.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +34,7 @@ from edgekit.measure.drift import sqnr_db
 from edgekit.runners.binding import Binding
 
 SAMPLES = 32
+MAX_LEVELS = 64  # levels corrected at most (one interpreter run each); deeper ones are left as quantized, and said
 _WEIGHTED = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 _ACTIVE = {0: (-np.inf, np.inf), 1: (0.0, np.inf), 2: (-1.0, 1.0), 3: (0.0, 6.0)}  # NONE, RELU, RELU_N1_TO_1, RELU6
 MAX_BYTES = 2**31 - 2**27  # a flatbuffer over 2 GB needs external buffers: left as written
@@ -41,6 +51,8 @@ class _Op:
     output: str  # the op's output tensor name (the same in the float32 model)
     tensor: int  # the bias tensor's index in the main subgraph
     buffer: int  # the bias's buffer index
+    weights: int  # the weight's buffer index: ops that share it are one layer (a recurrent layer's time steps)
+    level: int  # the most weighted ops on a path from the inputs to this one, itself included
     scales: np.ndarray  # the bias's per-channel scales (input scale x weight scale)
     active: tuple[float, float]  # where the fused activation passes a shift through
 
@@ -48,6 +60,7 @@ class _Op:
 def correct_biases(device_path: Path, device_in: list[Binding], float_path: Path, float_in: list[Binding],
                    samples: dict[str, np.ndarray], mode: str, out: Path) -> Corrected:
     """`device_path` with corrected biases written to `out` (mode on, or auto when it measures better)."""
+    start = time.perf_counter()
     content = device_path.read_bytes()
     if mode == "off" or len(content) > MAX_BYTES:
         return Corrected(device_path, None)
@@ -55,9 +68,12 @@ def correct_biases(device_path: Path, device_in: list[Binding], float_path: Path
     float_content = float_path.read_bytes()
     outputs = _paired_outputs(model, _unpack(float_content))
     dequantized = _dequantized(model)
+    weighted = _weighted_ops(model)
+    if _unshare(model, weighted):  # one bias buffer per bias tensor, so each can be patched alone
+        content, weighted = _pack(model), _weighted_ops(model)  # the copies' buffer indices
     # an op's float counterpart: the same tensor name, or for a last op, the float output its DEQUANTIZE pairs with
     ops = [(op, op.output if op.output not in dequantized else outputs.get(dequantized[op.output], op.output))
-           for op in _weighted_ops(model)]
+           for op in weighted]
     floats = _values(float_content, float_in, samples, [*(name for _, name in ops), *outputs.values()])
     ops = [(op, name) for op, name in ops if name in floats]
     if not ops or not outputs:  # nothing to correct, or nothing to judge it by
@@ -65,37 +81,91 @@ def correct_biases(device_path: Path, device_in: list[Binding], float_path: Path
     before = _output_sqnr(content, device_in, samples, floats, outputs)
     if not np.isfinite(before):  # no output could be compared: nothing to judge a correction by
         return Corrected(device_path, None)
-    corrected = []
-    for op, reference in ops:
-        got = _values(content, device_in, samples, [op.output])[op.output]
-        if got.shape != floats[reference].shape:
-            continue
-        shift = _mean_error(got, floats[reference], op.active)
-        bias = np.frombuffer(bytes(model.buffers[op.buffer].data), np.int32).astype(np.int64)
-        bias = np.clip(bias - np.round(shift / op.scales).astype(np.int64), -2**31, 2**31 - 1).astype(np.int32)
-        _own_buffer(model, op).data = np.frombuffer(bias.tobytes(), np.uint8)
-        content = _pack(model)
-        corrected.append(op.output)
+    patched = bytearray(content)  # the biases are patched in the file's bytes: no repacking per level
+    biases = _bias_views(patched, {op.buffer for op, _ in ops})
+    corrected, rounds = [], _rounds(ops)
+    stopped = None if len(rounds) <= MAX_LEVELS else f"corrected the first {MAX_LEVELS} of {len(rounds)} levels"
+    for batch in rounds[:MAX_LEVELS]:
+        got = _values(bytes(patched), device_in, samples, [op.output for layer in batch for op, _ in layer])
+        for layer in batch:
+            corrected += _correct_layer(layer, got, floats, biases)
+    content = bytes(patched)
     after = _output_sqnr(content, device_in, samples, floats, outputs)
     applied = bool(corrected) and (mode == "on" or after > before)
     block = {"mode": mode, "applied": applied, "layers": corrected, "samples": len(next(iter(samples.values()))),
-             "sqnr_db": {"before": round(before, 3), "after": round(after, 3)}}
+             "sqnr_db": {"before": round(before, 3), "after": round(after, 3)},
+             "seconds": round(time.perf_counter() - start, 2), "levels": len(rounds), "stopped": stopped}
     if not applied:
         return Corrected(device_path, block)
     out.write_bytes(content)
     return Corrected(out, block)
 
 
-def _own_buffer(model, op: _Op):
-    """The bias's buffer, copied first when another tensor shares it (a converter stores equal constants once)."""
+def _rounds(ops: list[tuple[_Op, str]]) -> list[list[list[tuple[_Op, str]]]]:
+    """The ops as levels of layers: a layer is the ops sharing a weight tensor, placed at its first op's level."""
+    layers: dict[int, list[tuple[_Op, str]]] = {}
+    for op, reference in ops:
+        layers.setdefault(op.weights, []).append((op, reference))
+    levels: dict[int, list[list[tuple[_Op, str]]]] = {}
+    for layer in layers.values():
+        levels.setdefault(min(op.level for op, _ in layer), []).append(layer)
+    return [levels[level] for level in sorted(levels)]
+
+
+def _correct_layer(layer: list[tuple[_Op, str]], got: dict[str, np.ndarray], floats: dict,
+                   biases: dict[int, np.ndarray]) -> list[str]:
+    """One shift per output channel for the layer (the mean error over all its ops' outputs, where the fused
+    activation passes it), subtracted from each op's bias (`biases`: writable views by buffer) in that op's own
+    scale. Returns the ops corrected."""
+    pairs = [(op, got[op.output], floats[ref]) for op, ref in layer
+             if op.output in got and got[op.output].shape == floats[ref].shape]
+    if not pairs:
+        return []
+    sums = [_error_sums(device, reference, op.active) for op, device, reference in pairs]
+    shift = sum(s for s, _ in sums) / np.maximum(sum(c for _, c in sums), 1)
+    done: set[int] = set()
+    for op, _, _ in pairs:
+        if op.buffer in done:  # one bias tensor read by several ops: shifted once
+            continue
+        done.add(op.buffer)
+        bias = biases[op.buffer].astype(np.int64)
+        biases[op.buffer][:] = np.clip(bias - np.round(shift / op.scales).astype(np.int64), -2**31, 2**31 - 1)
+    return [op.output for op, _, _ in pairs]
+
+
+def _unshare(model, ops: list[_Op]) -> bool:
+    """Each bias tensor of `ops` gets a buffer of its own where others share it (a converter stores equal constants
+    once); True when any was copied."""
     import copy
 
     tensors = [t for graph in model.subgraphs for t in graph.tensors]
-    if sum(t.buffer == op.buffer for t in tensors) == 1:
-        return model.buffers[op.buffer]
-    model.buffers.append(copy.deepcopy(model.buffers[op.buffer]))
-    model.subgraphs[0].tensors[op.tensor].buffer = len(model.buffers) - 1
-    return model.buffers[-1]
+    users: dict[int, int] = {}
+    for tensor in tensors:
+        users[tensor.buffer] = users.get(tensor.buffer, 0) + 1
+    copied = False
+    for index in dict.fromkeys(op.tensor for op in ops):
+        tensor = model.subgraphs[0].tensors[index]
+        if users[tensor.buffer] > 1:
+            users[tensor.buffer] -= 1
+            model.buffers.append(copy.deepcopy(model.buffers[tensor.buffer]))
+            tensor.buffer = len(model.buffers) - 1
+            copied = True
+    return copied
+
+
+def _bias_views(content: bytearray, buffers: set[int]) -> dict[int, np.ndarray]:
+    """Writable int32 views of these buffers' data inside the serialized model (patching them patches the file)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(content, 0)
+    views = {}
+    for index in buffers:
+        buffer = model.Buffers(index)
+        if buffer.Offset() > 1:  # data kept after the flatbuffer (a converter's large-model layout)
+            views[index] = np.frombuffer(content, np.uint8, buffer.Size(), buffer.Offset()).view(np.int32)
+        else:
+            views[index] = buffer.DataAsNumpy().view(np.int32)
+    return views
 
 
 def _unpack(content: bytes):
@@ -122,11 +192,13 @@ def _weighted_ops(model) -> list[_Op]:
     from ai_edge_litert import schema_py_generated as schema
 
     names = {getattr(schema.BuiltinOperator, name): name for name in _WEIGHTED}
-    graph, found = model.subgraphs[0], []
-    for op in graph.operators:
+    graph, found, depth = model.subgraphs[0], [], {}
+    for op in graph.operators:  # in execution order
         code = model.operatorCodes[op.opcodeIndex]
         kind = names.get(max(code.builtinCode, code.deprecatedBuiltinCode))
         inputs = list(op.inputs)
+        level = max((depth.get(i, 0) for i in inputs if i >= 0), default=0) + (kind is not None)
+        depth.update((i, level) for i in op.outputs)
         if kind is None or len(inputs) < 3 or inputs[2] < 0:
             continue
         bias = graph.tensors[inputs[2]]
@@ -137,8 +209,8 @@ def _weighted_ops(model) -> list[_Op]:
         scales = np.asarray(bias.quantization.scale if bias.quantization else [], np.float64)
         if not scales.size or not np.all(scales > 0):
             continue
-        found.append(_Op(graph.tensors[op.outputs[0]].name.decode(), inputs[2], bias.buffer, scales,
-                         _ACTIVE[activation]))
+        found.append(_Op(graph.tensors[op.outputs[0]].name.decode(), inputs[2], bias.buffer,
+                         graph.tensors[inputs[1]].buffer, level, scales, _ACTIVE[activation]))
     return found
 
 
@@ -181,13 +253,14 @@ def _values(content: bytes, bindings: list[Binding], samples: dict[str, np.ndarr
     return {name: values[index[name]] for name in wanted}
 
 
-def _mean_error(got: np.ndarray, want: np.ndarray, active: tuple[float, float]) -> np.ndarray:
-    """Per output channel (the last axis), the mean of device minus float where the activation passes a shift."""
+def _error_sums(got: np.ndarray, want: np.ndarray, active: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Per output channel (the last axis), the sum of device minus float where the activation passes a shift, and
+    how many values that is."""
     channels = got.shape[-1]
     error, reference = (got - want).reshape(-1, channels), want.reshape(-1, channels)
     low, high = active
     inside = (reference > low) & (reference < high)
-    return (error * inside).sum(0) / np.maximum(inside.sum(0), 1)
+    return (error * inside).sum(0), inside.sum(0)
 
 
 def _output_sqnr(content: bytes, bindings: list[Binding], samples: dict[str, np.ndarray], floats: dict,

@@ -16,8 +16,9 @@ from pathlib import Path
 from edgekit.config.target import CALIBRATED, LAYER_PRECISION
 from edgekit.errors import ConversionError
 from edgekit.inputs.plan import Plan
+from edgekit.measure.groups import onnx_links
 from edgekit.measure.layers import layer_samples
-from edgekit.routes.device import DeviceModel
+from edgekit.routes.device import DeviceModel, step_name
 from edgekit.routes.litert import onnx2tf
 from edgekit.routes.litert.bias_correction import SAMPLES as BIAS_SAMPLES
 from edgekit.routes.litert.bias_correction import Corrected, correct_biases
@@ -214,6 +215,7 @@ def _device_model(plan: Plan, export: OnnxExport, floats: _FloatModel, device_pa
         open_float_runner=lambda: LiteRTRunner(floats.path, floats.inputs, floats.outputs),
         output_steps={b.model_name: output_step(device_path, b.device_index) for b in device_out},
         per_layer=tflite_layers(plan, export, floats.path, device_path, floats.inputs, device_in),
+        layer_links=lambda: onnx_links(export.path),
         quantization={"bias_correction": corrected.block} if corrected.block else {},
         reused=quantizer.get("reused", ()),
     )
@@ -245,7 +247,7 @@ def requantizer(plan: Plan, export: OnnxExport, floats: tuple[Path, list[Binding
         in_float = scopes.get("float32", [])
         in_w8 = [op for op in scopes.get(WEIGHT_ONLY, []) if op not in in_float]
         in_16 = [op for op in scopes.get("int16x8", []) if op not in in_float and op not in in_w8]
-        name = "_".join(f"{p}{len(r)}" for p, r in sorted(moves.items()))
+        name = step_name(moves)
         path = _quantize(plan, float_path, ranges, workdir / f"model_{plan.target.precision}_{name}.tflite",
                          (*keep, *in_float), tuple(in_16), tuple(in_w8))
         device = rebuild(path)

@@ -24,6 +24,7 @@ from edgekit.cache.keys import file_step, model_key, step_key
 from edgekit.config.target import LAYER_PRECISION
 from edgekit.errors import ConversionError, ToolError, UnsupportedError, first_line
 from edgekit.inputs.plan import Plan
+from edgekit.measure.groups import onnx_links
 from edgekit.routes.device import DeviceModel
 from edgekit.routes.litert.from_onnx import bias_corrected, requantizer, tflite_layers, with_ladder
 from edgekit.routes.litert.onnx2tf import bind_outputs
@@ -219,6 +220,7 @@ def _device_model(plan: Plan, export: OnnxExport, floats: tuple, device: tuple, 
         open_float_runner=lambda: LiteRTRunner(float_path, float_in, float_out),
         output_steps={b.model_name: output_step(device_path, b.device_index) for b in device_out},
         per_layer=tflite_layers(plan, export, float_path, device_path, float_in, device_in),
+        layer_links=lambda: onnx_links(export.path),
     )
 
 

@@ -24,6 +24,7 @@ from edgekit.errors import ConfigError, ToolError, UnsupportedError
 
 CHUNK = 16  # samples per histogram update
 _VALID = 3e38  # beyond this a value is a padding sentinel (-inf in PADV2), not data: as ai-edge-quantizer does
+IO_SCOPE = "(?:)"  # matches every scope; a key of its own, so the I/O rules come after every layer's (the last wins)
 WEIGHTED_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_2D_TRANSPOSE", "EMBEDDING_LOOKUP")
 
 
@@ -171,9 +172,6 @@ def quantize_tflite(float_tflite: Path, ranges: dict[str, dict] | None, out_path
             with contextlib.suppress(ValueError):  # an op this recipe does not quantize (EMBEDDING_LOOKUP in int8)
                 q.update_quantization_recipe(".*", ops(op), config, algorithm_key=algorithm)
     keep = aeq.algorithm_manager.AlgorithmName.NO_QUANTIZE
-    if io == "float32" and ranges is not None:  # a QUANTIZE after each input and a DEQUANTIZE before each output
-        for edge in (ops.INPUT, ops.OUTPUT):
-            q.update_quantization_recipe(".*", edge, algorithm_key=keep)
     for pattern in float_ops:
         op_type = next((op for op in ops if op.value == pattern and op.value.isupper()), None)
         q.update_quantization_recipe(".*" if op_type else _checked_regex(pattern), op_type or ops.ALL_SUPPORTED,
@@ -187,6 +185,9 @@ def quantize_tflite(float_tflite: Path, ranges: dict[str, dict] | None, out_path
             with contextlib.suppress(ValueError):  # an op type without a weight-only rule
                 q.update_quantization_recipe(pattern, ops(op), weight_only,
                                              algorithm_key=aeq.algorithm_manager.AlgorithmName.MIN_MAX_UNIFORM_QUANT)
+    if io == "float32" and ranges is not None:  # a QUANTIZE after each input and a DEQUANTIZE before each output
+        for edge in (ops.INPUT, ops.OUTPUT):  # last, under a scope of its own: no layer's rule overrides the I/O
+            q.update_quantization_recipe(IO_SCOPE, edge, algorithm_key=keep)
     return _write(q, ranges, out_path)
 
 

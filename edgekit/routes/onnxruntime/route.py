@@ -15,7 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from edgekit.measure.groups import onnx_links
 from edgekit.routes import Route
+from edgekit.routes.device import step_name
 
 BUNDLE_NAME = "model.ort"
 METHODS = {"minmax": "MinMax", "percentile": "Percentile"}  # onnxruntime's calibrators that return real ranges here
@@ -30,11 +32,6 @@ class OnnxRuntimeRoute(Route):
 
     methods = tuple(METHODS)
     converted_by = "onnxruntime.quantization"
-
-    def back_off(self, target) -> str | None:
-        """Every layer in float (onnxruntime.quantization has no INT8-weights-with-float-compute form for Conv),
-        then layers back to INT8 while the drift passes: the layers that must stay float are what is left."""
-        return "float32" if target.precision == "int8" else None
 
     def build(self, plan, export, workdir: Path, float_tensors: frozenset[str] = frozenset()):
         """`float_tensors`: activations kept out of INT8 (their producers and readers run in float): fallback."""
@@ -62,7 +59,8 @@ class OnnxRuntimeRoute(Route):
             return device
         return dataclasses.replace(
             device, per_layer=lambda samples: qdq_layer_drift(export.path, onnx_path, modules, samples),
-            with_float=lambda rows: self.build(plan, export, workdir / f"fallback-{len(rows)}",
+            layer_links=lambda: onnx_links(export.path),
+            with_float=lambda rows: self.build(plan, export, workdir / f"fallback-{step_name({'float32': rows})}",
                                                frozenset(r["tensor"] for r in rows)))
 
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgekit.measure.groups import onnx_links
 from edgekit.routes import Route
+from edgekit.routes.device import step_name
 
 METHODS = {"minmax": "MINMAX", "percentile": "QUANTILE"}  # NNCF's range estimator sets
 
@@ -69,7 +71,8 @@ class OpenVinoRoute(Route):
             return device
         return dataclasses.replace(
             device, per_layer=lambda samples: openvino_layer_drift(export.path, xml, modules, samples),
-            with_float=lambda rows: self.build(plan, export, workdir / f"fallback-{len(rows)}",
+            layer_links=lambda: onnx_links(export.path),
+            with_float=lambda rows: self.build(plan, export, workdir / f"fallback-{step_name({'float32': rows})}",
                                                float_tensors=frozenset(r["tensor"] for r in rows)),
             own_fallback=lambda: self.build(plan, export, workdir / "controlled", controlled=True))
 

@@ -14,9 +14,10 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
 from edgekit.config.options import Calibration
 from edgekit.errors import ConversionError, UnsupportedError
 from edgekit.inputs.plan import Plan
+from edgekit.measure.groups import onnx_links
 from edgekit.measure.layers import layer_samples, qdq_layer_drift
 from edgekit.routes.calibrate import RangeCollector, SampleReader, onnx_values, quiet_quantization
-from edgekit.routes.device import DeviceModel, onnx_bindings
+from edgekit.routes.device import DeviceModel, onnx_bindings, step_name
 from edgekit.routes.tensorrt.engine_scripts import check_profile, write_scripts
 from edgekit.runners.base import Runner
 from edgekit.runners.onnxrt import OnnxRunner
@@ -53,6 +54,7 @@ def build_qdq_onnx(plan: Plan, export: OnnxExport, workdir: Path,
         notes=_notes(plan, engine, seconds),
         per_layer=(lambda samples: qdq_layer_drift(export.path, path, tensor_modules(export.path), samples))
         if precision == "int8" else None,
+        layer_links=lambda: onnx_links(export.path),
         with_float=(lambda rows: _without_qdq(plan, export, workdir, frozenset(r["tensor"] for r in rows)))
         if precision == "int8" else None,
     )
@@ -62,7 +64,8 @@ def _without_qdq(plan: Plan, export: OnnxExport, workdir: Path, tensors: frozens
     """The fallback: no Q/DQ on `tensors`, so the ops reading them run in FP16; those ops' modules are named."""
     import dataclasses
 
-    device = build_qdq_onnx(plan, export, workdir / f"fallback-{len(tensors)}", tensors)
+    name = step_name({"float32": [{"tensor": t} for t in tensors]})
+    device = build_qdq_onnx(plan, export, workdir / f"fallback-{name}", tensors)
     modules = tensor_modules(export.path)
     names = tuple(dict.fromkeys(modules.get(n.output[0]) or n.name for n in _consumer_nodes(export.path, tensors)))
     return dataclasses.replace(device, float_modules=names)

@@ -67,3 +67,28 @@ def test_bias_correction_takes_the_shift_out_of_every_weighted_layer(converter, 
     # the same ops, scales and sizes: only bias values moved
     assert abs(on["size"]["device_bytes"] - off["size"]["device_bytes"]) <= 1024
     assert read_report(tmp_path / "on") == on
+
+
+@pytest.mark.slow
+def test_an_unrolled_lstm_is_corrected_a_layer_at_a_time_not_a_step_at_a_time(tmp_path: Path):
+    """litert-torch unrolls a 3-layer LSTM over its frames: 3 x 20 + 1 FULLY_CONNECTED ops reading 7 weight tensors.
+    Bias correction measures level by level and shares one shift between the steps of a layer: a handful of
+    interpreter runs instead of one per op (the old way repacked and re-ran the whole model 61 times; at 160 frames
+    that was over 20 minutes, benchmarks/bench_bias.py)."""
+    from benchmarks.zoo.architectures import speaker_lstm
+
+    frames = 20
+    model = speaker_lstm(hidden=32)
+    rng = np.random.default_rng(0)
+    calibration, evaluation = (rng.standard_normal((n, frames, 40), dtype=np.float32) for n in (32, 16))
+    result = edgekit.build(model, "android-arm64-int8", calibration=calibration, eval_data=evaluation,
+                           out=tmp_path / "b", options=edgekit.BuildOptions(
+                               verify=edgekit.Verify(emulator="host"),
+                               conversion=edgekit.Conversion(converter="litert-torch", equalize="on"),
+                               outputs=edgekit.Outputs(task="embed"),
+                               gate=edgekit.Gate(max_drop=100.0, min_agreement=0.0, min_sqnr=0.0)))
+    block = result.report["quantization"]["bias_correction"]
+    assert block["applied"] and len(block["layers"]) == 3 * frames + 1  # every step of every layer
+    assert block["levels"] <= 8 and block["stopped"] is None
+    assert result.report["timings_s"]["bias_correction"] == block["seconds"]
+    assert block["seconds"] < result.report["timings_s"]["convert"]  # a part of it

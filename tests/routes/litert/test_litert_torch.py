@@ -228,7 +228,10 @@ def test_litert_torch_float_bundles(target, digits, tmp_path: Path):
 def test_int8_io_bundle_takes_int8(digits, tmp_path: Path):
     result = _build(digits, "android-arm64-int8", tmp_path / "io", converter="litert-torch", io="int8")
     manifest = json.loads((result.out / "manifest.json").read_text())
-    assert manifest["device"]["signature"]["inputs"][0]["device_dtype"] == "int8"
+    signature = manifest["device"]["signature"]
+    assert signature["inputs"][0]["device_dtype"] == "int8"
+    for binding in (signature["inputs"][0], signature["outputs"][0]):  # what an app needs to read integers
+        assert binding["device_dtype"] == "int8" and binding["scale"] > 0 and -128 <= binding["zero_point"] <= 127
     assert result.report["drift"]["top1_agreement"] >= 0.99
     assert _check_py(result.out).returncode == 0
 
