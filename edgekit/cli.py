@@ -219,6 +219,8 @@ def build_command(model: str, target: str, out: Path | None, force: bool, calibr
     console.print(f"bundle: {result.out}")
     console.print(f"manifest sha256: {result.manifest_sha256} (pin it: edgekit check BUNDLE --expect-digest SHA256)",
                   markup=False)
+    console.print(f"check.py sha256: {result.manifest['files']['check.py']} (pin it on the device: "
+                  "sha256sum check.py, then python check.py --expect-digest MANIFEST_SHA256)", markup=False)
     return 0 if result.passed else 3
 
 

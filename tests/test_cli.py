@@ -6,6 +6,7 @@ user would, with the (shared) emulator cache pointed at an empty folder so that 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgekit.cli import main
+from edgekit.inputs.model import sha256_file
 
 
 def run(*args: str) -> object:
@@ -127,6 +129,8 @@ def test_build_through_the_cli_prints_the_report_and_json(digits_files, tmp_path
     for line in ("top-1 agreement", "conversion", "quantization", "total drift", "PASSED", "exporting to ONNX"):
         assert line in result.stderr
     assert "stale.txt" not in leftovers(out) and "model.tflite" in leftovers(out)
+    pins = hashlib.sha256((out / "manifest.json").read_bytes()).hexdigest(), sha256_file(out / "check.py")
+    assert f"manifest sha256: {pins[0]}" in result.stderr and f"check.py sha256: {pins[1]}" in result.stderr
     checked = run("check", out, "--eval", digits_files["eval"])
     assert checked.exit_code == 0 and "PASSED" in checked.stdout
     inspected = run("inspect", out)

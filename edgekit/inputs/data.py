@@ -12,6 +12,7 @@ import numpy as np
 
 from edgekit.errors import DataError
 from edgekit.inputs.model import TensorSpec
+from edgekit.standalone.check import CheckError, npz_declared
 
 LABEL_KEY = "y"
 BOX_KEYS = ("boxes", "box_classes", "box_image")  # a detector's ground truth (docs/outputs.md)
@@ -121,12 +122,13 @@ def _load_file(path: Path, what: str) -> Dataset:
         if path.suffix == ".npy":
             return _finish({"x": np.load(path, allow_pickle=False)}, None, str(path), what)
         if path.suffix == ".npz":
+            npz_declared(path, path.name)  # every header against what its member holds, before numpy allocates
             with np.load(path, allow_pickle=False) as archive:
                 arrays = {k: archive[k] for k in archive.files}
             labels = arrays.pop(LABEL_KEY, None)
             boxes = {k: arrays.pop(k) for k in BOX_KEYS if k in arrays}
             return _finish(arrays, labels, str(path), what, _boxes(boxes, str(path), what))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, CheckError) as exc:
         raise DataError(f"cannot read {what} {path}: {exc}", hint="write it with numpy.savez / numpy.save") from exc
     raise DataError(f"{what} {path}: unknown data format {path.suffix!r}",
                     hint="use .npz (key x or one key per input name, optional y) or .npy")

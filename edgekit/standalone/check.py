@@ -12,18 +12,30 @@ Everything in the bundle is data: manifest paths that are absolute, contain `..`
 refused, npz files are read without unpickling, and every file's sha256 is compared with manifest.json before the
 device model is run. `--expect-digest` pins manifest.json itself (its sha256, printed by `edgekit build`).
 
-Exit codes: 0 pass, 3 drift beyond the manifest's tolerances or a file that is not the one measured (sha256),
-2 error (missing or malformed file, no runtime).
+Nothing is imported from the bundle's folder: run as a script, check.py takes that folder (Python's sys.path[0])
+off the import path before its first import, so a `numpy.py` or `json.py` dropped beside it is never run. Every
+file's sha256 is compared with manifest.json before any of them is parsed, a file the manifest does not list is
+refused, and an npz member whose header declares more bytes than it holds is refused before anything is allocated.
+Pin check.py itself by its sha256 (`edgekit build` prints it; `sha256sum check.py` on the device). Python 3.10+.
+
+Exit codes: 0 pass, 3 drift beyond the manifest's tolerances, a file that is not the one measured (sha256) or a
+file the manifest does not list, 2 error (missing or malformed file, no runtime).
 """
 
-from __future__ import annotations
+import sys  # built in: nothing in the bundle's folder can stand in for it
+
+if __name__ == "__main__":  # the bundle's folder is data: drop it from the import path before any other import
+    import os  # frozen, imported at start-up: never read from a folder
+
+    _HERE = os.path.dirname(os.path.realpath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE]
 
 import argparse
 import hashlib
 import json
 import math
 import re
-import sys
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -35,6 +47,9 @@ DEVICE_TYPES = ("float32", "float16", *INTEGER_TYPES, "int32", "int64")
 RUNTIMES = ("litert", "onnxruntime", "tensorrt", "openvino", "executorch")
 GOLDEN_INPUTS, GOLDEN_OUTPUTS = "golden/inputs.npz", "golden/outputs.npz"
 SHA256 = re.compile(r"[0-9a-f]{64}")
+EXPANSION, EXPANSION_FREE = 100, 64 << 20  # an npz member may expand 100x, or to 64 MiB whatever its ratio
+UNLISTED_OK = ("manifest.json", "manifest.sha256")  # the manifest itself and its `sha256sum -c` line
+MADE_ON_DEVICE = {"tensorrt": ("model.engine", "model.engine.source-sha256", "timing.cache")}  # build_engine's
 
 
 class CheckError(Exception):
@@ -64,7 +79,7 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_manifest(bundle: Path, expect_digest: str | None = None) -> dict:
+def read_manifest(bundle: Path, expect_digest: "str | None" = None) -> dict:
     """manifest.json parsed and checked key by key; with `expect_digest`, first compared byte for byte."""
     path = Path(bundle) / "manifest.json"
     if not path.is_file():
@@ -167,8 +182,39 @@ def bundle_file(bundle: Path, name: str, key: str) -> Path:
     return path
 
 
-def load_npz(path: Path, name: str) -> dict[str, np.ndarray]:
-    """Every array of an npz file, numbers only: never unpickled (object arrays are refused)."""
+def npz_declared(path: Path, name: str) -> None:
+    """Each member's .npy header read before numpy allocates anything: an array that declares more bytes than its
+    member holds, or a member that is not an .npy, is refused (CheckError)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read(member)
+                    if dtype.hasobject:
+                        key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                        raise CheckError(f"{name}: key {key!r}: Object arrays cannot "
+                                         "be loaded (npz files are read as numbers, never unpickled)")
+                    declared = math.prod(shape) * dtype.itemsize
+                    held = info.file_size - member.tell()
+                if declared != held:
+                    raise CheckError(f"{name}: member {info.filename!r} declares {shape} {dtype} ({declared:,} bytes) "
+                                     f"but holds {max(held, 0):,} bytes")
+                if info.file_size > max(EXPANSION * info.compress_size, EXPANSION_FREE):
+                    raise CheckError(f"{name}: member {info.filename!r} expands {info.compress_size:,} compressed "
+                                     f"bytes to {info.file_size:,} (over {EXPANSION}x: refused before reading)")
+    except CheckError:
+        raise
+    except Exception as exc:  # zipfile and numpy raise many types for a damaged file
+        raise CheckError(f"{name}: not a readable npz file: {_reason(exc)}") from None
+
+
+def load_npz(path: Path, name: str) -> "dict[str, np.ndarray]":
+    """Every array of an npz file, numbers only: never unpickled (object arrays are refused), headers bounded by
+    what each member holds before anything is allocated."""
+    npz_declared(path, name)
     arrays = {}
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -192,7 +238,7 @@ def _reason(exc: BaseException) -> str:
     return (lines[0] if lines else type(exc).__name__)[:200]
 
 
-def _golden(bundle: Path, manifest: dict) -> tuple[dict, dict]:
+def _golden(bundle: Path, manifest: dict) -> "tuple[dict, dict]":
     """Golden inputs (one per model input) and outputs (reference/ and device/ per checked output), same length."""
     inputs = load_npz(bundle_file(bundle, GOLDEN_INPUTS, "golden inputs"), GOLDEN_INPUTS)
     golden = load_npz(bundle_file(bundle, GOLDEN_OUTPUTS, "golden outputs"), GOLDEN_OUTPUTS)
@@ -223,12 +269,22 @@ def _model_header(path: Path, runtime: str) -> None:
         raise CheckError(f"{path.name}: not an OpenVINO IR (bad header {head[:5]!r}, expected b'<?xml')")
 
 
-def verify_bundle(bundle: Path, model: Path | None = None, expect_digest: str | None = None,
-                  also: Callable[[dict], None] | None = None) -> Verified:
-    """Everything a check needs, read as data and verified before any model runs: manifest keys and paths, every
-    listed file present, golden data numeric, `also(manifest)` (the caller's own checks, e.g. of report.json), and
-    last every file's sha256 equal to manifest.json's (TamperedError). A `model` the user points to instead of the
-    bundle's is the user's choice: it runs, and the result says whether it is the measured one."""
+def unlisted(bundle: Path, manifest: dict) -> "list[str]":
+    """Files in the bundle folder that manifest.json does not list (besides itself and what the device's engine
+    build writes): someone put them there after the build."""
+    root = Path(bundle)
+    allowed = {*manifest["files"], *UNLISTED_OK, *MADE_ON_DEVICE.get(manifest["device"]["runtime"], ())}
+    return sorted(name for path in root.rglob("*") if not path.is_dir()
+                  if (name := path.relative_to(root).as_posix()) not in allowed)
+
+
+def verify_bundle(bundle: Path, model: "Path | None" = None, expect_digest: "str | None" = None,
+                  also: "Callable[[dict], None] | None" = None) -> Verified:
+    """Everything a check needs, verified before any file but manifest.json is parsed: manifest keys and paths,
+    every listed file present and nothing unlisted beside them, every file's sha256 equal to manifest.json's
+    (TamperedError); then the golden data (numeric, headers bounded), the model's header and `also(manifest)` (the
+    caller's own checks, e.g. of report.json). A `model` the user points to instead of the bundle's is the user's
+    choice: it runs, and the result says whether it is the measured one."""
     bundle = Path(bundle)
     manifest = read_manifest(bundle, expect_digest)
     files, device = manifest["files"], manifest["device"]
@@ -240,14 +296,18 @@ def verify_bundle(bundle: Path, model: Path | None = None, expect_digest: str | 
     model_path = Path(model) if model is not None else paths[device["model"]]
     if not model_path.is_file():
         raise CheckError(f"device model {model_path} not found (pass --model PATH)")
-    inputs, golden = _golden(bundle, manifest)
-    _model_header(model_path, device["runtime"])
-    if also is not None:
-        also(manifest)
+    extra = unlisted(bundle, manifest)
+    if extra:
+        raise TamperedError(f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}: not listed in manifest.json "
+                            "(not written by the build; remove it, or get the bundle again from its source)")
     changed = [name for name, path in paths.items() if sha256(path) != files[name]]
     if changed:
         raise TamperedError(f"{', '.join(changed)} differ{'s' if len(changed) == 1 else ''} from the sha256 in "
                             "manifest.json: not the files this bundle was built and measured with")
+    inputs, golden = _golden(bundle, manifest)
+    _model_header(model_path, device["runtime"])
+    if also is not None:
+        also(manifest)
     measured = model is None or sha256(model_path) == files[device["model"]]
     return Verified(manifest, model_path, inputs, golden, measured)
 
@@ -284,7 +344,7 @@ def open_litert(path: Path):
     return tf.lite.Interpreter(model_path=str(path)), "tensorflow.lite"
 
 
-def run_litert(path: Path, device: dict, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str]:
+def run_litert(path: Path, device: dict, inputs: "dict[str, np.ndarray]") -> "tuple[dict[str, np.ndarray], str]":
     interpreter, name = open_litert(path)
     interpreter.allocate_tensors()
     in_index = [interpreter.get_input_details()[b["device_index"]]["index"] for b in device["inputs"]]
@@ -299,7 +359,7 @@ def run_litert(path: Path, device: dict, inputs: dict[str, np.ndarray]) -> tuple
     return {n: np.concatenate(v) for n, v in rows.items()}, name
 
 
-def run_onnxruntime(path: Path, device: dict, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str]:
+def run_onnxruntime(path: Path, device: dict, inputs: "dict[str, np.ndarray]") -> "tuple[dict[str, np.ndarray], str]":
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -314,7 +374,7 @@ def run_onnxruntime(path: Path, device: dict, inputs: dict[str, np.ndarray]) -> 
     return {n: np.concatenate(v) for n, v in rows.items()}, "onnxruntime"
 
 
-def run_openvino(path: Path, device: dict, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str]:
+def run_openvino(path: Path, device: dict, inputs: "dict[str, np.ndarray]") -> "tuple[dict[str, np.ndarray], str]":
     """The IR (model.xml, its weights in model.bin beside it) on OpenVINO's CPU plugin in float32 precision."""
     try:
         import openvino as ov
@@ -333,7 +393,7 @@ def run_openvino(path: Path, device: dict, inputs: dict[str, np.ndarray]) -> tup
     return {n: np.concatenate(v) for n, v in rows.items()}, "openvino"
 
 
-def run_executorch(path: Path, device: dict, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str]:
+def run_executorch(path: Path, device: dict, inputs: "dict[str, np.ndarray]") -> "tuple[dict[str, np.ndarray], str]":
     """The .pte program's forward in ExecuTorch's runtime (its Python binding needs torch beside it)."""
     try:
         import torch
@@ -363,8 +423,8 @@ def engine_runner(script: Path):
     return module.run_engine
 
 
-def run_device(path: Path, device: dict, inputs: dict[str, np.ndarray], runtime: str,
-               engine_script: Path | None = None):
+def run_device(path: Path, device: dict, inputs: "dict[str, np.ndarray]", runtime: str,
+               engine_script: "Path | None" = None):
     """Outputs of the device model keyed by model output name, model layout, float32. TensorRT runs only through
     `engine_script` (check.py passes the bundle's own build_engine.py); edgekit itself never runs bundle code and
     measures a Jetson model in onnxruntime."""
@@ -391,7 +451,7 @@ def sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:
     return 200.0 if noise == 0 else float(np.clip(10 * np.log10(max(signal, 1e-300) / noise), -200, 200))
 
 
-def compare(golden: dict[str, np.ndarray], outputs: dict[str, np.ndarray], tolerances: dict) -> dict:
+def compare(golden: "dict[str, np.ndarray]", outputs: "dict[str, np.ndarray]", tolerances: dict) -> dict:
     """Per output: max |new - golden device| against its tolerance, SQNR and top-1 agreement vs the reference."""
     rows, passed = [], True
     for name, atol in tolerances["atol"].items():
@@ -408,8 +468,8 @@ def compare(golden: dict[str, np.ndarray], outputs: dict[str, np.ndarray], toler
     return {"outputs": rows, "passed": passed}
 
 
-def check_bundle(bundle: Path, model: Path | None = None, runtime: str = "auto", expect_digest: str | None = None,
-                 engine_script: Path | None = None) -> dict:
+def check_bundle(bundle: Path, model: "Path | None" = None, runtime: str = "auto", expect_digest: "str | None" = None,
+                 engine_script: "Path | None" = None) -> dict:
     """Verify the bundle, then run the golden inputs through the device model and compare; the result says passed
     or not, and why. CheckError (exit 2) for a broken bundle, TamperedError (exit 3) for a modified one."""
     verified = verify_bundle(bundle, model, expect_digest)
@@ -442,7 +502,7 @@ def print_result(result: dict) -> None:
     print("PASSED" if result["passed"] else "FAILED: the device model drifts from the bundle's golden outputs")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: "list[str] | None" = None) -> int:
     parser = argparse.ArgumentParser(description="Check a device model against an edgekit bundle's golden outputs.")
     here = Path(__file__).resolve().parent
     parser.add_argument("--bundle", type=Path, default=here)

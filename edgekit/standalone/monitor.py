@@ -11,13 +11,20 @@ drift, and the overall score is the worst channel's PSI.
 
 live_inputs.npz holds one array per model input name (or `x` for a single input), in the model's own layout
 (NCHW for images) and normalisation, as the calibration data was. Exit codes: 0 no drift, 3 drift, 2 error.
+Run as a script, it takes its own folder (the bundle, data) off the import path before its first import, as check.py
+does. Python 3.10+.
 """
 
-from __future__ import annotations
+import sys  # built in: nothing in the bundle's folder can stand in for it
+
+if __name__ == "__main__":  # the bundle's folder is data: drop it from the import path before any other import
+    import os  # frozen, imported at start-up: never read from a folder
+
+    _HERE = os.path.dirname(os.path.realpath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE]
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +41,7 @@ class MonitorError(Exception):
     """A problem that stops scoring before any comparison (exit code 2)."""
 
 
-def _channels(array: np.ndarray) -> list[np.ndarray]:
+def _channels(array: np.ndarray) -> "list[np.ndarray]":
     """Per-channel value sets: axis 1 for (N, C, ...) and (N, features) inputs, everything pooled otherwise."""
     if array.ndim >= 2 and array.shape[1] <= MAX_CHANNELS:
         return [np.moveaxis(array, 1, 0)[c].ravel() for c in range(array.shape[1])]
@@ -61,7 +68,7 @@ def channel_stats(values: np.ndarray) -> dict:
             "expected": _bin_shares(values, edges).tolist()}
 
 
-def data_stats(inputs: dict[str, np.ndarray] | np.ndarray, source: str = "calibration") -> dict:
+def data_stats(inputs: "dict[str, np.ndarray] | np.ndarray", source: str = "calibration") -> dict:
     """The data_stats.json dict for a set of samples (one array per model input, batch first)."""
     inputs = {"x": inputs} if isinstance(inputs, np.ndarray) else inputs
     described = {}
@@ -80,7 +87,7 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
     return float(np.sum((actual - expected) * np.log(actual / expected)))
 
 
-def _named(inputs: dict[str, np.ndarray] | np.ndarray, stats: dict) -> dict[str, np.ndarray]:
+def _named(inputs: "dict[str, np.ndarray] | np.ndarray", stats: dict) -> "dict[str, np.ndarray]":
     """Key live arrays by the stored input names; a lone array or a lone `x` stands for a single input."""
     names = list(stats["inputs"])
     if isinstance(inputs, np.ndarray) or (list(inputs) == ["x"] and len(names) == 1):
@@ -108,7 +115,7 @@ def _score_input(name: str, array: np.ndarray, described: dict, threshold: float
     return {"psi": max(r["psi"] for r in rows), "channels": rows}
 
 
-def score(inputs: dict[str, np.ndarray] | np.ndarray, stats: dict, threshold: float | None = None) -> dict:
+def score(inputs: "dict[str, np.ndarray] | np.ndarray", stats: dict, threshold: "float | None" = None) -> dict:
     """PSI per input channel of live inputs against the stored bins; drift when the worst channel's PSI > threshold."""
     if stats.get("schema") != STATS_SCHEMA:
         raise MonitorError(f"not an edgekit data_stats file (schema {stats.get('schema')!r}, expected {STATS_SCHEMA})")
@@ -130,7 +137,7 @@ def load_stats(path: Path) -> dict:
         raise MonitorError(f"cannot read {path}: {exc}") from exc
 
 
-def load_inputs(path: Path) -> dict[str, np.ndarray]:
+def load_inputs(path: Path) -> "dict[str, np.ndarray]":
     try:
         if str(path).endswith(".npy"):
             return {"x": np.load(path)}
@@ -140,7 +147,7 @@ def load_inputs(path: Path) -> dict[str, np.ndarray]:
         raise MonitorError(f"cannot read {path}: {exc} (give an .npz with one key per input, or `x`)") from exc
 
 
-def result_lines(result: dict) -> list[str]:
+def result_lines(result: dict) -> "list[str]":
     lines = [f"input drift: PSI {result['score']:.4f} over {result['samples']} samples "
              f"(threshold {result['threshold']})"]
     for name, scored in result["inputs"].items():
@@ -153,7 +160,7 @@ def result_lines(result: dict) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: "list[str] | None" = None) -> int:
     parser = argparse.ArgumentParser(description="Score live inputs against an edgekit bundle's calibration data.")
     parser.add_argument("inputs", type=Path, help=".npz with one array per input name (or x), or .npy")
     parser.add_argument("--stats", type=Path, default=Path(__file__).resolve().parent / "data_stats.json")

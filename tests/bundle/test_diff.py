@@ -16,6 +16,7 @@ from edgekit.bundle.diff import DiffThresholds, diff_bundles
 from edgekit.cli import main
 from edgekit.config.options import options_from_keywords
 from tests.helpers import int8_breaking_copy
+from tests.pipeline.test_faults import rehash
 
 
 def run(*args: object):
@@ -136,6 +137,9 @@ def test_a_folder_that_is_not_a_bundle_exits_2(int8_bundle, tmp_path: Path):
     assert "manifest.json: missing key files" in run(tmp_path, int8_bundle.out).output
     shutil.copytree(int8_bundle.out, tmp_path / "other")
     (tmp_path / "other" / "report.json").write_text('{"schema": "other"}')
+    refused = run(tmp_path / "other", int8_bundle.out)  # a file that differs from its manifest: exit 3, unparsed
+    assert refused.exit_code == 3 and "report.json differs from the sha256 in manifest.json" in refused.output
+    rehash(tmp_path / "other", "report.json")  # a manifest forged to vouch for it: parsed, and refused for what it is
     refused = run(tmp_path / "other", int8_bundle.out)
     assert refused.exit_code == 2 and "report.json is not an edgekit.report/1 report" in refused.output
 
