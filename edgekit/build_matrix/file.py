@@ -87,7 +87,7 @@ def load_matrix(path: str | Path) -> Matrix:
     path = Path(path).resolve()
     try:
         raw = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
         raise ConfigError(f"cannot read matrix file {path}: {exc}", hint="fix the TOML syntax") from exc
     _known(raw, ("models", "axes", "exclude", "include"), str(path))
     models = tuple(_model(entry, path.parent, i) for i, entry in enumerate(_list(raw, "models", path)))

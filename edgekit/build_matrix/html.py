@@ -11,7 +11,7 @@ CSS = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:80em;pad
        ".pass{background:#dafbe1}.fail{background:#ffebe9}.error{background:#fff8c5}")
 
 
-def write_matrix_html(path: Path, matrix: dict) -> Path:
+def matrix_html(matrix: dict) -> str:
     cells = matrix["cells"]
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>edgekit matrix: '
             f'{_e(Path(matrix["matrix"]).name)}</title><style>{CSS}</style></head><body>'
@@ -21,8 +21,7 @@ def write_matrix_html(path: Path, matrix: dict) -> Path:
             f'<h2>Model x target</h2><div id="pivot">{_pivot(cells)}</div>'
             f'<h2>Cells</h2><div id="cells">{_cells(cells, matrix.get("baseline") is not None)}</div>'
             '</body></html>\n')
-    path.write_text(page)
-    return path
+    return page
 
 
 def _e(value: object) -> str:

@@ -2,8 +2,10 @@
 command as the local pool, on whichever node Ray picks.
 
 `--ray` alone starts a local Ray runtime; `--ray ADDRESS` joins a cluster. The cell's files (model, calibration
-and eval data) go into Ray's object store once each, by content hash, and a worker writes them under its temp
-folder as <sha256>/<name> (the same file name, so the bundle's model name is the same); a folder (an image
+and eval data) go into Ray's object store once each, by content hash, and a worker writes them under its own
+private folder (<temp>/edgekit-ray-<uid>, mode 0700, refused when anyone else owns it or can write it) as
+<sha256>/<name> (the same file name, so the bundle's model name is the same), hashing every copy before use: a
+file there that is not the driver's fails the cell, never stands in for it; a folder (an image
 folder) and a `module:factory` string are passed as they are (a path the nodes share, code the nodes have). The
 worker builds into its own temp folder and sends the bundle back as a tar archive, which the driver unpacks into
 OUT/<model>/<cell> only when the build wrote one: an existing bundle is never damaged by a failed cell. A worker
@@ -108,22 +110,17 @@ def _cell_task(argv: list[str], files: dict, staging_bundle: str,
     import ray
 
     began = time.time()
-    root = Path(tempfile.gettempdir()) / "edgekit-ray"
-    local = {}
-    for arg, (digest, name, ref) in files.items():
-        path = root / digest / name
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f".{name}.{os.getpid()}.part")
-            partial.write_bytes(ray.get(ref))
-            partial.replace(path)
-        local[arg] = str(path)
+    try:
+        root = node_folder(Path(tempfile.gettempdir()))
+        local = {arg: str(_local_copy(root, digest, name, lambda ref=ref: ray.get(ref)))
+                 for arg, (digest, name, ref) in files.items()}
+    except UnsafeNodeFile as exc:  # this cell fails, with the reason; nothing planted is ever used
+        return 2, None, f"error: {exc}\n", 0.0, began
     with tempfile.TemporaryDirectory(prefix="edgekit-cell-") as work:
         bundle = Path(work) / "bundle"
         command = [sys.executable, *(local.get(a, str(bundle) if a == staging_bundle else a) for a in argv[1:])]
-        here = cwd if Path(cwd).is_dir() else None
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p),
-               "EDGEKIT_STEP_CACHE": str(root / "steps")}  # shared by the cells that run on this node
+        here = cwd if Path(cwd).is_dir() else None  # `module:factory` found there, after everything installed
+        env = {**os.environ, "EDGEKIT_STEP_CACHE": str(root / "steps")}  # shared by this user's cells on the node
         start = time.time()
         done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=here,
                               env=env)
@@ -135,6 +132,52 @@ def _cell_task(argv: list[str], files: dict, staging_bundle: str,
                 tar.add(bundle, arcname=".")
             archive = buffer.getvalue()
         return done.returncode, archive, done.stderr, built, began
+
+
+class UnsafeNodeFile(Exception):
+    """A file or folder on a Ray node that is not the one the driver sent, or that someone else could change."""
+
+
+def node_folder(temp: Path) -> Path:
+    """This user's folder for Ray cells under the node's temp folder, created private (0700); refused when it is
+    a link, not a folder, owned by another user, or writable by group or others."""
+    from edgekit.utils.outdir import private_problem
+
+    root = temp / f"edgekit-ray-{os.getuid()}"
+    problem = private_problem(root)
+    if problem is not None:
+        raise UnsafeNodeFile(f"on this Ray node, {problem}: refused")
+    return root
+
+
+def _local_copy(root: Path, digest: str, name: str, fetch: Callable[[], bytes]) -> Path:
+    """The driver's file at root/<sha256>/<name>: a copy already there is used only when its bytes hash to
+    `digest`; a fresh copy is hashed before it is put in place."""
+    import hashlib
+
+    path = root / digest / name
+    if path.is_file() and not path.is_symlink():
+        if _sha256(path) == digest:
+            return path
+        raise UnsafeNodeFile(f"{path} on this Ray node is not the file the driver sent (sha256 differs): refused")
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data = fetch()
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise UnsafeNodeFile(f"{name} arrived with a sha256 other than the driver's: refused")
+    partial = path.with_name(f".{name}.{os.getpid()}.part")
+    partial.write_bytes(data)
+    partial.replace(path)
+    return path
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def unpack_bundle(archive: bytes, target: Path) -> None:

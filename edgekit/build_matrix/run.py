@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.build_matrix.file import Cell, Matrix
-from edgekit.build_matrix.html import write_matrix_html
+from edgekit.build_matrix.html import matrix_html
 from edgekit.build_matrix.pool import CELL_MEMORY_MB, default_budget, run_pool
 from edgekit.cache import store as step_cache
-from edgekit.errors import ConfigError
+from edgekit.errors import ConfigError, EdgekitError
+from edgekit.utils import outdir
 
 SCHEMA_ID = "edgekit.matrix/1"
 Watch = Callable[..., None]  # watch(event, cell, row=None): see matrix()
@@ -67,9 +68,21 @@ def run_matrix(matrix: Matrix, out: Path, jobs: int | None = None,
                progress: Callable[[str], None] | None = None, resume: bool = False,
                ray: str | None = None, baseline: Path | None = None, watch: Watch | None = None) -> MatrixResult:
     """Build every cell (at most `jobs` at once), write OUT/matrix.json, return the cells and the exit code: 1 if
-    any cell gave 1, else 2 if any gave 2, else 3 if any gave 3, else 0. A failing cell never stops the others."""
+    any cell gave 1, else 2 if any gave 2, else 3 if any gave 3, else 0. A failing cell never stops the others.
+    OUT is locked for the run (a second matrix on it fails at once, naming the first)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder", hint="give a folder for the matrix's bundles")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise outdir.user_os_error(exc, f"creating {out}") from None
+    with outdir.out_lock(out, "matrix"):
+        return _run_locked(matrix, out, jobs, progress, resume, ray, baseline, watch)
+
+
+def _run_locked(matrix: Matrix, out: Path, jobs: int | None, progress: Callable[[str], None] | None, resume: bool,
+                ray: str | None, baseline: Path | None, watch: Watch | None) -> MatrixResult:
     budget = default_budget(jobs)
     say = progress or (lambda line: None)
     where = (f"up to {budget.jobs} at a time{'' if budget.fixed else ' as memory allows'}" if ray is None else
@@ -80,7 +93,8 @@ def run_matrix(matrix: Matrix, out: Path, jobs: int | None = None,
     files: dict[str, str] = {}  # path -> sha256, each file read once
     for cell in matrix.cells:
         hashes[cell.bundle] = inputs_hash(cell, out, files)
-    done = {cell.bundle: row for cell in matrix.cells if resume and (row := _resumed(cell, out, hashes[cell.bundle]))}
+    done = {cell.bundle: row for cell in matrix.cells if resume and (row := _resumed(cell, out, hashes[cell.bundle],
+                                                                                      say))}
     watch = watch or (lambda event, cell, row=None: None)
     for cell in matrix.cells:
         watch("done" if cell.bundle in done else "queued", cell, done.get(cell.bundle))
@@ -123,8 +137,8 @@ def _finish(matrix: Matrix, out: Path, done: dict[str, dict], say, baseline: Pat
     written = {"schema": SCHEMA_ID, "matrix": str(matrix.source), "axes": matrix.axes, "exit_code": code,
                "baseline": gate, "cells": cells}
     validate_matrix(written)
-    _write(out / "matrix.json", written)
-    write_matrix_html(out / "matrix.html", written)
+    outdir.write_files({out / "matrix.json": json.dumps(written, indent=2) + "\n",
+                        out / "matrix.html": matrix_html(written)})
     return MatrixResult(out, cells, code)
 
 
@@ -145,7 +159,7 @@ def _against(cells: list[dict], out: Path, baseline: Path, say) -> tuple[list[di
             result = diff_bundles(old, out / cell["bundle"])
             found = result["regressions"]
         except EdgekitError as exc:  # a baseline bundle that does not verify is no baseline to pass
-            found = [f"the baseline bundle could not be compared: {exc}"]
+            found = [f"the baseline bundle {old} is damaged or not a bundle: {exc}"]
         if found:
             regressed.append(cell["bundle"])
             say(f"regressed against {baseline}: {cell['bundle']}: {'; '.join(found)}")
@@ -203,8 +217,8 @@ def aggregate(codes: list[int]) -> int:
 def cell_command(cell: Cell, out: Path) -> list[str]:
     """The `edgekit build` command line of one cell."""
     model = cell.model
-    command = [sys.executable, "-m", "edgekit.cli", "build", model.model, "--out", str(out / cell.bundle),
-               "--force"]
+    command = [sys.executable, "-P", "-m", "edgekit.cli", "build", model.model, "--out", str(out / cell.bundle),
+               "--force"]  # -P: nothing in the working directory stands in for an installed module
     for key, value in [("calibration", model.calibration), ("eval", model.eval), *model.settings.items(),
                        *cell.axes.items()]:
         if value is not None:
@@ -277,10 +291,14 @@ def inputs_hash(cell: Cell, out: Path, known: dict[str, str] | None = None) -> s
     import hashlib
 
     known = {} if known is None else known
-    command = cell_command(cell, out)[3:]
+    command = cell_command(cell, out)[4:]
     for arg in command:
         if arg not in known and Path(arg).exists() and arg != str(out / cell.bundle):
-            known[arg] = _tree_sha256(Path(arg))
+            try:
+                known[arg] = _tree_sha256(Path(arg))
+            except OSError as exc:  # a file removed or changed while it was read
+                raise ConfigError(f"{arg} changed while the matrix read it ({exc.strerror or exc}: {exc.filename})",
+                                  hint="let whatever writes it finish, then run the matrix again") from None
     files = {arg: known[arg] for arg in command if arg in known}
     text = json.dumps({"command": command, "files": files, "versions": _versions()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -317,14 +335,23 @@ def _stamp(cell: Cell, out: Path) -> Path:
     return out / cell.model.name / f"{cell.name}.inputs-sha256"
 
 
-def _resumed(cell: Cell, out: Path, digest: str) -> dict | None:
-    """The row of a bundle already built from the same inputs, from its report.json; None when it must be built."""
-    stamp, report_file = _stamp(cell, out), out / cell.bundle / "report.json"
-    if not (stamp.is_file() and report_file.is_file()) or stamp.read_text() != digest:
-        return None
+def _resumed(cell: Cell, out: Path, digest: str, say: Callable[[str], None]) -> dict | None:
+    """The row of a bundle already built from the same inputs that verifies as `edgekit check` verifies it (every
+    file's sha256, nothing unlisted, report.json against its schema); None when it must be built, and the run says
+    why when a bundle is there but is not kept."""
+    from edgekit.bundle.check import open_bundle
     from edgekit.bundle.report import passed
 
-    report = json.loads(report_file.read_text())
+    stamp, bundle = _stamp(cell, out), out / cell.bundle
+    if not (stamp.is_file() and (bundle / "report.json").is_file()):
+        return None
+    try:
+        if stamp.read_bytes().decode("ascii", errors="replace").strip() != digest:
+            return None
+        report = open_bundle(bundle).report
+    except (EdgekitError, OSError) as exc:
+        say(f"--resume: {cell.bundle} is rebuilt: {exc}")
+        return None
     log = out / cell.model.name / f"{cell.name}.log"
     return {**_row(cell, 0 if passed(report) else 3, report, log, 0.0), "resumed": True}
 
@@ -333,7 +360,7 @@ def _report(path: Path) -> dict | None:
     """The bundle's report.json (not the build's stdout, which a model's own prints could garble)."""
     try:
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 
@@ -368,9 +395,3 @@ def _line(row: dict) -> str:
                 f"{'n/a' if drop is None else f'{drop:.2f}'}, {'n/a' if size is None else f'{size:,}'} bytes, "
                 f"{row['seconds']:.1f} s")
     return f"{row['model']}/{row['name']}: exit {row['exit_code']}: {row['error']}"
-
-
-def _write(path: Path, data: dict) -> None:
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
-    temporary.replace(path)

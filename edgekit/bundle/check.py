@@ -69,6 +69,8 @@ def read_report(folder: Path, manifest: dict) -> dict:
         report = json.loads(path.read_bytes())
     except ValueError as exc:
         raise check_script.CheckError(f"{REPORT} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise check_script.CheckError(f"{REPORT} nests deeper than any report: refused") from None
     if not isinstance(report, dict) or report.get("schema") != SCHEMA_ID:
         raise check_script.CheckError(f"{REPORT} is not an {SCHEMA_ID} report (key schema)")
     import jsonschema

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import numpy as np
 
 from edgekit.cache import store as step_cache
 from edgekit.inputs.model import update_with_state
+from edgekit.standalone.check import CheckError, npz_declared
 
 PACKAGE = Path(__file__).resolve().parents[1]  # edgekit/: its whole source is in every key
 
@@ -97,9 +99,15 @@ def fetch_arrays(step: str, key: str) -> dict[str, np.ndarray] | None:
     with tempfile.TemporaryDirectory() as folder:
         if not step_cache.fetch(step, key, Path(folder)):
             return None
-        names = json.loads((Path(folder) / "names.json").read_text())
-        with np.load(Path(folder) / "arrays.npz", allow_pickle=False) as data:
-            return {name: data[f"a{i}"] for i, name in enumerate(names)}
+        try:
+            names = json.loads((Path(folder) / "names.json").read_text())
+            npz_declared(Path(folder) / "arrays.npz", f"step cache entry {step}/{key[:12]}")
+            with np.load(Path(folder) / "arrays.npz", allow_pickle=False) as data:
+                return {name: data[f"a{i}"] for i, name in enumerate(names)}
+        except (OSError, ValueError, KeyError, TypeError, CheckError) as exc:  # verified, yet not what we store
+            print(f"warning: step cache entry {step}/{key[:12]} is unreadable ({exc}): computed again",
+                  file=sys.stderr)
+            return None
 
 
 def store_arrays(step: str, key: str, arrays: dict[str, np.ndarray]) -> None:

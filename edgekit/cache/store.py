@@ -6,22 +6,42 @@ Off unless $EDGEKIT_STEP_CACHE names a folder (edgekit matrix sets it to OUT/.st
 everything the step's output depends on (its input files' bytes, its settings, the tool's version); it is
 written to a temporary folder and renamed, so a reader sees a whole entry or none, and two builds that miss at
 once both compute and one of them keeps its copy.
+
+An entry is data from a folder someone else may have written: it holds entry.json, the sha256 of each of its files,
+and every read verifies them (a file missing, changed, truncated or not listed makes the entry a miss: it is
+removed, rebuilt, and a warning names it). The folder itself is made private (0700); one that another user owns
+or others can write is not used at all (the build says so and computes every step).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 ENV = "EDGEKIT_STEP_CACHE"
+INDEX = "entry.json"  # {"files": {name: sha256}}
 
 
 def cache_root() -> Path | None:
+    """The step cache's folder, or None: off, or a folder this user cannot trust (a warning says why)."""
+    from edgekit.utils.outdir import private_problem
+
     value = os.environ.get(ENV)
-    return Path(value) if value else None
+    if not value:
+        return None
+    try:
+        problem = private_problem(Path(value))
+    except OSError as exc:
+        problem = f"{value}: {exc.strerror or exc}"
+    if problem is not None:
+        _warn(f"step cache not used: {problem}; every step is computed")
+        return None
+    return Path(value)
 
 
 def digest(*parts: bytes | str | Path) -> str:
@@ -39,33 +59,75 @@ def digest(*parts: bytes | str | Path) -> str:
 
 
 def fetch(step: str, key: str, into: Path) -> bool:
-    """Copy the cached entry's files into `into`; False when there is no cache or no entry."""
+    """Copy the cached entry's files into `into` once every one matches its sha256 in entry.json; False when there
+    is no cache or no entry, or the entry does not verify (then it is removed and a warning names it)."""
     root = cache_root()
     entry = root / step / key if root is not None else None
     if entry is None or not entry.is_dir():
         return False
+    problem = _entry_problem(entry)
+    if problem is not None:
+        _warn(f"step cache entry {step}/{key[:12]} is damaged ({problem}): computed again")
+        shutil.rmtree(entry, ignore_errors=True)
+        return False
     into.mkdir(parents=True, exist_ok=True)
-    for item in entry.iterdir():
-        if item.is_file():
-            shutil.copy2(item, into / item.name)
+    for name in json.loads((entry / INDEX).read_text())["files"]:
+        shutil.copy2(entry / name, into / name)
     return True
 
 
 def store(step: str, key: str, files: list[Path]) -> None:
-    """Keep `files` as the entry (a no-op without a cache, or when another build stored it first)."""
+    """Keep `files` as the entry with their sha256 in entry.json (a no-op without a cache, or when another build
+    stored it first)."""
     root = cache_root()
     if root is None:
         return
     entry = root / step / key
     if entry.is_dir():
         return
-    entry.parent.mkdir(parents=True, exist_ok=True)
+    entry.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{key[:12]}.", dir=entry.parent))
     try:
         for path in files:
             shutil.copy2(path, partial / path.name)
+        index = {"files": {path.name: _sha256(partial / path.name) for path in files}}
+        (partial / INDEX).write_text(json.dumps(index))
         partial.rename(entry)
-    except OSError:  # another build renamed its copy first: keep that one
+    except OSError:  # another build renamed its copy first (keep that one), or the disk is full (nothing kept)
         pass
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def _entry_problem(entry: Path) -> str | None:
+    """What is wrong with an entry's files against its entry.json, or None."""
+    try:
+        index = json.loads((entry / INDEX).read_bytes()[:1 << 16])
+        files = index["files"]
+        if not isinstance(files, dict) or not files or not all(
+                isinstance(n, str) and "/" not in n and n not in (INDEX, ".", "..") and isinstance(d, str)
+                for n, d in files.items()):
+            return f"{INDEX} does not list its files"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{INDEX} unreadable: {type(exc).__name__}"
+    present = {p.name for p in entry.iterdir()} - {INDEX}
+    if present != set(files):
+        return f"files {sorted(present ^ set(files))} differ from {INDEX}"
+    for name, expected in files.items():
+        path = entry / name
+        if path.is_symlink() or not path.is_file() or _sha256(path) != expected:
+            return f"{name} does not match its sha256"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def _warn(text: str) -> None:
+    """A warning in the build's log (a matrix cell's stderr goes to OUT/<model>/<cell>.log)."""
+    print(f"warning: {text}", file=sys.stderr)

@@ -75,7 +75,7 @@ class Target:
         """Read and validate a target file; unknown keys are an error so that a typo never passes."""
         try:
             raw = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
             raise ConfigError(f"cannot read target file {path}: {exc}", hint="fix the TOML syntax") from exc
         return cls.from_dict(raw, source=str(path))
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import numpy as np
 from edgekit.errors import DataError
 from edgekit.inputs.model import TensorSpec
 from edgekit.standalone.check import CheckError, npz_declared
+from edgekit.utils.user_code import call_user
 
 LABEL_KEY = "y"
 BOX_KEYS = ("boxes", "box_classes", "box_image")  # a detector's ground truth (docs/outputs.md)
@@ -112,7 +112,7 @@ def _load_path(text: str, recipe: Path | str | None, what: str) -> Dataset:
         return _load_file(path, what)
     module_name, sep, attr = text.partition(":")
     if sep and attr.isidentifier():
-        return _from_iterable(_call(module_name, attr)(), text, what)
+        return _from_iterable(_call(module_name, attr), text, what)
     raise DataError(f"{what} {text} does not exist",
                     hint="give a .npz (x, optional y), a .npy, a folder of images with --recipe, or module:callable")
 
@@ -135,8 +135,9 @@ def _load_file(path: Path, what: str) -> Dataset:
 
 
 def _call(module_name: str, attr: str) -> Any:
+    """What the user's callable returns (edgekit/utils/user_code.py: the working directory last on the path)."""
     try:
-        return getattr(importlib.import_module(module_name), attr)
+        return call_user(module_name, attr, lambda function: function())
     except (ImportError, AttributeError) as exc:
         raise DataError(f"cannot import {module_name}:{attr}: {exc}",
                         hint="the module must be importable and define the callable") from exc
@@ -218,7 +219,12 @@ def validate_against(data: Dataset, specs: tuple[TensorSpec, ...], what: str) ->
     """Key the data by input name and check every sample shape against the model's; explain layout mistakes."""
     data = data.renamed([s.name for s in specs])
     for spec in specs:
-        got = data.inputs[spec.name].shape[1:]
+        array = data.inputs[spec.name]
+        if spec.dtype.startswith(("float", "bfloat")) and array.dtype.kind in "iub":
+            raise DataError(f"{what} {data.source}: input {spec.name!r} is {spec.dtype} in the model, the data is "
+                            f"{array.dtype}", hint="cast it with x.astype(numpy.float32), scaled and normalised as in "
+                            "training")
+        got = array.shape[1:]
         if not _shape_matches(got, spec.sample_shape):
             raise DataError(_shape_message(spec, got, data.source, what), hint=_shape_hint(spec, got))
     return data

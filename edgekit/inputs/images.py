@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 from edgekit.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+MAX_SIDE = 16384  # pixels a recipe may resize to, per side
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,18 @@ class Recipe:
     scale: float = 255.0
 
     def __post_init__(self) -> None:
+        size = self.size
+        if not (isinstance(size, tuple) and len(size) == 2 and all(
+                type(v) is int and 0 < v <= MAX_SIDE for v in size)):
+            raise ConfigError(f"recipe size = {list(size) if isinstance(size, tuple) else size!r} is not [height, "
+                              f"width] in pixels (two integers from 1 to {MAX_SIDE})", hint="e.g. size = [224, 224]")
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if not isinstance(values, tuple) or not values or not all(
+                    type(v) in (int, float) and math.isfinite(v) for v in values):
+                raise ConfigError(f"recipe {key} = {values!r} is not a list of numbers", hint=f"e.g. {key} = [0.5]")
+        if type(self.scale) not in (int, float) or not math.isfinite(self.scale) or self.scale <= 0:
+            raise ConfigError(f"recipe scale = {self.scale!r} is not a positive number", hint="e.g. scale = 255.0")
         if self.layout not in ("NCHW", "NHWC"):
             raise ConfigError(f"recipe layout = {self.layout!r} is not NCHW or NHWC", hint="PyTorch models use NCHW")
         if self.colour not in ("rgb", "bgr", "grey"):
@@ -42,7 +56,7 @@ class Recipe:
     def from_toml(cls, path: Path | str) -> Recipe:
         try:
             raw = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
             raise ConfigError(f"cannot read recipe {path}: {exc}", hint="see calibration/*.toml") from exc
         known = {f.name for f in dataclasses.fields(cls)}
         if set(raw) - known:
@@ -76,6 +90,9 @@ def _load_image(path: Path, recipe: Recipe) -> np.ndarray:
             image = image.convert("L" if recipe.colour == "grey" else "RGB")
             image = image.resize((recipe.size[1], recipe.size[0]), Image.Resampling.BILINEAR)
             pixels = np.asarray(image, dtype=np.float32)
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"image {path} is refused: {exc}", hint="resize it below Pillow's limit of "
+                        f"{2 * Image.MAX_IMAGE_PIXELS:,} pixels, or remove it") from None
     except (OSError, UnidentifiedImageError) as exc:
         raise DataError(f"cannot read image {path}: {exc}", hint="remove or replace the broken file") from exc
     pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import ModelError, first_line
+from edgekit.utils.user_code import call_user
 
 TORCH_SUFFIXES = (".pt", ".ts", ".pth", ".jit")
 
@@ -158,16 +158,63 @@ def _load_onnx(path: Path, name: str) -> LoadedModel:
     import onnx
 
     try:
+        external = _external_data(path, onnx.load(str(path), load_external_data=False))
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
+    except ModelError:
+        raise
     except Exception as exc:
         raise ModelError(f"{path} is not a valid ONNX model: {first_line(exc)}",
                          hint="re-export it with torch.onnx.export and check it with onnx.checker") from None
+    _runtime_reads(path, model)
     initializers = {init.name for init in model.graph.initializer}
     inputs = tuple(onnx_value_spec(v) for v in model.graph.input if v.name not in initializers)
     metadata = {prop.key: prop.value for prop in model.metadata_props}
-    return LoadedModel(name=name, kind="onnx", sha256=sha256_file(path), source=str(path), onnx_path=path,
+    digest = sha256_file(path) if not external else hashlib.sha256("\0".join(
+        [sha256_file(path), *(f"{name}:{sha256_file(file)}" for name, file in external)]).encode()).hexdigest()
+    return LoadedModel(name=name, kind="onnx", sha256=digest, source=str(path), onnx_path=path,
                        inputs=inputs, metadata=metadata or None)
+
+
+def _runtime_reads(path: Path, model: Any) -> None:
+    """onnxruntime (which measures every route) opens a model of this IR version and default-domain opset: checked
+    on a one-node model of the same versions, so a file newer than the runtime is refused here, not after export."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    probe = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [value],
+                                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]),
+                              opset_imports=[helper.make_opsetid("", opset or 13)])
+    probe.ir_version = model.ir_version
+    try:
+        ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own words: "Unsupported model IR version: 12, max supported ..."
+        reason = str(exc).split(" : ")[-1].strip().rsplit(") ", 1)[-1]
+        raise ModelError(f"{path}: onnxruntime {ort.__version__} cannot read this model (IR version "
+                         f"{model.ir_version}, opset {opset}): {reason[:200]}",
+                         hint="export it again with an older IR version/opset (torch.onnx.export(..., opset_version="
+                              "17)), or onnx.version_converter") from None
+
+
+def _external_data(path: Path, proto: Any) -> list[tuple[str, Path]]:
+    """The external-data files an ONNX model names, each a regular file inside the model's folder once links are
+    resolved; a location that leads out of it (`..`, an absolute path, a symlink) is refused before it is read."""
+    folder = path.resolve().parent
+    names = sorted({entry.value for tensor in proto.graph.initializer for entry in tensor.external_data
+                    if entry.key == "location"})
+    found = []
+    for name in names:
+        resolved = (folder / name).resolve()
+        if folder not in resolved.parents:
+            raise ModelError(f"{path}: external data {name!r} resolves outside the model's folder "
+                             f"({resolved}): refused", hint="keep the model's external data files beside it, as "
+                             "regular files (not links to elsewhere)")
+        if not resolved.is_file():
+            raise ModelError(f"{path}: external data {name!r} is missing", hint="copy it beside the model")
+        found.append((name, resolved))
+    return found
 
 
 def onnx_value_spec(value_info: Any) -> TensorSpec:
@@ -181,16 +228,19 @@ def onnx_value_spec(value_info: Any) -> TensorSpec:
 
 def _load_factory(spec: str, name: str | None) -> LoadedModel:
     module_name, _, attr = spec.partition(":")
+
+    def build(factory: Any) -> Any:
+        try:
+            return factory()
+        except Exception as exc:
+            raise ModelError(f"{spec}() raised {type(exc).__name__}: {first_line(exc)}",
+                             hint="the factory must take no arguments and return an nn.Module") from exc
+
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
+        module = call_user(module_name, attr, build)
     except (ImportError, AttributeError) as exc:
-        raise ModelError(f"cannot import {spec}: {first_line(exc)}",
-                         hint="the module must be importable (check PYTHONPATH) and define the factory") from exc
-    try:
-        module = factory()
-    except Exception as exc:
-        raise ModelError(f"{spec}() raised {type(exc).__name__}: {first_line(exc)}",
-                         hint="the factory must take no arguments and return an nn.Module") from exc
+        raise ModelError(f"cannot import {spec}: {first_line(exc)}", hint="the module must be importable (from "
+                         "PYTHONPATH or the working directory) and define the factory") from exc
     return _from_module(module, name or attr, source_desc=spec)
 
 

@@ -93,6 +93,8 @@ def read_manifest(bundle: Path, expect_digest: "str | None" = None) -> dict:
         manifest = json.loads(data)
     except ValueError as exc:
         raise CheckError(f"manifest.json is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise CheckError("manifest.json nests deeper than any manifest: refused") from None
     validate_manifest(manifest)
     return manifest
 

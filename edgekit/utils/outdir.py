@@ -95,11 +95,11 @@ def sweep_for(out: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def out_lock(out: Path) -> Iterator[Path]:
+def out_lock(out: Path, what: str = "build") -> Iterator[Path]:
     """Hold `.NAME.lock` beside OUT (flock: released by the kernel when the holder dies, so a stale one is free);
-    a second build to the same OUT fails at once naming the holder's process id."""
+    a second build (or matrix, `what`) to the same OUT fails at once naming the holder's process id."""
     lock = out.with_name(f".{out.name}.lock")
-    fd = _acquire(lock, out)
+    fd = _acquire(lock, out, what)
     try:
         yield lock
     finally:
@@ -108,7 +108,7 @@ def out_lock(out: Path) -> Iterator[Path]:
         os.close(fd)
 
 
-def _acquire(lock: Path, out: Path) -> int:
+def _acquire(lock: Path, out: Path, what: str) -> int:
     for _ in range(5):  # the file may be unlinked by its last holder between our open and flock: retry
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -116,7 +116,7 @@ def _acquire(lock: Path, out: Path) -> int:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise ConfigError(f"another edgekit build (process {holder}) is writing {out}",
+            raise ConfigError(f"another edgekit {what} (process {holder}) is writing {out}",
                               hint=f"wait for it to finish, or choose another --out (lock: {lock})") from None
         with contextlib.suppress(FileNotFoundError):
             if os.fstat(fd).st_ino == os.stat(lock).st_ino:
@@ -206,3 +206,41 @@ def _swap(staging: Path, out: Path) -> None:
     out.rename(aside)
     staging.rename(out)
     shutil.rmtree(aside, ignore_errors=True)
+
+
+def write_files(texts: dict[Path, str]) -> None:
+    """Each text into a temporary file beside its path, then every one renamed over its path: on any failure (a
+    full disk) nothing is replaced and no temporary is left, so each file is its old self or complete."""
+    written: list[Path] = []
+    try:
+        for path, text in texts.items():
+            temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            written.append(temporary)
+            with open(temporary, "w") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+        for temporary, path in zip(written, texts):
+            temporary.replace(path)
+    except OSError as exc:
+        for temporary in written:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+        raise user_os_error(exc, f"writing {', '.join(p.name for p in texts)}") from None
+
+
+def private_problem(folder: Path) -> str | None:
+    """Why `folder` (made 0700 when missing) cannot hold files this user must trust: a link or not a folder,
+    another user's, or writable by group or others; None when it is this user's own."""
+    import stat
+
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700, parents=True)
+    found = os.lstat(folder)
+    if not stat.S_ISDIR(found.st_mode):
+        return f"{folder} is not a folder (a link or a file)"
+    if found.st_uid != os.getuid():
+        return f"{folder} belongs to user {found.st_uid}, not to this one ({os.getuid()})"
+    if found.st_mode & 0o022:
+        return f"{folder} is writable by others (mode {stat.S_IMODE(found.st_mode):o})"
+    return None

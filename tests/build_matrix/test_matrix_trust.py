@@ -1,0 +1,140 @@
+"""A build matrix among files it should not trust: cells isolated from the working directory, --resume keeping only
+bundles that verify, OUT locked for one matrix at a time, its outputs written whole or not at all, and Ray nodes
+that use only the files the driver sent."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import edgekit
+from edgekit.build_matrix.file import load_matrix
+from edgekit.build_matrix.ray import UnsafeNodeFile, _local_copy, node_folder
+from edgekit.build_matrix.run import _resumed, inputs_hash
+from edgekit.cli import main
+from edgekit.utils import outdir
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _matrix(digits_files, folder: Path, axes: str) -> Path:
+    lines = ["[[models]]", 'name = "digits"', f'model = "{digits_files["pt2"]}"',
+             f'calibration = "{digits_files["calib"]}"', f'eval = "{digits_files["eval"]}"', "", "[axes]", axes, ""]
+    path = folder / "m.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def test_cells_ignore_the_working_directory_and_resume_keeps_only_bundles_that_verify(digits_files, tmp_path: Path,
+                                                                                     monkeypatch):
+    work, marker = tmp_path / "work", tmp_path / "ran"
+    work.mkdir()
+    for name in ("click.py", "numpy.py"):  # a stray file where the matrix is started
+        (work / name).write_text(f"open({str(marker)!r}, 'a').write({name!r})\n")
+    monkeypatch.chdir(work)
+    matrix = _matrix(digits_files, tmp_path, 'target = "android-arm64-fp32"\nemulator = "host"\nseed = [0, 1]')
+    out = tmp_path / "out"
+    first = edgekit.matrix(matrix, out, jobs=2)
+    assert not marker.exists(), f"a module from the working directory ran in a cell: {marker.read_text()}"
+    assert first.exit_code == 0, first.cells
+    tampered, reported = (out / cell["bundle"] for cell in first.cells)
+    model = tampered / "model.tflite"
+    model.write_bytes(model.read_bytes()[:-64] + bytes(64))  # the kept bundle's model changed after the build
+    (reported / "report.json").write_text("{")  # a corrupt report: rebuilt, not a traceback
+    damaged = sorted(p for p in (out / ".steps").glob("*/*/*") if p.name != "entry.json")
+    assert {p.parent.parent.name for p in damaged} >= {"export", "reference"}
+    for path in damaged:  # the step cache the cells share, every entry's payload changed on disk
+        path.write_bytes(path.read_bytes()[:-1] + bytes([path.read_bytes()[-1] ^ 0xFF]))
+    lines: list[str] = []
+    again = edgekit.matrix(matrix, out, jobs=2, resume=True, progress=lines.append)
+    assert again.exit_code == 0 and [c["resumed"] for c in again.cells] == [False, False]
+    assert any(line.startswith(f"--resume: {first.cells[0]['bundle']} is rebuilt: ") and
+               "model.tflite differs from the sha256 in manifest.json" in line for line in lines), lines
+    assert any(line.startswith(f"--resume: {first.cells[1]['bundle']} is rebuilt: ") and
+               "report.json differs from the sha256" in line for line in lines), lines
+    logs = "".join((out / "digits" / f"{c['name']}.log").read_text() for c in again.cells)
+    assert "step cache entry export/" in logs and "step cache entry reference/" in logs and "is damaged" in logs
+    for old, new in zip(first.cells, again.cells):  # computed again from the model, the same measurement
+        assert new["drift"] == old["drift"] and new["size"] == old["size"]
+    stamp = out / "digits" / f"{first.cells[1]['name']}.inputs-sha256"
+    stamp.write_bytes(b"\xff\xfe\x00 not a digest")  # a stamp that is not text: rebuilt, never a traceback
+    cell = next(c for c in load_matrix(matrix).cells if c.name == first.cells[1]["name"])
+    assert _resumed(cell, out, inputs_hash(cell, out), lines.append) is None
+    stamp.write_text(inputs_hash(cell, out))
+    # the outputs are written whole or not at all: a file size limit (as a full disk) leaves the last ones intact
+    before = {name: (out / name).read_bytes() for name in ("matrix.json", "matrix.html")}
+    limited = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500)); "
+               "from edgekit.cli import main; sys.argv[0] = 'edgekit'; main()")
+    done = subprocess.run([sys.executable, "-P", "-c", limited, "matrix", str(matrix), "--out", str(out), "--resume"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 2 and "error: writing matrix.json, matrix.html: File too large" in done.stderr, \
+        done.stderr
+    assert "Traceback" not in done.stderr
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]
+
+
+def test_one_matrix_at_a_time_on_an_out_and_out_must_be_a_folder(digits_files, tmp_path: Path):
+    matrix = _matrix(digits_files, tmp_path, 'target = "android-arm64-fp32"')
+    out = tmp_path / "out"
+    out.mkdir()
+    with outdir.out_lock(out, "matrix"):
+        held = CliRunner().invoke(main, ["matrix", str(matrix), "--out", str(out)])
+    assert held.exit_code == 2 and f"another edgekit matrix (process {os.getpid()}) is writing {out}" in held.output
+    assert list(out.iterdir()) == []
+    (tmp_path / "file").write_text("not a folder")
+    refused = CliRunner().invoke(main, ["matrix", str(matrix), "--out", str(tmp_path / "file")])
+    assert refused.exit_code == 2 and f"--out {tmp_path / 'file'} is a file, not a folder" in refused.output
+    assert "Traceback" not in refused.output
+
+
+def test_a_ray_node_folder_is_private_and_its_files_are_hashed(tmp_path: Path):
+    root = node_folder(tmp_path)
+    assert root.name == f"edgekit-ray-{os.getuid()}" and (root.stat().st_mode & 0o777) == 0o700
+    data = b"the driver's model"
+    digest = hashlib.sha256(data).hexdigest()
+    assert _local_copy(root, digest, "net.pt2", lambda: data).read_bytes() == data
+    (root / digest / "net.pt2").write_bytes(b"planted")  # changed on the node after it was written
+    with pytest.raises(UnsafeNodeFile, match="is not the file the driver sent"):
+        _local_copy(root, digest, "net.pt2", lambda: data)
+    with pytest.raises(UnsafeNodeFile, match="arrived with a sha256 other than the driver's"):
+        _local_copy(root, "0" * 64, "net.pt2", lambda: data)
+    root.chmod(0o777)  # as another user's folder would be to us: writable by others
+    with pytest.raises(UnsafeNodeFile, match="is writable by others"):
+        node_folder(tmp_path)
+    shutil.rmtree(root)
+    root.symlink_to(tmp_path)
+    with pytest.raises(UnsafeNodeFile, match="is not a folder"):
+        node_folder(tmp_path)
+
+
+def test_a_file_planted_on_a_ray_node_fails_its_cell(digits_files, tmp_path: Path, monkeypatch, request):
+    """A local Ray runtime whose workers' temp folder holds, at the place of the cell's model, another model (as a
+    local user could plant it): the cell fails with the reason, it does not pass with the planted model."""
+    pytest.importorskip("ray", reason="Ray is not installed: pip install 'edgekit[ray]'")
+    node_tmp = Path(tempfile.mkdtemp(prefix="ek-", dir="/tmp"))  # short: Ray's sockets live under it too
+    request.addfinalizer(lambda: shutil.rmtree(node_tmp, ignore_errors=True))
+    monkeypatch.setenv("TMPDIR", str(node_tmp))  # the Ray workers started here take it as their temp folder
+    digest = hashlib.sha256(Path(digits_files["pt2"]).read_bytes()).hexdigest()
+    other = ROOT / "examples" / "01_android_int8" / "digits_cnn.pt2"  # a working model, not the cell's
+    assert hashlib.sha256(other.read_bytes()).hexdigest() != digest
+    for folder in (f"edgekit-ray-{os.getuid()}", "edgekit-ray"):  # where this version and the last one look
+        planted = node_tmp / folder / digest / Path(digits_files["pt2"]).name
+        planted.parent.mkdir(parents=True)
+        shutil.copyfile(other, planted)
+        (node_tmp / folder).chmod(0o700)
+    matrix = _matrix(digits_files, tmp_path, 'target = "android-arm64-fp32"\nemulator = "host"')
+    result = CliRunner().invoke(main, ["matrix", str(matrix), "--out", str(tmp_path / "out"), "--ray", "--json"])
+    assert result.exit_code == 2, result.output
+    written = json.loads((tmp_path / "out" / "matrix.json").read_text())
+    assert written["cells"][0]["bundle"] is None
+    assert "is not the file the driver sent (sha256 differs): refused" in written["cells"][0]["error"]
