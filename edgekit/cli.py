@@ -355,10 +355,11 @@ def emulator_status(as_json: bool) -> None:
                    "that cluster (pip install 'edgekit[ray]')")
 @click.option("--baseline", type=click.Path(path_type=Path), help="the OUT of a previous run: compare every cell "
               "with its bundle there (edgekit diff) and exit 3 when one regressed (the release gate)")
+@click.option("--max-cells", type=click.IntRange(min=1), help="the most cells the file may expand to [1000]")
 @click.option("--json", "as_json", is_flag=True, help="print matrix.json on stdout (progress stays on stderr)")
 @handle_errors
 def matrix_command(matrix_file: Path, out: Path | None, jobs: int | None, resume: bool, ray: str | None,
-                   baseline: Path | None, as_json: bool) -> int:
+                   baseline: Path | None, max_cells: int | None, as_json: bool) -> int:
     """Build every cell of MATRIX_FILE (models x axes, each an ordinary build) and gather the verdicts in
     OUT/matrix.json; exit 1 if any cell gave 1, else 2, else 3, else 0."""
     import edgekit
@@ -366,7 +367,7 @@ def matrix_command(matrix_file: Path, out: Path | None, jobs: int | None, resume
     console = _console()
     with _matrix_progress(console) as (say, watch):
         result = edgekit.matrix(matrix_file, out, jobs, progress=say, resume=resume, ray=ray, baseline=baseline,
-                                watch=watch)
+                                watch=watch, max_cells=max_cells)
     if as_json:
         click.echo((result.out / "matrix.json").read_text(), nl=False)
     passed = sum(c["passed"] for c in result.cells)

@@ -26,12 +26,22 @@ to the working directory.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgekit.config.options import CALIBRATION_METHODS, CONVERTERS, EQUALIZE, FALLBACKS, PRUNE_MODES, WEIGHT_METHODS
+from edgekit.config.options import (
+    CALIBRATION_METHODS,
+    CONVERTERS,
+    EQUALIZE,
+    FALLBACKS,
+    FLAGS,
+    PRUNE_MODES,
+    WEIGHT_METHODS,
+    options_from_flags,
+)
 from edgekit.config.target import load_target
 from edgekit.errors import ConfigError
 from edgekit.routes import get_route
@@ -46,6 +56,12 @@ MODEL_KEYS = ("name", "model", "calibration", "eval", "recipe", "max_drop", "min
               "min_precision", "task", "ignore_index", "input_shape", "outputs")
 SETTINGS = MODEL_KEYS[4:]  # per-model build options
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+OUTPUT_NAMES = ("matrix.json", "matrix.html")  # what a matrix writes in OUT beside the models' folders
+MAX_CELLS = 1000  # cells a matrix may build unless told more (--max-cells)
+COMBINATIONS_PER_CELL = 100  # the axes may multiply to this many combinations per allowed cell before collapsing
+INTEGERS = ("seed", "recover", "clusters", "max_size", "max_float_layers", "ignore_index")
+NUMBERS = ("percentile", "prune", "max_drop", "min_agreement", "min_sqnr", "min_recall", "min_precision",
+           "max_latency_ratio")
 
 
 @dataclass(frozen=True)
@@ -81,7 +97,7 @@ class Matrix:
     cells: tuple[Cell, ...]
 
 
-def load_matrix(path: str | Path) -> Matrix:
+def load_matrix(path: str | Path, max_cells: int = MAX_CELLS) -> Matrix:
     """Read MATRIX.toml and check all of it (keys, models, files, targets, axis values, cell names) before any
     build: every problem is a ConfigError (exit 2)."""
     path = Path(path).resolve()
@@ -95,10 +111,44 @@ def load_matrix(path: str | Path) -> Matrix:
     axes = _axes(raw.get("axes", {}), path)
     excludes = [_rule(rule, path, "exclude") for rule in raw.get("exclude", [])]
     includes = [_rule(rule, path, "include") for rule in raw.get("include", [])]
+    combinations = len(models) * math.prod(len(values) for values in axes.values()) + len(models) * len(includes)
+    if combinations > COMBINATIONS_PER_CELL * max_cells:
+        raise ConfigError(f"{path}: the axes multiply to {combinations:,} combinations for {len(models)} model(s), "
+                          f"more than {COMBINATIONS_PER_CELL} for each of the --max-cells {max_cells:,} cells a "
+                          "matrix may build", hint="narrow the axes or split the file; raise --max-cells only for "
+                          "a matrix that really builds that many cells")
     cells = _expand(models, axes, excludes, includes, path)
     if not cells:
         raise ConfigError(f"{path}: every cell is excluded", hint="loosen the [[exclude]] entries")
+    if len(cells) > max_cells:
+        raise ConfigError(f"{path}: {len(cells):,} cells, more than --max-cells {max_cells:,}",
+                          hint="narrow the axes or [[exclude]] more, or raise --max-cells")
+    for cell in cells:
+        _check_cell(cell, path)
     return Matrix(path, models, axes, tuple(cells))
+
+
+def _check_cell(cell: Cell, path: Path) -> None:
+    """Every value of the cell's build checked as its build would check it, before any build: types first, then
+    the build options' own ranges (ConfigError naming the cell)."""
+    where = f"{path}: cell {cell.bundle}"
+    values = {**cell.model.settings, **cell.axes}
+    for key, value in values.items():
+        if key in INTEGERS and type(value) is not int:
+            raise ConfigError(f"{where}: {key} = {value!r} is not an integer", hint=f"e.g. {key} = 0")
+        if key in NUMBERS and (type(value) not in (int, float) or not math.isfinite(value)):
+            raise ConfigError(f"{where}: {key} = {value!r} is not a number", hint=f"e.g. {key} = 1.0")
+    shape = values.get("input_shape")
+    if shape is not None and not (isinstance(shape, list) and shape and all(type(d) is int and d > 0
+                                                                            for d in shape)):
+        raise ConfigError(f"{where}: input_shape = {shape!r} is not a list of positive sizes",
+                          hint="e.g. input_shape = [1, 3, 224, 224]")
+    flags = {key: value for key, value in values.items() if key in FLAGS and key not in ("recipe", "outputs",
+                                                                                         "input_shape")}
+    try:
+        options_from_flags(**flags)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from None
 
 
 def _list(raw: dict, key: str, path: Path) -> list:
@@ -125,6 +175,9 @@ def _model(entry: dict, folder: Path, index: int) -> Model:
     if not NAME.fullmatch(entry["name"]):
         raise ConfigError(f"{where}: name {entry['name']!r} is not a plain name",
                           hint="letters, digits, '-', '_' and '.': it names the model's folder under OUT")
+    if entry["name"].lower() in OUTPUT_NAMES:
+        raise ConfigError(f"{where}: name {entry['name']!r} is the name of a file the matrix writes in OUT",
+                          hint="name the model otherwise: it names the model's folder under OUT")
     model = _located(entry["model"], folder, where, factory_ok=True)
     data = {key: _located(entry[key], folder, where, factory_ok=True) for key in ("calibration", "eval")
             if key in entry}
@@ -191,16 +244,16 @@ def _rule(rule: dict, path: Path, kind: str) -> dict:
 
 def _expand(models: tuple[Model, ...], axes: dict, excludes: list[dict], includes: list[dict],
             path: Path) -> list[Cell]:
-    cells, seen = [], {}
+    cells, seen, targets = [], {}, {}
     keys = list(axes)
-    combos = [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
     for model in models:
+        combos = (dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys)))
         for combo in [*(c for c in combos if not any(_matches(model, c, rule) for rule in excludes)),
                       *(_included(model, rule) for rule in includes if rule.get("model", model.name) == model.name)]:
             if "target" not in combo:
                 raise ConfigError(f"{path}: a cell of {model.name} has no target ({combo or 'no axes'})",
                                   hint="add target = [...] to [axes], or a target to every [[include]]")
-            cell = Cell(model, _applicable(combo))
+            cell = Cell(model, _applicable(combo, targets))
             if cell.bundle in seen:  # the same build (an axis that does not apply collapses cells into one)
                 if seen[cell.bundle] != cell.axes:
                     raise ConfigError(f"{path}: duplicate cell name {cell.bundle} ({seen[cell.bundle]} and "
@@ -219,17 +272,20 @@ def _included(model: Model, rule: dict) -> dict:
     return {k: v for k, v in rule.items() if k != "model"}
 
 
-def _applicable(combo: dict) -> dict:
-    """The combo without the values that do not apply to its target."""
-    target = load_target(combo["target"]) if "target" in combo else None
-    if target is None:
+def _applicable(combo: dict, targets: dict) -> dict:
+    """The combo without the values that do not apply to its target (`targets`: each target and its route read
+    once)."""
+    if "target" not in combo:
         return dict(combo)
+    if combo["target"] not in targets:
+        found = load_target(combo["target"])
+        targets[combo["target"]] = (found, get_route(found.route))
+    target, route = targets[combo["target"]]
     dropped = set()
     if not target.calibrated:
         dropped |= {"calibration_method", "percentile"}
     if target.precision in ("fp32", "fp16"):
         dropped |= {"weight_method", "fallback"}
-    route = get_route(target.route)
     if not route.converters:  # the route converts one way: a converter axis does not apply
         dropped.add("converter")
     if route.weight_methods == ("minmax",):

@@ -42,17 +42,19 @@ class MatrixResult:
 
 def matrix(path: str | Path, out: str | Path | None = None, jobs: int | None = None,
            progress: Callable[[str], None] | None = None, resume: bool = False,
-           ray: str | None = None, baseline: str | Path | None = None, watch: Watch | None = None) -> MatrixResult:
+           ray: str | None = None, baseline: str | Path | None = None, watch: Watch | None = None,
+           max_cells: int | None = None) -> MatrixResult:
     """`edgekit matrix`: read and check MATRIX.toml completely (ConfigError, exit 2, before any build), build
     every cell into OUT (default: dist/<matrix-stem>), write OUT/matrix.json. `resume`: a cell whose bundle
     exists from a build of the same inputs (command, file contents, tool versions) is not built again. `ray`:
     None builds on this machine; "local" starts a local Ray runtime, an address joins that cluster. `baseline`: the
     OUT of a previous run; every cell built in both is compared with `edgekit diff` (the release gate: a
     regression makes the matrix exit 3). `watch(event, cell, row)`: each cell "queued", then "running" (or
-    "submitted" to Ray), then "done" with its matrix.json row (edgekit/build_matrix/board.py draws them)."""
-    from edgekit.build_matrix.file import load_matrix
+    "submitted" to Ray), then "done" with its matrix.json row (edgekit/build_matrix/board.py draws them).
+    `max_cells`: the most cells the file may expand to (default 1000; its axes may multiply to 100 times that)."""
+    from edgekit.build_matrix.file import MAX_CELLS, load_matrix
 
-    loaded = load_matrix(path)
+    loaded = load_matrix(path, MAX_CELLS if max_cells is None else max_cells)
     if baseline is not None and not (Path(baseline) / "matrix.json").is_file():
         raise ConfigError(f"--baseline {baseline} holds no matrix.json",
                           hint="give the OUT folder of a previous edgekit matrix run")

@@ -13,6 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -138,3 +139,79 @@ def test_a_file_planted_on_a_ray_node_fails_its_cell(digits_files, tmp_path: Pat
     written = json.loads((tmp_path / "out" / "matrix.json").read_text())
     assert written["cells"][0]["bundle"] is None
     assert "is not the file the driver sent (sha256 differs): refused" in written["cells"][0]["error"]
+
+
+def _load_in_child(matrix: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """load_matrix in its own process, so a file that expands without bound fails the test instead of hanging it."""
+    code = ("import sys; from edgekit.build_matrix.file import load_matrix; from edgekit.errors import ConfigError\n"
+            "try:\n    print(len(load_matrix(sys.argv[1]).cells))\n"
+            "except ConfigError as exc:\n    print('error:', exc.message); sys.exit(2)")
+    return subprocess.run([sys.executable, "-c", code, str(matrix)], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
+
+
+def test_a_matrix_file_is_bounded_before_it_is_expanded(digits_files, tmp_path: Path):
+    many = ", ".join(map(str, range(1000)))
+    huge = _matrix(digits_files, tmp_path, f'target = "android-arm64-fp32"\nseed = [{many}]\nrecover = [{many}]\n'
+                                           f"max_size = [{many}]")
+    assert huge.stat().st_size < 16_000
+    done = _load_in_child(huge)
+    assert done.returncode == 2 and "the axes multiply to 1,000,000,000 combinations for 1 model(s)" in done.stdout
+    # 100,000 combinations that do not apply to a float target collapse into one cell, read in seconds
+    values = ", ".join(str(90 + k / 10) for k in range(100))
+    collapsing = _matrix(digits_files, tmp_path, f'target = "android-arm64-fp32"\ncalibration_method = '
+                                                 f'"percentile"\npercentile = [{values}]\nmax_size = [{many}]')
+    done = _load_in_child(collapsing)
+    assert done.returncode == 0 and done.stdout.strip() == "1", done.stdout + done.stderr
+    three = _matrix(digits_files, tmp_path, 'target = "android-arm64-fp32"\nseed = [0, 1, 2]')
+    refused = CliRunner().invoke(main, ["matrix", str(three), "--out", str(tmp_path / "out"), "--max-cells", "2"])
+    assert refused.exit_code == 2 and "3 cells, more than --max-cells 2" in refused.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("axes", "message"), [
+    ('target = "android-arm64-fp32"\nseed = ["abc"]', "cell digits/android-arm64-fp32-abc: seed = 'abc' is not an "
+                                                      "integer"),
+    ('target = "android-arm64-int8"\nfallback = "auto"\nmax_float_layers = [-1]',
+     "max_float_layers = -1 is negative"),
+    ('target = "android-arm64-int8"\nprune = [0.5, 2.0]', "prune = 2.0 is outside [0, 1]"),
+])
+def test_every_cell_value_is_checked_before_out_is_touched(axes: str, message: str, digits_files, tmp_path: Path):
+    matrix = _matrix(digits_files, tmp_path, axes)
+    refused = CliRunner().invoke(main, ["matrix", str(matrix), "--out", str(tmp_path / "out")])
+    assert refused.exit_code == 2 and message in refused.output and "Traceback" not in refused.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_named_like_a_matrix_output_is_refused(digits_files, tmp_path: Path):
+    matrix = _matrix(digits_files, tmp_path, 'target = "android-arm64-fp32"')
+    matrix.write_text(matrix.read_text().replace('name = "digits"', 'name = "matrix.json"'))
+    refused = CliRunner().invoke(main, ["matrix", str(matrix), "--out", str(tmp_path / "out")])
+    assert refused.exit_code == 2 and "is the name of a file the matrix writes in OUT" in refused.output
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fuzzed_matrix_files_are_a_matrix_or_one_config_error(seed: int, digits_files, tmp_path: Path):
+    """Mutations and truncations of a valid file: load_matrix returns a matrix or raises ConfigError (exit 2 with
+    one message), never another exception."""
+    from edgekit.build_matrix.file import load_matrix
+    from edgekit.errors import ConfigError
+
+    base = _matrix(digits_files, tmp_path, 'target = ["android-arm64-int8", "android-arm64-fp16"]\n'
+                                           'calibration_method = ["minmax", "percentile"]\nseed = [0, 1]\n'
+                                           '[[exclude]]\ntarget = "android-arm64-fp16"\nseed = 1\n').read_bytes()
+    rng = np.random.default_rng(seed)
+    kinds = {"matrix": 0, "error": 0}
+    for _ in range(60):
+        data = bytearray(base)
+        for at in rng.integers(0, len(data), size=int(rng.integers(1, 4))):
+            data[at] = int(rng.choice(list(b'[]{}"=,.\n#0123456789-axyz\xff')))
+        if rng.random() < 0.25:
+            data = data[:int(rng.integers(0, len(data)))]
+        (tmp_path / "f.toml").write_bytes(bytes(data))
+        try:
+            load_matrix(tmp_path / "f.toml")
+            kinds["matrix"] += 1
+        except ConfigError:
+            kinds["error"] += 1
+    assert kinds["error"] > 0
