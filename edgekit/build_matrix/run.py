@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -103,12 +104,12 @@ def _run_locked(matrix: Matrix, out: Path, jobs: int | None, progress: Callable[
     if done:
         say(f"--resume: {len(done)} of {len(matrix.cells)} cells already built from the same inputs, kept")
     if ray is not None:
-        _on_ray(matrix, out, ray, hashes, done, say, watch)
+        _on_ray(matrix, out, ray, (hashes, files), done, say, watch)
         return _finish(matrix, out, done, say, baseline)
 
     def build(cell: Cell) -> dict | None:
         watch("running", cell)
-        return _build(cell, out, children, hashes[cell.bundle])
+        return _build(cell, out, children, hashes[cell.bundle], files)
 
     def finished(cell: Cell, row: dict) -> None:
         done[cell.bundle] = row
@@ -178,8 +179,8 @@ def validate_matrix(written: dict) -> None:
     jsonschema.validate(written, json.loads(SCHEMA_PATH.read_text()))
 
 
-def _on_ray(matrix: Matrix, out: Path, ray: str, hashes: dict[str, str], done: dict[str, dict], say,
-            watch: Watch) -> None:
+def _on_ray(matrix: Matrix, out: Path, ray: str, known: tuple[dict[str, str], dict[str, str]],
+            done: dict[str, dict], say, watch: Watch) -> None:
     """The cells not `done` as Ray tasks (edgekit/build_matrix/ray.py); each row into `done` as it comes back."""
     from edgekit.build_matrix.ray import run_on_ray, unpack_bundle
 
@@ -194,7 +195,7 @@ def _on_ray(matrix: Matrix, out: Path, ray: str, hashes: dict[str, str], done: d
             except (tarfile.TarError, OSError) as exc:  # a link or a path out of the folder: refused, not followed
                 log.write_text(f"{log_text}\nerror: the bundle that came back from Ray was refused: {exc}\n")
                 return _row(cell, 1, None, log, seconds)
-        return _verdict(cell, out, code, archive is not None, hashes[cell.bundle], log, seconds)
+        return _verdict(cell, out, code, archive is not None, (known[0][cell.bundle], known[1]), log, seconds)
 
     cells = {cell.bundle: cell for cell in matrix.cells}
 
@@ -266,7 +267,7 @@ class _Children:
                 child.kill()
 
 
-def _build(cell: Cell, out: Path, children: _Children, digest: str) -> dict | None:
+def _build(cell: Cell, out: Path, children: _Children, digest: str, files: dict[str, str]) -> dict | None:
     if children.stopped:
         return None
     start = time.perf_counter()
@@ -275,16 +276,44 @@ def _build(cell: Cell, out: Path, children: _Children, digest: str) -> dict | No
     _stamp(cell, out).unlink(missing_ok=True)
     with open(log, "w") as stderr:
         code = children.run(cell_command(cell, out), stderr, {**os.environ, step_cache.ENV: str(out / STEPS)})
-    return _verdict(cell, out, code, True, digest, log, time.perf_counter() - start)
+    return _verdict(cell, out, code, True, (digest, files), log, time.perf_counter() - start)
 
 
-def _verdict(cell: Cell, out: Path, code: int, written: bool, digest: str, log: Path, seconds: float) -> dict:
-    """The cell's row, from the report of the bundle its build `written` (exit 0 or 3); a complete bundle gets its
-    inputs stamp, so --resume may keep it."""
+def _verdict(cell: Cell, out: Path, code: int, written: bool, inputs: tuple[str, dict[str, str]], log: Path,
+             seconds: float) -> dict:
+    """The cell's row, from the report of the bundle its build `written` (exit 0 or 3); a complete bundle whose
+    manifest names the driver's model and data (their sha256) gets its inputs stamp, so --resume may keep it, and
+    one built from other files is removed and its cell fails (exit 2)."""
+    digest, files = inputs
     report = _report(out / cell.bundle / "report.json") if written and code in (0, 3) else None
     if report is not None:
+        other = _other_inputs(cell, out / cell.bundle, files)
+        if other is not None:
+            shutil.rmtree(out / cell.bundle, ignore_errors=True)
+            with open(log, "a") as handle:
+                handle.write(f"error: {other}: the bundle was removed\n")
+            return _row(cell, 2, None, log, seconds)
         _stamp(cell, out).write_text(digest)
     return _row(cell, code, report, log, seconds)
+
+
+def _other_inputs(cell: Cell, bundle: Path, files: dict[str, str]) -> str | None:
+    """What the bundle's manifest says it was built from that is not the driver's file (by sha256), or None. A
+    model is compared by its file (an ONNX model's hash also covers its external data: not compared here), data by
+    the file it was read from (an image folder is passed as a path, not compared)."""
+    manifest = _report(bundle / "manifest.json") or {}
+    lineage = manifest.get("model") or {}
+    data = manifest.get("data") or {}
+    found = {"model": lineage.get("sha256") if lineage.get("kind") in ("exported_program", "torchscript") else None,
+             "calibration": (data.get("calibration") or {}).get("file_sha256"),
+             "eval": (data.get("eval") or {}).get("file_sha256") if cell.model.eval else None}
+    for key, digest in found.items():
+        sent = files.get(getattr(cell.model, key) or "")
+        if digest is not None and sent is not None and digest != sent:
+            return f"the bundle's {key} has sha256 {digest[:16]}..., not the driver's {sent[:16]}..."
+    if not manifest:
+        return "the bundle has no readable manifest.json"
+    return None
 
 
 def inputs_hash(cell: Cell, out: Path, known: dict[str, str] | None = None) -> str:
@@ -307,13 +336,14 @@ def inputs_hash(cell: Cell, out: Path, known: dict[str, str] | None = None) -> s
 
 
 def _tree_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, or of a folder's file names and bytes."""
+    """sha256 of a file's bytes (as the manifest records it), or of a folder's file names and bytes."""
     import hashlib
 
     digest = hashlib.sha256()
     for item in sorted(path.rglob("*")) if path.is_dir() else [path]:
         if item.is_file():
-            digest.update(str(item.relative_to(path) if path.is_dir() else item.name).encode())
+            if path.is_dir():
+                digest.update(str(item.relative_to(path)).encode())
             with open(item, "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
                     digest.update(block)

@@ -52,6 +52,7 @@ def write(staging: Path, plan: Plan, export: OnnxExport, device: DeviceModel, me
     validate_report(report)
     (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     manifest = _manifest(plan, export, device, golden, reading)
+    manifest["step_cache"] = list(measured.cache_entries)  # what came from $EDGEKIT_STEP_CACHE, verified by sha256
     scores = scores_output(reading.tasks)
     evidence = _evidence(measured, plan.evaluation.labels, scores, plan.options.data.ignore_index)
     evidence = replace(evidence, detectors=reading.detectors, images=_images(plan) if reading.detectors else None)
@@ -136,7 +137,7 @@ def _manifest(plan: Plan, export: OnnxExport, device: DeviceModel, golden: dict[
 
 
 def _data_entry(data) -> dict:
-    return {"source": data.source, "sha256": data.sha256, "samples": data.size,
+    return {"source": data.source, "sha256": data.sha256, "file_sha256": data.file_sha256, "samples": data.size,
             "labels": data.labels is not None}
 
 

@@ -15,6 +15,7 @@ or others can write is not used at all (the build says so and computes every ste
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import os
@@ -25,6 +26,9 @@ from pathlib import Path
 
 ENV = "EDGEKIT_STEP_CACHE"
 INDEX = "entry.json"  # {"files": {name: sha256}}
+# the entries one build took from the cache (step, key, files' sha256), for its manifest; set per build by
+# edgekit/pipeline/run.py (a context variable: concurrent builds in one process each see their own)
+TAKEN: contextvars.ContextVar[list[dict] | None] = contextvars.ContextVar("edgekit_step_cache_taken", default=None)
 
 
 def cache_root() -> Path | None:
@@ -71,8 +75,12 @@ def fetch(step: str, key: str, into: Path) -> bool:
         shutil.rmtree(entry, ignore_errors=True)
         return False
     into.mkdir(parents=True, exist_ok=True)
-    for name in json.loads((entry / INDEX).read_text())["files"]:
+    files = json.loads((entry / INDEX).read_text())["files"]
+    for name in files:
         shutil.copy2(entry / name, into / name)
+    taken = TAKEN.get()
+    if taken is not None:
+        taken.append({"step": step, "key": key, "files": dict(sorted(files.items()))})
     return True
 
 

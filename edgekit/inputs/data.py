@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ class Dataset:
     labels: np.ndarray | None
     source: str
     boxes: Boxes | None = None
+    file_sha256: str | None = None  # the bytes of the .npz/.npy file it was read from (None: not from one file)
 
     @property
     def size(self) -> int:
@@ -65,17 +68,18 @@ class Dataset:
     def take(self, index: np.ndarray | slice) -> Dataset:
         labels = None if self.labels is None else self.labels[index]
         boxes = None if self.boxes is None else self.boxes.take(index, self.size)
-        return Dataset({k: v[index] for k, v in self.inputs.items()}, labels, self.source, boxes)
+        return dataclasses.replace(self, inputs={k: v[index] for k, v in self.inputs.items()}, labels=labels,
+                                   boxes=boxes)
 
     def renamed(self, names: list[str]) -> Dataset:
         """Key the arrays by the model's input names (a single `x` becomes the single input's name)."""
         if list(self.inputs) == ["x"] and len(names) == 1:
-            return Dataset({names[0]: self.inputs["x"]}, self.labels, self.source, self.boxes)
+            return dataclasses.replace(self, inputs={names[0]: self.inputs["x"]})
         missing = [n for n in names if n not in self.inputs]
         if missing:
             raise DataError(f"{self.source}: no array for model input(s) {', '.join(missing)}",
                             hint=f"give one key per input name ({', '.join(names)}), or `x` for a single input")
-        return Dataset({n: self.inputs[n] for n in names}, self.labels, self.source, self.boxes)
+        return dataclasses.replace(self, inputs={n: self.inputs[n] for n in names})
 
 
 def load_data(source: Any, recipe: Path | str | None = None, what: str = "data") -> Dataset:
@@ -118,20 +122,25 @@ def _load_path(text: str, recipe: Path | str | None, what: str) -> Dataset:
 
 
 def _load_file(path: Path, what: str) -> Dataset:
+    """An .npz or .npy file, read once: its bytes hashed (the manifest's file_sha256) and parsed from memory, so
+    what is hashed is what is used."""
     try:
+        if path.suffix not in (".npy", ".npz"):
+            raise DataError(f"{what} {path}: unknown data format {path.suffix!r}",
+                            hint="use .npz (key x or one key per input name, optional y) or .npy")
+        raw = path.read_bytes()
+        digest = hashlib.sha256(raw).hexdigest()
         if path.suffix == ".npy":
-            return _finish({"x": np.load(path, allow_pickle=False)}, None, str(path), what)
-        if path.suffix == ".npz":
-            npz_declared(path, path.name)  # every header against what its member holds, before numpy allocates
-            with np.load(path, allow_pickle=False) as archive:
-                arrays = {k: archive[k] for k in archive.files}
-            labels = arrays.pop(LABEL_KEY, None)
-            boxes = {k: arrays.pop(k) for k in BOX_KEYS if k in arrays}
-            return _finish(arrays, labels, str(path), what, _boxes(boxes, str(path), what))
+            array = np.load(io.BytesIO(raw), allow_pickle=False)
+            return _finish({"x": array}, None, str(path), what, file_sha256=digest)
+        npz_declared(io.BytesIO(raw), path.name)  # every header against what its member holds, before allocating
+        with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+        labels = arrays.pop(LABEL_KEY, None)
+        boxes = {k: arrays.pop(k) for k in BOX_KEYS if k in arrays}
+        return _finish(arrays, labels, str(path), what, _boxes(boxes, str(path), what), digest)
     except (OSError, ValueError, CheckError) as exc:
         raise DataError(f"cannot read {what} {path}: {exc}", hint="write it with numpy.savez / numpy.save") from exc
-    raise DataError(f"{what} {path}: unknown data format {path.suffix!r}",
-                    hint="use .npz (key x or one key per input name, optional y) or .npy")
 
 
 def _call(module_name: str, attr: str) -> Any:
@@ -155,7 +164,7 @@ def _from_iterable(items: Any, source: str, what: str) -> Dataset:
 
 
 def _finish(inputs: dict[str, np.ndarray], labels: np.ndarray | None, source: str, what: str,
-            boxes: Boxes | None = None) -> Dataset:
+            boxes: Boxes | None = None, file_sha256: str | None = None) -> Dataset:
     if not inputs or any(a.size == 0 or a.ndim == 0 for a in inputs.values()):
         raise DataError(f"{what} {source} is empty", hint="give at least one sample (a few hundred for calibration)")
     sizes = {k: len(a) for k, a in inputs.items()}
@@ -168,7 +177,7 @@ def _finish(inputs: dict[str, np.ndarray], labels: np.ndarray | None, source: st
     if boxes is not None and len(boxes.image) and int(boxes.image.max()) >= next(iter(sizes.values())):
         raise DataError(f"{what} {source}: box_image names sample {int(boxes.image.max())}, beyond the "
                         f"{next(iter(sizes.values()))} samples", hint="box_image holds each box's sample index, from 0")
-    return Dataset(inputs, labels, source, boxes)
+    return Dataset(inputs, labels, source, boxes, file_sha256)
 
 
 def _boxes(arrays: dict[str, np.ndarray], source: str, what: str) -> Boxes | None:

@@ -26,3 +26,4 @@ class Measured:
     equalization: dict | None = None  # report.json quantization.equalization (None: not asked or not INT8)
     ladder: list[dict] | None = None  # report.json quantization.ladder: every step `--fallback auto` measured
     reused: tuple[str, ...] = ()  # report.json resources.reused_steps: the steps taken from the step cache
+    cache_entries: tuple[dict, ...] = ()  # manifest.json step_cache: each entry taken (step, key, files' sha256)

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from edgekit.bundle import write as bundle_io
+from edgekit.cache import store as step_cache
 from edgekit.inputs.plan import Plan
 from edgekit.measure.measured import Measured
 from edgekit.measure.tasks import Reading, detectors, embed_by_values, output_tasks
@@ -31,6 +32,7 @@ def build_in_place(plan: Plan, steps: Steps) -> bundle_io.Written:
             outdir.sweep_for(plan.out)
             staging = outdir.make_staging(plan.out)
             workdir = outdir.make_workdir()
+            taken = step_cache.TAKEN.set([])  # the step cache entries this build takes, for its manifest
             try:
                 result = _run(plan, staging, workdir, steps)
                 outdir.publish(staging, plan.out, replace=plan.force)
@@ -38,6 +40,7 @@ def build_in_place(plan: Plan, steps: Steps) -> bundle_io.Written:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
             finally:
+                step_cache.TAKEN.reset(taken)
                 shutil.rmtree(workdir, ignore_errors=True)
     except BaseException:
         outdir.remove_empty(created)  # the folders this build made for OUT, when nothing else is in them
@@ -96,7 +99,8 @@ def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Wr
         notes = [equalization.note] if equalization.note else []
         measured = replace(measured, equalization=equalization.block, warnings=[*measured.warnings, *notes])
     reused = ["export"] * export_reused + ["conversion"] * bool(device.conversion.get("reused"))
-    measured = replace(measured, reused=tuple(sorted({*reused, *device.reused, *measured.reused})))
+    measured = replace(measured, reused=tuple(sorted({*reused, *device.reused, *measured.reused})),
+                       cache_entries=tuple(step_cache.TAKEN.get() or ()))
     with steps.step("bundle", "writing the bundle"):
         return bundle_io.write(staging, plan, export, device, measured, steps.timings_s, reading)
 

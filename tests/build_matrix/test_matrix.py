@@ -3,7 +3,9 @@ build, cells that are ordinary builds with their own bundles, and one exit code 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import jsonschema
@@ -180,6 +182,14 @@ def test_resume_rebuilds_only_the_missing_or_changed_cells(digits_files, tmp_pat
     assert report["conversion"]["reused"] is True and report["size"] == json.loads(
         (tmp_path / "out" / again.cells[1]["bundle"] / "report.json").read_text())["size"]
     assert report["resources"]["reused_steps"] == everything
+    # its manifest names each entry it took and the sha256 of every file in it, as the cache verified them
+    manifest = json.loads((tmp_path / "out" / again.cells[0]["bundle"] / "manifest.json").read_text())
+    assert sorted({entry["step"] for entry in manifest["step_cache"]}) == ["export", "onnx2tf", "ranges",
+                                                                          "reference"]
+    for entry in manifest["step_cache"]:
+        folder = tmp_path / "out" / ".steps" / entry["step"] / entry["key"]
+        assert entry["files"] == {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in folder.iterdir()
+                                  if f.name != "entry.json"}
     assert any(line.startswith("step cache (") and line.endswith(
         "of 1 built cells, 1 reused the export, 1 reused the conversion, 1 reused the calibration, 1 reused the "
         "reference") for line in lines), lines
@@ -314,6 +324,16 @@ def test_the_release_gate_fails_a_cell_that_regressed_against_the_baseline(minim
     assert '<td class="fail">regressed: NEW fails its own drift thresholds' in page
     with pytest.raises(ConfigError, match=r"holds no matrix\.json"):
         edgekit.matrix(tmp_path / "same.toml", tmp_path / "x", baseline=tmp_path)
+    # a damaged baseline bundle is named as such: no baseline to pass against (the cell is kept by --resume)
+    damaged = Path(shutil.copytree(baseline, tmp_path / "damaged"))
+    model = damaged / "digits" / "android-arm64-fp16" / "model.tflite"
+    model.write_bytes(model.read_bytes()[:-8] + bytes(8))
+    result = edgekit.matrix(tmp_path / "same.toml", tmp_path / "same", baseline=damaged, resume=True,
+                            progress=lines.append)
+    regressions = result.cells[0]["baseline"]["regressions"]
+    assert result.exit_code == 3 and result.cells[0]["resumed"]
+    assert regressions[0].startswith(f"the baseline bundle {damaged / 'digits' / 'android-arm64-fp16'} is damaged")
+    assert "model.tflite differs from the sha256 in manifest.json" in regressions[0]
 
 
 @pytest.mark.parametrize("always", [False, True])

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 import edgekit
 from edgekit.build_matrix.file import load_matrix
 from edgekit.build_matrix.ray import UnsafeNodeFile, _local_copy, node_folder
-from edgekit.build_matrix.run import _resumed, inputs_hash
+from edgekit.build_matrix.run import _other_inputs, _resumed, inputs_hash
 from edgekit.cli import main
 from edgekit.utils import outdir
 
@@ -48,6 +48,16 @@ def test_cells_ignore_the_working_directory_and_resume_keeps_only_bundles_that_v
     assert not marker.exists(), f"a module from the working directory ran in a cell: {marker.read_text()}"
     assert first.exit_code == 0, first.cells
     tampered, reported = (out / cell["bundle"] for cell in first.cells)
+    # every cell's manifest names the driver's model and data by sha256, and the driver compares them
+    sent = {str(digits_files[k]): hashlib.sha256(Path(digits_files[k]).read_bytes()).hexdigest()
+            for k in ("pt2", "calib", "eval")}
+    manifest = json.loads((tampered / "manifest.json").read_text())
+    assert manifest["model"]["sha256"] == sent[str(digits_files["pt2"])]
+    assert manifest["data"]["calibration"]["file_sha256"] == sent[str(digits_files["calib"])]
+    assert manifest["data"]["eval"]["file_sha256"] == sent[str(digits_files["eval"])]
+    cell = load_matrix(matrix).cells[0]
+    assert _other_inputs(cell, tampered, sent) is None
+    assert "the bundle's model has sha256" in _other_inputs(cell, tampered, {**sent, cell.model.model: "0" * 64})
     model = tampered / "model.tflite"
     model.write_bytes(model.read_bytes()[:-64] + bytes(64))  # the kept bundle's model changed after the build
     (reported / "report.json").write_text("{")  # a corrupt report: rebuilt, not a traceback
@@ -215,3 +225,38 @@ def test_fuzzed_matrix_files_are_a_matrix_or_one_config_error(seed: int, digits_
         except ConfigError:
             kinds["error"] += 1
     assert kinds["error"] > 0
+
+
+def test_a_data_folder_changing_while_the_matrix_reads_it_is_one_error(digits_files, tmp_path: Path):
+    """An image folder whose files are deleted while the matrix hashes it: one ConfigError naming it (exit 2),
+    never a traceback."""
+    import threading
+
+    from edgekit.build_matrix.run import inputs_hash
+    from edgekit.errors import ConfigError
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for k in range(3000):
+        (folder / f"{k}.png").write_bytes(b"x" * 64)
+    matrix = _matrix(digits_files, tmp_path, 'target = "android-arm64-fp32"')
+    cell = load_matrix(matrix).cells[0]
+    cell = type(cell)(type(cell.model)(cell.model.name, cell.model.model, str(folder), None, {}), cell.axes)
+    stop = threading.Event()
+
+    def churn() -> None:  # files removed and written again, over and over, as a sync job would
+        while not stop.is_set():
+            for k in range(3000):
+                (folder / f"{k}.png").unlink(missing_ok=True)
+            for k in range(3000):
+                (folder / f"{k}.png").write_bytes(b"x" * 64)
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        with pytest.raises(ConfigError, match=r"images/\d+\.png|changed while the matrix read it"):
+            for _ in range(20):
+                inputs_hash(cell, tmp_path / "out")
+    finally:
+        stop.set()
+        worker.join()
