@@ -26,6 +26,7 @@ from pathlib import Path
 
 from edgekit.build_matrix.file import Cell
 from edgekit.errors import UnsupportedError
+from edgekit.inputs.model import sha256_file
 
 RETRIES = 1
 
@@ -157,7 +158,7 @@ def _local_copy(root: Path, digest: str, name: str, fetch: Callable[[], bytes]) 
 
     path = root / digest / name
     if path.is_file() and not path.is_symlink():
-        if _sha256(path) == digest:
+        if sha256_file(path) == digest:
             return path
         raise UnsafeNodeFile(f"{path} on this Ray node is not the file the driver sent (sha256 differs): refused")
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -168,16 +169,6 @@ def _local_copy(root: Path, digest: str, name: str, fetch: Callable[[], bytes]) 
     partial.write_bytes(data)
     partial.replace(path)
     return path
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def unpack_bundle(archive: bytes, target: Path) -> None:

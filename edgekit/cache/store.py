@@ -24,6 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from edgekit.standalone.check import sha256 as sha256_file
+
 ENV = "EDGEKIT_STEP_CACHE"
 INDEX = "entry.json"  # {"files": {name: sha256}}
 # the entries one build took from the cache (step, key, files' sha256), for its manifest; set per build by
@@ -98,7 +100,7 @@ def store(step: str, key: str, files: list[Path]) -> None:
     try:
         for path in files:
             shutil.copy2(path, partial / path.name)
-        index = {"files": {path.name: _sha256(partial / path.name) for path in files}}
+        index = {"files": {path.name: sha256_file(partial / path.name) for path in files}}
         (partial / INDEX).write_text(json.dumps(index))
         partial.rename(entry)
     except OSError:  # another build renamed its copy first (keep that one), or the disk is full (nothing kept)
@@ -123,17 +125,9 @@ def _entry_problem(entry: Path) -> str | None:
         return f"files {sorted(present ^ set(files))} differ from {INDEX}"
     for name, expected in files.items():
         path = entry / name
-        if path.is_symlink() or not path.is_file() or _sha256(path) != expected:
+        if path.is_symlink() or not path.is_file() or sha256_file(path) != expected:
             return f"{name} does not match its sha256"
     return None
-
-
-def _sha256(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            hasher.update(block)
-    return hasher.hexdigest()
 
 
 def _warn(text: str) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import ModelError, first_line
+from edgekit.standalone.check import sha256 as sha256_file  # one reader of a file's sha256, the one bundles ship
 from edgekit.utils.user_code import call_user
 
 TORCH_SUFFIXES = (".pt", ".ts", ".pth", ".jit")
@@ -49,14 +50,6 @@ class LoadedModel:
     @property
     def is_torch(self) -> bool:
         return self.kind != "onnx"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def sha256_module(module: Any) -> str:
