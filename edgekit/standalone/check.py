@@ -418,10 +418,12 @@ def engine_runner(script: Path):
 
     if importlib.util.find_spec("tensorrt") is None or not script.is_file():
         return None
-    spec = importlib.util.spec_from_file_location("edgekit_bundle_build_engine", script)
-    module = importlib.util.module_from_spec(spec)
-    sys.dont_write_bytecode = True  # loading build_engine.py must not leave __pycache__ in the bundle
-    spec.loader.exec_module(module)
+    import types
+
+    module = types.ModuleType("edgekit_bundle_build_engine")
+    module.__file__ = str(script)
+    # compiled from the source whose sha256 was checked: never a cached .pyc, and nothing written into the bundle
+    exec(compile(script.read_bytes(), str(script), "exec"), module.__dict__)
     return module.run_engine
 
 
