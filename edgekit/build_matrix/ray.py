@@ -27,6 +27,7 @@ from pathlib import Path
 from edgekit.build_matrix.file import Cell
 from edgekit.errors import UnsupportedError
 from edgekit.inputs.model import sha256_file
+from edgekit.utils.outdir import private_problem
 
 RETRIES = 1
 
@@ -142,8 +143,6 @@ class UnsafeNodeFile(Exception):
 def node_folder(temp: Path) -> Path:
     """This user's folder for Ray cells under the node's temp folder, created private (0700); refused when it is
     a link, not a folder, owned by another user, or writable by group or others."""
-    from edgekit.utils.outdir import private_problem
-
     root = temp / f"edgekit-ray-{os.getuid()}"
     problem = private_problem(root)
     if problem is not None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -105,8 +104,7 @@ def fetch_arrays(step: str, key: str) -> dict[str, np.ndarray] | None:
             with np.load(Path(folder) / "arrays.npz", allow_pickle=False) as data:
                 return {name: data[f"a{i}"] for i, name in enumerate(names)}
         except (OSError, ValueError, KeyError, TypeError, CheckError) as exc:  # verified, yet not what we store
-            print(f"warning: step cache entry {step}/{key[:12]} is unreadable ({exc}): computed again",
-                  file=sys.stderr)
+            step_cache.warn(f"step cache entry {step}/{key[:12]} is unreadable ({exc}): computed again")
             return None
 
 

@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from edgekit.standalone.check import sha256 as sha256_file
+from edgekit.utils.outdir import private_problem
 
 ENV = "EDGEKIT_STEP_CACHE"
 INDEX = "entry.json"  # {"files": {name: sha256}}
@@ -35,8 +36,6 @@ TAKEN: contextvars.ContextVar[list[dict] | None] = contextvars.ContextVar("edgek
 
 def cache_root() -> Path | None:
     """The step cache's folder, or None: off, or a folder this user cannot trust (a warning says why)."""
-    from edgekit.utils.outdir import private_problem
-
     value = os.environ.get(ENV)
     if not value:
         return None
@@ -45,7 +44,7 @@ def cache_root() -> Path | None:
     except OSError as exc:
         problem = f"{value}: {exc.strerror or exc}"
     if problem is not None:
-        _warn(f"step cache not used: {problem}; every step is computed")
+        warn(f"step cache not used: {problem}; every step is computed")
         return None
     return Path(value)
 
@@ -73,7 +72,7 @@ def fetch(step: str, key: str, into: Path) -> bool:
         return False
     problem = _entry_problem(entry)
     if problem is not None:
-        _warn(f"step cache entry {step}/{key[:12]} is damaged ({problem}): computed again")
+        warn(f"step cache entry {step}/{key[:12]} is damaged ({problem}): computed again")
         shutil.rmtree(entry, ignore_errors=True)
         return False
     into.mkdir(parents=True, exist_ok=True)
@@ -130,6 +129,6 @@ def _entry_problem(entry: Path) -> str | None:
     return None
 
 
-def _warn(text: str) -> None:
+def warn(text: str) -> None:
     """A warning in the build's log (a matrix cell's stderr goes to OUT/<model>/<cell>.log)."""
     print(f"warning: {text}", file=sys.stderr)
