@@ -19,6 +19,7 @@ from edgekit.config.options import (
     Gate,
     Outputs,
     Prune,
+    Qat,
     Verify,
 )
 from edgekit.config.target import Target, list_targets, load_target
@@ -73,6 +74,7 @@ __all__ = [
     "ModelError",
     "Outputs",
     "Prune",
+    "Qat",
     "Target",
     "ToolError",
     "UnsupportedError",

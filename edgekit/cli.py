@@ -156,6 +156,13 @@ def _shape(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
               type=click.Choice(["shared", "channel", "tensor"]),
               help="--clusters: one set of k values per layer on the INT8 grid, per output channel, or per tensor")
 @click.option("--recover", type=int, default=0, help="distillation steps after compression")
+@click.option("--qat", default="0", show_default=True, metavar="STEPS|auto",
+              help="quantization-aware fine-tuning steps before conversion (INT8 targets), simulating the route's "
+                   "own quantization; auto: only as the last rung of --fallback auto")
+@click.option("--qat-seconds", type=float, default=1800.0, show_default=True,
+              help="--qat: the most seconds of fine-tuning")
+@click.option("--train", help="--qat: more samples to fine-tune on besides the calibration data (DATA, with or "
+                              "without labels)")
 @click.option("--max-drop", type=float, default=1.0, show_default=True, help="max accuracy drop, percentage points")
 @click.option("--min-agreement", type=float, default=0.99, show_default=True, help="min top-1 agreement, 0..1")
 @click.option("--fallback", default="none", show_default=True, type=click.Choice(["none", "auto"]),

@@ -137,6 +137,7 @@ def make_report(plan, device, measured, timings_s: dict[str, float], size: dict)
         "emulator": measured.emulator,
         "compression": measured.compression,
         "quantization": quantization,
+        "qat": measured.qat,
         "layers": measured.layers,
         "warnings": measured.warnings,
         "resources": {"peak_rss_mb": peak_rss_mb(), "reused_steps": list(measured.reused)},

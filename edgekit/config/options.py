@@ -273,6 +273,44 @@ class Data:
         fraction("holdout", self.holdout, open_low=True)
 
 
+QAT_AUTO_STEPS = 300  # the step budget of `--qat auto` (the last rung of --fallback auto)
+
+
+@dataclass(frozen=True)
+class Qat:
+    """`--qat`: quantization-aware fine-tuning before conversion, simulating the route's own INT8 quantization:
+    `steps` Adam steps (0: none; "auto": only as the last rung of `--fallback auto`, with QAT_AUTO_STEPS steps), at
+    most `seconds` of training; on the calibration data, plus the samples of `train` when given."""
+
+    steps: int | str = 0
+    seconds: float = 1800.0
+    train: str | None = None
+
+    def __post_init__(self) -> None:
+        steps = self.steps
+        if isinstance(steps, str) and steps.strip() != "auto":
+            if not steps.strip().isdigit():
+                raise ConfigError(f"qat = {steps!r} is neither a number of steps nor 'auto'",
+                                  hint="e.g. --qat 500, or --qat auto with --fallback auto")
+            steps = int(steps)
+        if isinstance(steps, bool) or (not isinstance(steps, str) and (int(steps) != steps or steps < 0)):
+            raise ConfigError(f"qat = {self.steps} is not a number of steps", hint="e.g. --qat 500")
+        object.__setattr__(self, "steps", "auto" if isinstance(steps, str) else int(steps))
+        if not 0 < float(self.seconds) <= 7 * 86400:
+            raise ConfigError(f"qat_seconds = {self.seconds} is not a time budget in seconds",
+                              hint="e.g. --qat-seconds 600")
+        if self.train is not None:
+            object.__setattr__(self, "train", str(self.train))
+
+    @property
+    def enabled(self) -> bool:
+        return self.steps != 0
+
+    def budget(self) -> int:
+        """The steps one fine-tune may take."""
+        return QAT_AUTO_STEPS if self.steps == "auto" else int(self.steps)
+
+
 @dataclass(frozen=True)
 class BuildOptions:
     """Everything a build is asked to do besides the model, the target, the data and OUT, in groups."""
@@ -285,6 +323,7 @@ class BuildOptions:
     verify: Verify = field(default_factory=Verify)
     outputs: Outputs = field(default_factory=Outputs)
     data: Data = field(default_factory=Data)
+    qat: Qat = field(default_factory=Qat)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -308,7 +347,7 @@ class BuildOptions:
 
 
 GROUPS = {"gate": Gate, "calibration": Calibration, "compression": Compression, "fallback": Fallback,
-          "conversion": Conversion, "verify": Verify, "outputs": Outputs, "data": Data}
+          "conversion": Conversion, "verify": Verify, "outputs": Outputs, "data": Data, "qat": Qat}
 
 # Every `edgekit build` flag (by its click name) -> the BuildOptions field it sets. The CLI builds its options
 # through this table alone, and tests/config/test_options.py checks it against the command and the dataclasses.
@@ -329,6 +368,7 @@ FLAGS: dict[str, str] = {
     "task": "outputs.task", "outputs": "outputs.per_output",
     "recipe": "data.recipe", "input_shape": "data.input_shape", "holdout": "data.holdout",
     "ignore_index": "data.ignore_index", "allow_small_calibration": "data.allow_small_calibration",
+    "qat": "qat.steps", "qat_seconds": "qat.seconds", "train": "qat.train",
     "seed": "seed",
 }
 # Fields set from Python only (rule tables have no flag form): tests check every other field has a flag.

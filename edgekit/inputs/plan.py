@@ -25,6 +25,7 @@ class Plan:
     force: bool
     emulator: str = "host"
     warnings: list[str] = field(default_factory=list)
+    train: Dataset | None = None  # --train: more samples for --qat
 
     @property
     def recipe(self) -> str | None:

@@ -25,5 +25,6 @@ class Measured:
     baseline_float_gzip_bytes: int | None = None
     equalization: dict | None = None  # report.json quantization.equalization (None: not asked or not INT8)
     ladder: list[dict] | None = None  # report.json quantization.ladder: every step `--fallback auto` measured
+    qat: dict | None = None  # report.json qat: the fine-tune and its simulation against float and device
     reused: tuple[str, ...] = ()  # report.json resources.reused_steps: the steps taken from the step cache
     cache_entries: tuple[dict, ...] = ()  # manifest.json step_cache: each entry taken (step, key, files' sha256)

@@ -22,6 +22,7 @@ from edgekit.inputs.datachecks import (
 from edgekit.inputs.model import LoadedModel, TensorSpec, load_model
 from edgekit.inputs.plan import Plan
 from edgekit.measure.drift import class_output
+from edgekit.pipeline.qat import check_request as check_qat
 from edgekit.routes import get_route
 from edgekit.runners.onnxrt import OnnxRunner
 from edgekit.runners.torch import flatten_outputs
@@ -36,6 +37,7 @@ def prepare(model: Any, target: str | Path | Target, calibration: Any, eval_data
     plan = make_plan(model, target, calibration, eval_data, out, options, force)
     get_route(plan.target.route).check(plan)
     check_equalize(plan)
+    check_qat(plan)
     return plan
 
 
@@ -88,7 +90,11 @@ def make_plan(model: Any, target: str | Path | Target, calibration: Any, eval_da
                      "shape apps run on phones and edge boards")
     if calib.size < MIN_CALIBRATION_FLOOR:
         notes.append(f"--allow-small-calibration: INT8 ranges from only {calib.size} calibration samples")
-    return Plan(target, options, loaded, inputs, calib, evaluation, eval_source, out, force, emulator_mode, notes)
+    train = None
+    if options.qat.train is not None:
+        train = validate_against(load_data(options.qat.train, recipe, "train data"), inputs, "train data")
+    return Plan(target, options, loaded, inputs, calib, evaluation, eval_source, out, force, emulator_mode, notes,
+                train)
 
 
 def class_count(model: LoadedModel, inputs: tuple[TensorSpec, ...], data: Dataset,

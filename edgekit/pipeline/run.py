@@ -14,6 +14,7 @@ from edgekit.measure.measured import Measured
 from edgekit.measure.tasks import Reading, detectors, embed_by_values, output_tasks
 from edgekit.pipeline.compress import baseline_float_gzip, compress_model, device_columns
 from edgekit.pipeline.fallback import Bounds, run_fallback
+from edgekit.pipeline.qat import fine_tuned, qat_block
 from edgekit.pipeline.verify import evaluate, measure, measure_emulated, references, sensitivity, size_note
 from edgekit.routes import get_route
 from edgekit.routes.device import DeviceModel, check_io
@@ -60,6 +61,11 @@ def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Wr
         with steps.step("compress", "compressing the PyTorch model"):
             compressed, compression = compress_model(device_plan, workdir)
             device_plan = replace(device_plan, model=compressed)
+    fine = None
+    if plan.options.qat.enabled and plan.options.qat.steps != "auto":
+        with steps.step("qat", f"quantization-aware fine-tuning, at most {plan.options.qat.budget()} steps"):
+            fine = fine_tuned(device_plan, steps.note)
+            device_plan = replace(device_plan, model=fine.model)
     with steps.step("export", "exporting to ONNX"):
         export, export_reused = exported(device_plan.model, plan.inputs, workdir / "reference.onnx")
     with steps.step("reference", f"running the original model on {plan.evaluation.size} eval samples"):
@@ -95,6 +101,9 @@ def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Wr
         with steps.step("emulator", f"running up to {count} samples in the ARM64 emulator ({plan.target.cpu}, "
                                     f"budget {plan.options.verify.emulator_seconds:g} s)"):
             measured = measure_emulated(plan, device, measured, count, reading)
+    if fine is not None:
+        names = [o.name for o in export.outputs]
+        measured = replace(measured, qat=qat_block(fine, plan, names, known.original, measured.device))
     if equalization is not None:
         notes = [equalization.note] if equalization.note else []
         measured = replace(measured, equalization=equalization.block, warnings=[*measured.warnings, *notes])

@@ -13,7 +13,7 @@ import importlib
 import importlib.util
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from edgekit.config.target import LAYER_PRECISION, route_names
 from edgekit.errors import ConfigError, ToolError, UnsupportedError
@@ -74,6 +74,13 @@ class Route:
 
     def build(self, plan: Plan, export: OnnxExport, workdir: Path) -> DeviceModel:
         raise NotImplementedError
+
+    def qat_quantizer(self, target: Target) -> tuple[Any, str]:
+        """The PT2E quantizer whose QAT fake quantization matches this route's INT8 build of `target`, and a line
+        saying what it simulates (routes/qat.py)."""
+        from edgekit.routes.qat import xnnpack_qat
+
+        return xnnpack_qat()
 
     def ladder(self, target: Target) -> tuple[str, ...]:
         """Where `--fallback auto` may move a layer of a build of `target`, in the order it tries them."""

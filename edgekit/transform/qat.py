@@ -1,0 +1,231 @@
+"""Quantization-aware fine-tuning with PT2E (torchao): the model is exported once at a fixed batch, the route's own
+QAT quantizer inserts the fake quantization its INT8 build applies (`prepare_qat_pt2e`), and the weights are
+fine-tuned against the float model: distillation of every output, plus cross-entropy on the class scores when the
+data has labels. The fine-tuned weights are then copied back into the float module, which the route quantizes as
+usual; the prepared graph, observers frozen, stays as the simulation the device model is compared with."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import UnsupportedError, first_line
+
+BATCH = 32
+LEARNING_RATE = 1e-5
+TEMPERATURE = 2.0
+FREEZE_OBSERVERS_AT = 0.5  # activation ranges move for the first half of the steps, then stay put
+CURVE_POINTS = 100  # the loss curve the report keeps, averaged into at most this many points
+
+
+@dataclass(frozen=True)
+class Data:
+    """What the fine-tune reads: the model's inputs by position, integer labels or None, and which output holds the
+    class scores (None: no output does)."""
+
+    inputs: tuple[np.ndarray, ...]
+    labels: np.ndarray | None = None
+    class_output: int | None = None
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """The float module with the fine-tuned weights, the QAT simulation (a prepared graph at batch `batch`,
+    observers and BatchNorm frozen) and the report's `qat` block so far."""
+
+    module: Any
+    simulation: Any
+    batch: int
+    block: dict
+    before: list[np.ndarray] | None = None  # the simulation's outputs on `held_out` before the fine-tune
+
+
+def fine_tune(module: Any, data: Data, quantizer: Any, steps: int, seconds: float, seed: int,
+              note: Callable[[str], None] = lambda text: None, held_out: tuple[np.ndarray, ...] | None = None) -> Tuned:
+    """Fine-tune a copy of `module` (eval mode, so BatchNorm statistics stay as trained) under `quantizer`'s fake
+    quantization for at most `steps` Adam steps and `seconds`; `module` itself is untouched. The simulation's
+    ranges are first observed on the training samples; `held_out` is then run once, observers off, as `before`."""
+    import torch
+    from torchao.quantization.pt2e.fake_quantize import disable_observer, enable_observer
+
+    torch.manual_seed(seed)
+    teacher = copy.deepcopy(module).eval()
+    simulation, batch = _prepared_at_some_batch(teacher, data.inputs, quantizer)
+    step_samples = min(BATCH, len(data.inputs[0]))  # one step's samples: one batch, or micro-batches of one
+    targets = _teacher_outputs(teacher, data.inputs, batch)
+    scales = [target.var().clamp(min=1e-12) for target in targets]  # each output's MSE relative to its spread
+    run(simulation, batch, data.inputs)  # the observers see every training sample once
+    simulation.apply(disable_observer)
+    before = run(simulation, batch, held_out) if held_out is not None else None
+    simulation.apply(enable_observer)
+    losses, started, rng = [], time.perf_counter(), np.random.default_rng(seed)
+    optimizer = torch.optim.Adam([p for p in simulation.parameters() if p.requires_grad], lr=LEARNING_RATE)
+    stopped_by = "steps"
+    for step in range(int(steps)):
+        if step == int(steps * FREEZE_OBSERVERS_AT):
+            _freeze_observers(simulation)
+        rows = rng.choice(len(data.inputs[0]), size=step_samples, replace=len(data.inputs[0]) < step_samples)
+        optimizer.zero_grad()
+        total = 0.0
+        for part in np.split(rows, len(rows) // batch):
+            loss = _loss(simulation, data, targets, scales, part) * (len(part) / len(rows))
+            loss.backward()
+            total += float(loss.detach())
+        optimizer.step()
+        losses.append(total)
+        elapsed = time.perf_counter() - started
+        _progress(note, step + 1, int(steps), losses, elapsed)
+        if elapsed > seconds and step + 1 < steps:
+            stopped_by = "time"
+            break
+    simulation.apply(disable_observer)  # the simulation is now fixed: running it changes nothing
+    tuned = _copy_back(simulation, module)
+    block = {"steps": int(steps), "steps_done": len(losses), "stopped_by": stopped_by, "batch": step_samples,
+             "learning_rate": LEARNING_RATE, "seconds": round(time.perf_counter() - started, 3),
+             "samples": len(data.inputs[0]), "labels": data.labels is not None,
+             "loss": "distillation + cross-entropy" if data.labels is not None and data.class_output is not None
+             else "distillation", "loss_curve": curve(losses), "seed": int(seed)}
+    return Tuned(tuned, simulation, batch, block, before)
+
+
+def _prepared_at_some_batch(module: Any, inputs: tuple[np.ndarray, ...], quantizer: Any) -> tuple[Any, int]:
+    """The simulation at the step's batch, or at batch 1 for a graph whose batch is written into it (a `.pt2`
+    exported at batch 1 reshapes to it): then each step runs its samples one by one."""
+    import torch
+
+    batch = min(BATCH, len(inputs[0]))
+    try:
+        return prepared(module, tuple(torch.from_numpy(x[:batch]) for x in inputs), quantizer), batch
+    except UnsupportedError:
+        if batch == 1:
+            raise
+    return prepared(module, tuple(torch.from_numpy(x[:1]) for x in inputs), quantizer), 1
+
+
+def prepared(module: Any, example: tuple, quantizer: Any) -> Any:
+    """`module` exported at the example's batch with `quantizer`'s QAT fake quantization inserted."""
+    import torch
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    try:
+        graph = torch.export.export(module, example).module()
+        # eval: BatchNorm keeps its trained statistics (few samples would estimate worse ones), dropout is off
+        return move_exported_model_to_eval(prepare_qat_pt2e(graph, quantizer))
+    except Exception as exc:
+        raise UnsupportedError(f"quantization-aware training cannot prepare this model: {first_line(exc)}",
+                               hint="build without --qat (post-training quantization and --fallback auto still "
+                                    "apply)") from None
+
+
+def simulate(tuned: Tuned, inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+    """The QAT simulation's outputs on `inputs`."""
+    return run(tuned.simulation, tuned.batch, inputs)
+
+
+def run(graph: Any, batch: int, inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+    """`graph`'s outputs on `inputs`, in its fixed batch (the last one padded with copies of its last sample)."""
+    import torch
+
+    count, outputs = len(inputs[0]), []
+    with torch.no_grad():
+        for start in range(0, count, batch):
+            chunk = [x[start:start + batch] for x in inputs]
+            taken = len(chunk[0])
+            padded = [np.concatenate([c, np.repeat(c[-1:], batch - taken, axis=0)]) for c in chunk]
+            result = _flat(graph(*(torch.from_numpy(np.ascontiguousarray(p, dtype=p.dtype)) for p in padded)))
+            outputs.append([r.numpy()[:taken] for r in result])
+    return [np.concatenate(parts) for parts in zip(*outputs)]
+
+
+def curve(losses: list[float]) -> list[list[float]]:
+    """[step, mean loss] pairs: the losses averaged over at most CURVE_POINTS equal windows."""
+    if not losses:
+        return []
+    edges = np.linspace(0, len(losses), min(CURVE_POINTS, len(losses)) + 1).astype(int)
+    return [[int(end), round(float(np.mean(losses[start:end])), 6)] for start, end in itertools.pairwise(edges)]
+
+
+def _teacher_outputs(teacher: Any, inputs: tuple[np.ndarray, ...], batch: int) -> list[Any]:
+    import torch
+
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(inputs[0]), batch):
+            parts.append(_flat(teacher(*(torch.from_numpy(x[start:start + batch]) for x in inputs))))
+    return [torch.cat(list(chunks)) for chunks in zip(*parts)]
+
+
+def _loss(simulation: Any, data: Data, targets: list[Any], scales: list[Any], rows: np.ndarray) -> Any:
+    """Distillation of every output (scale-free MSE; softened KL on class scores), plus cross-entropy with labels."""
+    import torch
+    import torch.nn.functional as F
+
+    index = torch.from_numpy(rows)
+    outputs = _flat(simulation(*(torch.from_numpy(x[rows]) for x in data.inputs)))
+    loss = 0.0
+    for position, (out, target, scale) in enumerate(zip(outputs, targets, scales)):
+        wanted = target[index]
+        loss = loss + F.mse_loss(out, wanted) / scale
+        if position == data.class_output:
+            soft = F.kl_div(F.log_softmax(out / TEMPERATURE, dim=1), F.log_softmax(wanted / TEMPERATURE, dim=1),
+                            reduction="batchmean", log_target=True)
+            loss = loss + soft * TEMPERATURE**2
+            if data.labels is not None:
+                loss = loss + F.cross_entropy(out, torch.from_numpy(data.labels[rows]).long())
+    return loss
+
+
+def _flat(output: Any) -> list[Any]:
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        return [t for value in output.values() for t in _flat(value)]
+    if isinstance(output, (list, tuple)):
+        return [t for value in output for t in _flat(value)]
+    raise UnsupportedError(f"quantization-aware training reads tensor outputs, not {type(output).__name__}",
+                           hint="wrap the model so it returns tensors (a tuple or dict of them)")
+
+
+def _freeze_observers(simulation: Any) -> None:
+    """Activation ranges stop moving (fake quantization stays on). Weight ranges keep following the weights, as the
+    device quantizer takes them from the final weights."""
+    from torchao.quantization.pt2e.fake_quantize import disable_observer
+
+    for module in simulation.modules():
+        if hasattr(module, "observer_enabled") and not getattr(module, "is_per_channel", False):
+            disable_observer(module)
+
+
+def _copy_back(simulation: Any, module: Any) -> Any:
+    """A copy of `module` holding the simulation's fine-tuned parameters, matched by their qualified names."""
+    import torch
+
+    tuned = copy.deepcopy(module).eval()
+    trained = simulation.state_dict()
+    wanted = {name for name, p in tuned.named_parameters() if p.requires_grad}
+    missing = sorted(wanted - set(trained))
+    if missing:
+        raise UnsupportedError(f"quantization-aware training lost track of {len(missing)} weight(s) "
+                               f"({', '.join(missing[:3])})", hint="build without --qat")
+    with torch.no_grad():
+        for name, parameter in tuned.named_parameters():
+            if name in wanted:
+                parameter.copy_(trained[name])
+    return tuned
+
+
+def _progress(note: Callable[[str], None], done: int, total: int, losses: list[float], elapsed: float) -> None:
+    every = max(1, total // 10)
+    if done % every and done != total:
+        return
+    eta = elapsed / done * (total - done)
+    note(f"qat step {done}/{total}: loss {np.mean(losses[-every:]):.4g}, {elapsed:.0f} s, ETA {eta:.0f} s")
