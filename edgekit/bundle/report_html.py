@@ -61,6 +61,8 @@ def render_html(report: dict, manifest: dict, evidence: Evidence | None = None) 
         _section("confusion", "Predictions: float (PyTorch) vs device", _confusion(evidence)),
         *([_section("detections", "Detections: float (dashed green) vs device (blue)", _detections(report, evidence))]
           if evidence is not None and evidence.detectors else []),
+        *([_section("qat", "Quantization-aware fine-tuning (--qat)", _qat(report["qat"]))]
+          if report.get("qat") else []),
         _section("error-histogram", "Output error |device − reference| on the eval set", _error_histogram(evidence)),
         _section("sizes", "Size", _sizes_chart(report["size"])),
         _section("errors", "Error by stage", _error_table(report)),
@@ -128,6 +130,43 @@ def _hbars(rows: list[tuple[str, float | None, str, str, str]], scale_max: float
                     f'{_text(left + max(bar, (tick or 0) / scale_max * width) + 6, y + 14, value_text)}</g>')
     body.append(f'<line x1="{left}" y1="4" x2="{left}" y2="{12 + len(rows) * row_h}" stroke="#59636e"/>')
     return _svg(left + width + 150, 16 + len(rows) * row_h, "".join(body), label)
+
+
+def _qat(block: dict) -> str:
+    """The loss curve, and the simulation against the float model (before, after) and the device model."""
+    head = (f'<p>{block["steps_done"]} of {block["steps"]} steps ({_e(block["stopped_by"])}) in '
+            f'{block["seconds"]:.1f} s on {block["samples"]} samples, {_e(block["loss"])}; {_e(block["quantizer"])}'
+            f'</p>')
+    rows = "".join(
+        f"<tr><td>{_e(title)}</td><td>{_e(row['name'])}</td><td>{_num(row['sqnr_db'], '.1f', ' dB')}</td>"
+        f"<td>{_num(row['cosine'], '.6f')}</td><td>{_num(row['top1_agreement'], '.4f')}</td></tr>"
+        for title, key in (("simulation vs float, before", "simulation_before"),
+                           ("simulation vs float, after", "simulation_after"),
+                           ("device vs simulation", "simulation_vs_device"))
+        for row in block[key]["outputs"])
+    table = ("<table><tr><th>comparison</th><th>output</th><th>SQNR</th><th>cosine</th><th>top-1 agreement</th></tr>"
+             f"{rows}</table>")
+    return head + _loss_chart(block["loss_curve"]) + table
+
+
+def _loss_chart(points: list[list[float]]) -> str:
+    if len(points) < 2:
+        return '<p class="note">too few steps for a loss curve</p>'
+    left, width, height = 70, 480, 160
+    steps, losses = [p[0] for p in points], [p[1] for p in points]
+    low, high = min(losses), max(losses)
+    span = (high - low) or 1.0
+
+    def at(step: float, loss: float) -> str:
+        return f"{left + step / steps[-1] * width:.1f},{10 + (high - loss) / span * height:.1f}"
+
+    body = (f'<polyline fill="none" stroke="{BLUE}" stroke-width="2" '
+            f'points="{" ".join(at(s, v) for s, v in points)}"/>'
+            f'<line x1="{left}" y1="10" x2="{left}" y2="{10 + height}" stroke="#59636e"/>'
+            f'<line x1="{left}" y1="{10 + height}" x2="{left + width}" y2="{10 + height}" stroke="#59636e"/>'
+            + _text(left - 6, 16, f"{high:.3g}", "end") + _text(left - 6, 10 + height, f"{low:.3g}", "end")
+            + _text(left + width, 28 + height, f"step {steps[-1]}", "end") + _text(left, 28 + height, "loss", "start"))
+    return _svg(left + width + 20, height + 40, body, "QAT training loss per step")
 
 
 def _layers_chart(report: dict) -> str:

@@ -8,14 +8,18 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from edgekit.errors import ConfigError, UnsupportedError
 from edgekit.inputs.model import LoadedModel
 from edgekit.inputs.plan import Plan
-from edgekit.measure.drift import class_output, is_scores, output_metrics
+from edgekit.measure.drift import class_output, is_scores, output_metrics, worst_sqnr
+from edgekit.measure.measured import Measured
+from edgekit.measure.tasks import Reading
 from edgekit.routes import get_route
+from edgekit.routes.device import DeviceModel
 from edgekit.transform.qat import Data, Tuned, fine_tune, simulate
 
 
@@ -66,9 +70,47 @@ def fine_tuned(plan: Plan, note: Callable[[str], None]) -> Fine:
         ready = dataclasses.replace(model, kind="exported_program", program=program, module=program.module())
     train = plan.train
     block = {**tuned.block, "quantizer": scheme, "rung": "asked" if qat.steps != "auto" else "fallback",
+             "shipped": True,
              "data": {"calibration_samples": plan.calibration.size, "train_samples": 0 if train is None else train.size,
                       "train_sha256": None if train is None else train.sha256}}
     return Fine(ready, tuned, block)
+
+
+def qat_rung(plan: Plan, device_plan: Plan, shipped: DeviceModel, measured: Measured, reading: Reading,
+             workdir: Path, note: Callable[[str], None]) -> tuple[DeviceModel, Measured]:
+    """`--qat auto`, the last rung of `--fallback auto` when the ladder could not pass: the model fine-tuned under
+    pure INT8, built and measured like the first build; shipped when it passes, else the ladder's model ships and
+    the report says what QAT reached. Its ladder row and the `qat` block say what it cost."""
+    from edgekit.pipeline.verify import evaluate, references
+    from edgekit.routes.device import check_io, model_bytes
+    from edgekit.transform.export import exported
+
+    fine = fine_tuned(device_plan, note)
+    tuned_plan = dataclasses.replace(device_plan, model=fine.model)
+    folder = workdir / "qat"
+    folder.mkdir()
+    export, _ = exported(fine.model, plan.inputs, folder / "reference.onnx")
+    known = references(plan, export, tuned_plan)
+    device = get_route(plan.target.route).build(tuned_plan, export, folder)
+    check_io(device, plan.io)
+    result = evaluate(plan, export, device, tuned_plan, reading, known)
+    drift = result.drift
+    row = {"module": "(every layer)", "tensor": "*", "group": None, "precision": "int8", "rung": "qat",
+           "passed": bool(drift["passed"]), "sqnr_db": _worst(drift),
+           "accuracy_drop": drift["accuracy_drop"], "device_bytes": model_bytes(device),
+           "host_latency_ms": result.latency_ms.get("host"), "latency_ratio": None, "within_bounds": True,
+           "kept": bool(drift["passed"]), "seconds": fine.block["seconds"]}
+    block = qat_block(fine, plan, [o.name for o in export.outputs], known.original, result.device)
+    block["shipped"] = bool(drift["passed"])
+    ladder = [*(measured.ladder or []), row]
+    if drift["passed"]:
+        line = (f"fallback auto: the ladder did not pass; quantization-aware fine-tuning ({fine.block['steps_done']} "
+                f"steps, {fine.block['seconds']:.0f} s) passes in pure INT8 and ships")
+        return device, dataclasses.replace(result, ladder=ladder, qat=block, warnings=[*result.warnings, line])
+    line = (f"fallback auto: quantization-aware fine-tuning ({fine.block['steps_done']} steps, "
+            f"{fine.block['seconds']:.0f} s) does not pass either (accuracy drop {drift['accuracy_drop']}, worst "
+            f"SQNR {row['sqnr_db']} dB); the ladder's model ships")
+    return shipped, dataclasses.replace(measured, ladder=ladder, qat=block, warnings=[*measured.warnings, line])
 
 
 def qat_block(fine: Fine, plan: Plan, names: list[str], original: dict[str, np.ndarray],
@@ -81,6 +123,11 @@ def qat_block(fine: Fine, plan: Plan, names: list[str], original: dict[str, np.n
     return {**{k: v for k, v in fine.block.items()},
             "simulation_before": _compared(original, before), "simulation_after": _compared(original, after),
             "simulation_vs_device": _compared(after, device)}
+
+
+def _worst(drift: dict) -> float | None:
+    values = [worst_sqnr(row) for row in drift["outputs"]]
+    return min((v for v in values if v is not None), default=None)
 
 
 def _compared(reference: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> dict:

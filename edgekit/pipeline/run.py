@@ -14,7 +14,7 @@ from edgekit.measure.measured import Measured
 from edgekit.measure.tasks import Reading, detectors, embed_by_values, output_tasks
 from edgekit.pipeline.compress import baseline_float_gzip, compress_model, device_columns
 from edgekit.pipeline.fallback import Bounds, run_fallback
-from edgekit.pipeline.qat import fine_tuned, qat_block
+from edgekit.pipeline.qat import fine_tuned, qat_block, qat_rung
 from edgekit.pipeline.verify import evaluate, measure, measure_emulated, references, sensitivity, size_note
 from edgekit.routes import get_route
 from edgekit.routes.device import DeviceModel, check_io
@@ -93,6 +93,10 @@ def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Wr
                                             bounds, lambda groups: sensitivity(export, groups, plan),
                                             lambda candidate: measure(plan, export, candidate, device_plan,
                                                                       reading, known))
+        if plan.options.qat.steps == "auto" and not measured.drift["passed"]:
+            with steps.step("qat", f"quantization-aware fine-tuning, the last rung ({plan.options.qat.budget()} "
+                                   "steps)"):
+                device, measured = qat_rung(plan, device_plan, device, measured, reading, workdir, steps.note)
     note = size_note(plan, device)
     if note is not None:
         measured = replace(measured, warnings=[*measured.warnings, note])

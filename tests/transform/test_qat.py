@@ -1,0 +1,91 @@
+"""Quantization-aware fine-tuning on its own (edgekit/transform/qat.py): the simulation, the copy back into the float
+module, determinism, the budgets; what QAT gains is measured in tests/pipeline/test_qat.py and benchmarks/."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgekit.measure.drift import sqnr_db
+from edgekit.routes import get_route
+from edgekit.transform.qat import CURVE_POINTS, Data, curve, fine_tune, simulate
+
+
+@pytest.fixture(scope="module")
+def setting(digits):
+    model, data = digits
+    quantizer, _ = get_route("litert").qat_quantizer(None)
+    return model, data, quantizer
+
+
+def test_the_loss_curve_is_averaged_into_at_most_its_points():
+    assert curve([]) == []
+    assert curve([4.0, 2.0]) == [[1, 4.0], [2, 2.0]]
+    long = curve([float(i) for i in range(1000)])
+    assert len(long) == CURVE_POINTS and long[0] == [10, 4.5] and long[-1] == [1000, 994.5]
+
+
+def _tuned(setting):
+    model, data, quantizer = setting
+    return fine_tune(model, Data((data["x_calib"][:96],), data["y_calib"][:96], 0), quantizer, 6, 600, 0,
+                     held_out=(data["x_eval"][:40],))
+
+
+@pytest.fixture(scope="module")
+def tuned(setting):
+    model = setting[0]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    return _tuned(setting), before
+
+
+def test_fine_tune_leaves_the_model_alone_and_copies_its_weights_back(setting, tuned):
+    model, data, _ = setting
+    tuned, before = tuned
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the original is untouched
+    moved = [k for k, v in tuned.module.state_dict().items() if not torch.equal(before[k], v)]
+    assert moved, "six Adam steps changed no weight"
+    trained = tuned.simulation.state_dict()
+    assert all(torch.equal(tuned.module.state_dict()[k], trained[k]) for k in moved)
+    block = tuned.block
+    assert (block["steps_done"], block["stopped_by"], block["loss"]) == (6, "steps", "distillation + cross-entropy")
+    assert len(block["loss_curve"]) == 6 and block["batch"] == 32 and block["samples"] == 96
+    # the simulation is fixed once trained: the same outputs on every run, INT8-close to the float model
+    first, second = simulate(tuned, (data["x_eval"][:40],)), simulate(tuned, (data["x_eval"][:40],))
+    assert np.array_equal(first[0], second[0]) and first[0].shape == (40, 10)
+    with torch.no_grad():
+        reference = model(torch.from_numpy(data["x_eval"][:40])).numpy()
+    assert 25.0 < sqnr_db(reference, first[0]) < 60.0  # quantized (not float-exact), and not broken
+    assert 25.0 < sqnr_db(reference, tuned.before[0]) < 60.0
+
+
+def test_the_same_seed_gives_the_same_weights_and_the_budget_stops_it(setting, tuned):
+    model, data, quantizer = setting
+    again = _tuned(setting)
+    assert all(torch.equal(v, again.module.state_dict()[k]) for k, v in tuned[0].module.state_dict().items())
+    stopped = fine_tune(model, Data((data["x_calib"][:64],), None, 0), quantizer, 50, 1e-9, 3)
+    assert stopped.block["loss"] == "distillation"
+    assert (stopped.block["steps_done"], stopped.block["stopped_by"]) == (1, "time")
+
+
+class _BatchOne(torch.nn.Module):
+    """Reshapes to batch 1 explicitly, as a graph exported at batch 1 does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.fc = torch.nn.Linear(4 * 6 * 6, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).reshape(1, -1))
+
+
+def test_a_graph_exported_at_batch_one_trains_in_samples_of_one(setting):
+    """The graph only runs at batch 1: the simulation runs at batch 1, and a step still averages 32 samples."""
+    _, data, quantizer = setting
+    torch.manual_seed(0)
+    module = torch.export.export(_BatchOne().eval(), (torch.zeros(1, 1, 8, 8),)).module(check_guards=False)
+    tuned = fine_tune(module, Data((data["x_calib"][:40],), None, 0), quantizer, 2, 600, 0,
+                      held_out=(data["x_eval"][:5],))
+    assert tuned.batch == 1 and tuned.block["batch"] == 32 and tuned.block["steps_done"] == 2
+    assert simulate(tuned, (data["x_eval"][:5],))[0].shape == (5, 10)
