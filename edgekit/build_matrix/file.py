@@ -51,7 +51,8 @@ AXES: dict[str, tuple | None] = {
     "target": None, "calibration_method": CALIBRATION_METHODS, "percentile": None, "weight_method": WEIGHT_METHODS,
     "converter": CONVERTERS, "prune": None, "prune_mode": PRUNE_MODES, "clusters": None, "recover": None,
     "fallback": FALLBACKS, "equalize": EQUALIZE, "max_size": None, "max_latency_ratio": None,
-    "max_float_layers": None, "emulator": ("host", "arm64"), "io": ("float32", "int8"), "seed": None}
+    "max_float_layers": None, "emulator": ("host", "arm64"), "io": ("float32", "int8"), "seed": None, "qat": None,
+    "qat_seconds": None}
 MODEL_KEYS = ("name", "model", "calibration", "eval", "recipe", "max_drop", "min_agreement", "min_sqnr", "min_recall",
               "min_precision", "task", "ignore_index", "input_shape", "outputs")
 SETTINGS = MODEL_KEYS[4:]  # per-model build options
@@ -60,7 +61,7 @@ OUTPUT_NAMES = ("matrix.json", "matrix.html")  # what a matrix writes in OUT bes
 MAX_CELLS = 1000  # cells a matrix may build unless told more (--max-cells)
 COMBINATIONS_PER_CELL = 100  # the axes may multiply to this many combinations per allowed cell before collapsing
 INTEGERS = ("seed", "recover", "clusters", "max_size", "max_float_layers", "ignore_index")
-NUMBERS = ("percentile", "prune", "max_drop", "min_agreement", "min_sqnr", "min_recall", "min_precision",
+NUMBERS = ("qat_seconds", "percentile", "prune", "max_drop", "min_agreement", "min_sqnr", "min_recall", "min_precision",
            "max_latency_ratio")
 
 

@@ -150,7 +150,8 @@ def _module(model: LoadedModel, example: tuple):
 
 
 def _data(plan: Plan, module, example: tuple) -> Data:
-    """Calibration samples (and --train's), the labels when every sample has one, and the class-score output."""
+    """Calibration samples (and --train's), their labels where they have them (-1 where not), and the class-score
+    output."""
     import torch
 
     from edgekit.runners.torch import flatten_outputs
@@ -160,6 +161,10 @@ def _data(plan: Plan, module, example: tuple) -> Data:
     scores = class_output(shapes) if plan.options.outputs.task in (None, "classify") else None
     sets = [plan.calibration] + ([plan.train] if plan.train is not None else [])
     inputs = tuple(np.concatenate([d.inputs[s.name] for d in sets]) for s in plan.inputs)
-    labelled = all(d.labels is not None and d.labels.ndim == 1 for d in sets) and scores is not None
-    labels = np.concatenate([d.labels for d in sets]) if labelled else None
-    return Data(inputs, labels, None if scores is None else int(scores))
+    has = [d.labels is not None and d.labels.ndim == 1 for d in sets]
+    observe = min(plan.calibration.size, plan.options.calibration.max_samples)  # what the device calibrates on
+    if scores is None or not any(has):
+        return Data(inputs, None, None if scores is None else int(scores), observe)
+    labels = np.concatenate([d.labels.astype(np.int64) if labelled else np.full(d.size, -1, np.int64)
+                             for d, labelled in zip(sets, has)])
+    return Data(inputs, labels, int(scores), observe)

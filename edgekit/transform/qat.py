@@ -20,18 +20,19 @@ from edgekit.errors import UnsupportedError, first_line
 BATCH = 32
 LEARNING_RATE = 1e-5
 TEMPERATURE = 2.0
-FREEZE_OBSERVERS_AT = 0.5  # activation ranges move for the first half of the steps, then stay put
 CURVE_POINTS = 100  # the loss curve the report keeps, averaged into at most this many points
 
 
 @dataclass(frozen=True)
 class Data:
-    """What the fine-tune reads: the model's inputs by position, integer labels or None, and which output holds the
-    class scores (None: no output does)."""
+    """What the fine-tune reads: the model's inputs by position, integer labels (-1 for a sample without one) or
+    None, which output holds the class scores (None: no output does), and how many leading samples the device
+    quantizer calibrates its ranges on."""
 
     inputs: tuple[np.ndarray, ...]
     labels: np.ndarray | None = None
     class_output: int | None = None
+    observe: int | None = None  # the leading samples the device quantizer calibrates on (None: all)
 
 
 @dataclass(frozen=True)
@@ -49,28 +50,47 @@ class Tuned:
 def fine_tune(module: Any, data: Data, quantizer: Any, steps: int, seconds: float, seed: int,
               note: Callable[[str], None] = lambda text: None, held_out: tuple[np.ndarray, ...] | None = None) -> Tuned:
     """Fine-tune a copy of `module` (eval mode, so BatchNorm statistics stay as trained) under `quantizer`'s fake
-    quantization for at most `steps` Adam steps and `seconds`; `module` itself is untouched. The simulation's
-    ranges are first observed on the training samples; `held_out` is then run once, observers off, as `before`."""
+    quantization for at most `steps` Adam steps and `seconds`; `module` itself is untouched.
+
+    Activation ranges are those the device quantizer will take: the global min/max over the samples it calibrates
+    on (`data.observe`), observed before the fine-tune and again, with the final weights, after it; in between they
+    stay fixed while weight ranges follow the weights. `held_out` runs once before the fine-tune, as `before`."""
     import torch
-    from torchao.quantization.pt2e.fake_quantize import disable_observer, enable_observer
 
     torch.manual_seed(seed)
     teacher = copy.deepcopy(module).eval()
     simulation, batch = _prepared_at_some_batch(teacher, data.inputs, quantizer)
-    step_samples = min(BATCH, len(data.inputs[0]))  # one step's samples: one batch, or micro-batches of one
     targets = _teacher_outputs(teacher, data.inputs, batch)
-    scales = [target.var().clamp(min=1e-12) for target in targets]  # each output's MSE relative to its spread
-    run(simulation, batch, data.inputs)  # the observers see every training sample once
-    simulation.apply(disable_observer)
+    observed = tuple(x[:data.observe] for x in data.inputs)
+    _observe_ranges(simulation, batch, observed)
     before = run(simulation, batch, held_out) if held_out is not None else None
-    simulation.apply(enable_observer)
-    losses, started, rng = [], time.perf_counter(), np.random.default_rng(seed)
+    started = time.perf_counter()
+    losses, stopped_by = _train(simulation, batch, data, targets, (int(steps), seconds, seed), note)
+    _observe_ranges(simulation, batch, observed, weights=True)  # the ranges the device takes from the final weights
+    block = {"steps": int(steps), "steps_done": len(losses), "stopped_by": stopped_by,
+             "batch": min(BATCH, len(data.inputs[0])), "learning_rate": LEARNING_RATE,
+             "seconds": round(time.perf_counter() - started, 3), "samples": len(data.inputs[0]),
+             "labels": data.labels is not None,
+             "labelled_samples": 0 if data.labels is None else int((data.labels >= 0).sum()),
+             "loss": "distillation + cross-entropy" if data.labels is not None and data.class_output is not None
+             else "distillation", "loss_curve": curve(losses), "seed": int(seed)}
+    return Tuned(_copy_back(simulation, module), simulation, batch, block, before)
+
+
+def _train(simulation: Any, batch: int, data: Data, targets: list[Any], budget: tuple[int, float, int],
+           note: Callable[[str], None]) -> tuple[list[float], str]:
+    """Adam steps of BATCH samples each (micro-batches when the graph's batch is smaller): the losses, and what
+    stopped it ("steps" or "time")."""
+    import torch
+
+    steps, seconds, seed = budget
+    scales = [target.var().clamp(min=1e-12) for target in targets]  # each output's MSE relative to its spread
+    count = len(data.inputs[0])
+    step_samples = min(BATCH, count)
     optimizer = torch.optim.Adam([p for p in simulation.parameters() if p.requires_grad], lr=LEARNING_RATE)
-    stopped_by = "steps"
-    for step in range(int(steps)):
-        if step == int(steps * FREEZE_OBSERVERS_AT):
-            _freeze_observers(simulation)
-        rows = rng.choice(len(data.inputs[0]), size=step_samples, replace=len(data.inputs[0]) < step_samples)
+    losses, started, rng = [], time.perf_counter(), np.random.default_rng(seed)
+    for step in range(steps):
+        rows = rng.choice(count, size=step_samples, replace=count < step_samples)
         optimizer.zero_grad()
         total = 0.0
         for part in np.split(rows, len(rows) // batch):
@@ -80,18 +100,27 @@ def fine_tune(module: Any, data: Data, quantizer: Any, steps: int, seconds: floa
         optimizer.step()
         losses.append(total)
         elapsed = time.perf_counter() - started
-        _progress(note, step + 1, int(steps), losses, elapsed)
+        _progress(note, step + 1, steps, losses, elapsed)
         if elapsed > seconds and step + 1 < steps:
-            stopped_by = "time"
-            break
-    simulation.apply(disable_observer)  # the simulation is now fixed: running it changes nothing
-    tuned = _copy_back(simulation, module)
-    block = {"steps": int(steps), "steps_done": len(losses), "stopped_by": stopped_by, "batch": step_samples,
-             "learning_rate": LEARNING_RATE, "seconds": round(time.perf_counter() - started, 3),
-             "samples": len(data.inputs[0]), "labels": data.labels is not None,
-             "loss": "distillation + cross-entropy" if data.labels is not None and data.class_output is not None
-             else "distillation", "loss_curve": curve(losses), "seed": int(seed)}
-    return Tuned(tuned, simulation, batch, block, before)
+            return losses, "time"
+    return losses, "steps"
+
+
+def _observe_ranges(simulation: Any, batch: int, inputs: tuple[np.ndarray, ...], weights: bool = False) -> None:
+    """Activation ranges observed afresh over `inputs`, then fixed, while weight ranges follow the weights (their
+    observers stay on for training). With `weights`, the weight ranges too are taken afresh from the weights as
+    they are, and every range is fixed: the finished simulation."""
+    from torchao.quantization.pt2e.fake_quantize import disable_observer, enable_observer
+
+    quantizers = [m for m in simulation.modules() if hasattr(m, "observer_enabled")]
+    observed = [m for m in quantizers if weights or not getattr(m, "is_per_channel", False)]
+    for module in observed:
+        if hasattr(module.activation_post_process, "reset_min_max_vals"):
+            module.activation_post_process.reset_min_max_vals()
+        enable_observer(module)
+    run(simulation, batch, inputs)
+    for module in quantizers if weights else observed:
+        disable_observer(module)
 
 
 def _prepared_at_some_batch(module: Any, inputs: tuple[np.ndarray, ...], quantizer: Any) -> tuple[Any, int]:
@@ -177,8 +206,9 @@ def _loss(simulation: Any, data: Data, targets: list[Any], scales: list[Any], ro
             soft = F.kl_div(F.log_softmax(out / TEMPERATURE, dim=1), F.log_softmax(wanted / TEMPERATURE, dim=1),
                             reduction="batchmean", log_target=True)
             loss = loss + soft * TEMPERATURE**2
-            if data.labels is not None:
-                loss = loss + F.cross_entropy(out, torch.from_numpy(data.labels[rows]).long())
+            labels = None if data.labels is None else torch.from_numpy(data.labels[rows]).long()
+            if labels is not None and bool((labels >= 0).any()):  # -1: a sample without a label
+                loss = loss + F.cross_entropy(out, labels, ignore_index=-1)
     return loss
 
 
@@ -193,16 +223,6 @@ def _flat(output: Any) -> list[Any]:
         return [t for value in output for t in _flat(value)]
     raise UnsupportedError(f"quantization-aware training reads tensor outputs, not {type(output).__name__}",
                            hint="wrap the model so it returns tensors (a tuple or dict of them)")
-
-
-def _freeze_observers(simulation: Any) -> None:
-    """Activation ranges stop moving (fake quantization stays on). Weight ranges keep following the weights, as the
-    device quantizer takes them from the final weights."""
-    from torchao.quantization.pt2e.fake_quantize import disable_observer
-
-    for module in simulation.modules():
-        if hasattr(module, "observer_enabled") and not getattr(module, "is_per_channel", False):
-            disable_observer(module)
 
 
 def _copy_back(simulation: Any, module: Any) -> Any:

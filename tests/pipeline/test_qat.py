@@ -57,3 +57,23 @@ def test_bad_qat_requests_stop_before_any_work(digits_files, tmp_path: Path):
         assert result.exit_code == 2 and message in result.output, result.output
         assert "Traceback" not in result.output and not (tmp_path / "b").exists()
     assert leftovers(tmp_path) == []
+
+
+def test_qat_auto_is_the_last_rung_of_the_fallback(digits, tmp_path: Path):
+    """A model whose INT8 fails and whose ladder has no room (no layer may leave INT8): QAT is tried, its row ends
+    the ladder, and the report says whether it shipped and what it cost."""
+    from tests.helpers import int8_breaking_copy
+
+    model, data = digits
+    options = BuildOptions(qat=Qat(steps="auto"), verify=Verify(emulator="host"),
+                           conversion=edgekit.Conversion(equalize="off"),
+                           fallback=edgekit.Fallback("auto", max_float_layers=0))
+    result = edgekit.build(int8_breaking_copy(model), "jetson-orin-int8", options=options, out=tmp_path / "b",
+                           calibration=(data["x_calib"], data["y_calib"]), eval_data=(data["x_eval"], data["y_eval"]))
+    report = result.report
+    qat, last = report["qat"], report["quantization"]["ladder"][-1]
+    assert (qat["rung"], qat["steps"], last["rung"], last["module"]) == ("fallback", 300, "qat", "(every layer)")
+    assert last["seconds"] == qat["seconds"] and report["timings_s"]["qat"] >= qat["seconds"]
+    assert qat["shipped"] == last["passed"] == last["kept"] == result.passed
+    [line] = [w for w in report["warnings"] if "quantization-aware fine-tuning" in w]
+    assert ("ships" if qat["shipped"] else "the ladder's model ships") in line

@@ -34,6 +34,12 @@ class LiteRTRoute(Route):
                                    f"{plan.target.precision}", hint="drop --io, or build android-arm64-int8")
         check_converter(plan)
 
+    def qat_quantizer(self, target):
+        """ai-edge-quantizer gives every tensor an INT8 grid, not only the XNNPACK patterns' (routes/qat.py)."""
+        from edgekit.routes.qat import every_tensor_qat
+
+        return every_tensor_qat()
+
     def ladder(self, target) -> tuple[str, ...]:
         """An INT8 layer goes to 16x8 first (INT8's weights, INT16 activations), then float; a layer of the other
         quantized precisions goes to float."""
