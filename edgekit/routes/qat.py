@@ -78,7 +78,12 @@ def _every_output(spec: Any) -> Any:
     def fixed(scale: float, zero_point: int) -> Any:
         return FixedQParamsQuantizationSpec(torch.int8, scale, zero_point, -128, 127, torch.per_tensor_affine)
 
+    constant = _constant_spec()
+
     class EveryOutput(Quantizer):
+        def transform_for_annotation(self, model: Any) -> Any:
+            return tflite_norms(model)
+
         def annotate(self, model: Any) -> Any:
             for node in model.graph.nodes:
                 value = node.meta.get("val")
@@ -88,7 +93,8 @@ def _every_output(spec: Any) -> Any:
                         or not isinstance(value, torch.Tensor) or not value.dtype.is_floating_point):
                     continue
                 grid = fixed(*FIXED_GRID[name]) if name in FIXED_GRID else spec  # the kernel's own grid, if fixed
-                node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(output_qspec=grid, _annotated=True)
+                constants = {arg: constant for arg in node.args if _is_constant(arg)}  # INT8 in the .tflite too
+                node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(constants, grid, _annotated=True)
             return model
 
         def validate(self, model: Any) -> None:
@@ -96,3 +102,116 @@ def _every_output(spec: Any) -> Any:
 
     return EveryOutput()
 
+
+
+def _constant_spec() -> Any:
+    """A constant operand of an elementwise op (a norm's scale or shift): per-tensor symmetric INT8."""
+    import torch
+    from torchao.quantization.pt2e.fake_quantize import FakeQuantize
+    from torchao.quantization.pt2e.observer import MinMaxObserver
+    from torchao.quantization.pt2e.quantizer.quantizer import QuantizationSpec
+
+    return QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_tensor_symmetric,
+                            observer_or_fake_quant_ctr=FakeQuantize.with_args(observer=MinMaxObserver, eps=2**-12))
+
+
+def _is_constant(arg: Any) -> bool:
+    """A parameter or buffer, or a reshape of one."""
+    while getattr(arg, "op", None) == "call_function" and "view" in str(arg.target):
+        arg = arg.args[0]
+    return getattr(arg, "op", None) == "get_attr"
+
+
+def tflite_norms(model: Any) -> Any:
+    """LiteRT lowers a LayerNorm, and a BatchNorm no convolution absorbs, into elementwise ops with an INT8 output
+    each (MEAN, SQUARED_DIFFERENCE, MEAN, ADD, RSQRT, SUB, MUL, MUL, ADD; and SUB, MUL, MUL, ADD): the graph gets the
+    same ops, so the simulation rounds where the device does. Same function, same parameter names."""
+    import torch
+
+    aten = torch.ops.aten
+    graph = model.graph
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target == aten.layer_norm.default:
+            x, shape, weight, bias = node.args[:4]
+            eps = node.args[4] if len(node.args) > 4 else 1e-5
+            dims = list(range(-len(shape), 0))
+            with graph.inserting_before(node):
+                new = _Ops(model, graph)
+                mean = new(aten.mean.dim, x, dims, True)
+                centred = new(aten.sub.Tensor, x, mean)
+                variance = new(aten.mean.dim, new(aten.mul.Tensor, centred, centred), dims, True)
+                scaled = new(aten.mul.Tensor, centred, new(aten.rsqrt.default, new(aten.add.Tensor, variance, eps)))
+                out = _affine(new, scaled, weight, bias)
+            node.replace_all_uses_with(out)
+            graph.erase_node(node)
+        elif node.target == aten.batch_norm.default and not _after_conv(node):
+            x, weight, bias, mean, var = node.args[:5]
+            eps = node.args[7] if len(node.args) > 7 else 1e-5
+            with graph.inserting_before(node):
+                new = _Ops(model, graph)
+                inverse = new(aten.rsqrt.default, new(aten.add.Tensor, _channels(new, var, x), eps))
+                scaled = new(aten.mul.Tensor, new(aten.sub.Tensor, x, _channels(new, mean, x)), inverse)
+                out = _affine(new, scaled, _channels(new, weight, x), _channels(new, bias, x))
+            node.replace_all_uses_with(out)
+            graph.erase_node(node)
+    graph.eliminate_dead_code()
+    model.recompile()
+    return model
+
+
+def _after_conv(node: Any) -> bool:
+    source = node.args[0]
+    return getattr(source, "op", None) == "call_function" and "conv" in str(source.target)
+
+
+def _channels(new: Any, value: Any, x: Any) -> Any:
+    """A per-channel vector shaped to broadcast over NC... (channels on axis 1)."""
+    if value is None:
+        return None
+    rank = len(x.meta["val"].shape)
+    import torch
+
+    return new(torch.ops.aten.view.default, value, [-1] + [1] * (rank - 2))
+
+
+def _affine(new: Any, x: Any, weight: Any, bias: Any) -> Any:
+    import torch
+
+    aten = torch.ops.aten
+    out = x if weight is None else new(aten.mul.Tensor, x, weight)
+    return out if bias is None else new(aten.add.Tensor, out, bias)
+
+
+class _Ops:
+    """Makes call_function nodes with their FakeTensor `val` (what the annotators read), from the args' own."""
+
+    def __init__(self, model: Any, graph: Any) -> None:
+        self.model, self.graph = model, graph
+
+    def __call__(self, op: Any, *args: Any) -> Any:
+        node = self.graph.call_function(op, args)
+        values = [self._val(a) for a in args]
+        mode = next(v.fake_mode for v in values if hasattr(v, "fake_mode"))
+        with mode:
+            node.meta["val"] = op(*[mode.from_tensor(v) if _real(v) else v for v in values])
+        return node
+
+    def _val(self, arg: Any) -> Any:
+        if not hasattr(arg, "op"):
+            return arg
+        if "val" in arg.meta:
+            return arg.meta["val"]
+        if arg.op == "get_attr":
+            owner = self.model
+            for part in arg.target.split("."):
+                owner = getattr(owner, part)
+            return owner.detach()
+        raise ValueError(f"no value for {arg}")
+
+
+def _real(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, torch.Tensor) and not hasattr(value, "fake_mode")

@@ -107,18 +107,28 @@ def _train(simulation: Any, batch: int, data: Data, targets: list[Any], budget: 
 
 
 def _observe_ranges(simulation: Any, batch: int, inputs: tuple[np.ndarray, ...], weights: bool = False) -> None:
-    """Activation ranges observed afresh over `inputs`, then fixed, while weight ranges follow the weights (their
-    observers stay on for training). With `weights`, the weight ranges too are taken afresh from the weights as
-    they are, and every range is fixed: the finished simulation."""
-    from torchao.quantization.pt2e.fake_quantize import disable_observer, enable_observer
+    """Activation ranges observed afresh over `inputs` on the float values, as the device's calibration takes them
+    from the float model, then fixed; weight ranges follow the weights (their observers stay on for training). With
+    `weights`, the weight ranges too are taken afresh from the weights as they are, and every range is fixed: the
+    finished simulation."""
+    from torchao.quantization.pt2e.fake_quantize import (
+        disable_fake_quant,
+        disable_observer,
+        enable_fake_quant,
+        enable_observer,
+    )
 
     quantizers = [m for m in simulation.modules() if hasattr(m, "observer_enabled")]
     observed = [m for m in quantizers if weights or not getattr(m, "is_per_channel", False)]
+    for module in quantizers:
+        disable_fake_quant(module)
     for module in observed:
         if hasattr(module.activation_post_process, "reset_min_max_vals"):
             module.activation_post_process.reset_min_max_vals()
         enable_observer(module)
     run(simulation, batch, inputs)
+    for module in quantizers:
+        enable_fake_quant(module)
     for module in quantizers if weights else observed:
         disable_observer(module)
 
