@@ -1,0 +1,52 @@
+"""Each route's QAT quantizer (edgekit/routes/qat.py): what it simulates, and LiteRT's norms decomposed as LiteRT
+lowers them without changing the function."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgekit.routes import get_route
+from edgekit.routes.qat import tflite_norms
+
+
+class _Norms(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.folded = torch.nn.BatchNorm2d(8)  # right after a convolution: folded into it, left alone
+        self.alone = torch.nn.BatchNorm2d(8)  # after a ReLU: LiteRT's SUB, MUL, MUL, ADD
+        self.norm = torch.nn.LayerNorm(6)
+
+    def forward(self, x):
+        return self.norm(self.alone(torch.relu(self.folded(self.conv(x)))))
+
+
+def test_norms_are_decomposed_as_litert_lowers_them_with_the_same_function():
+    torch.manual_seed(0)
+    model = _Norms().eval()
+    with torch.no_grad():
+        for bn in (model.folded, model.alone):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+            bn.weight.uniform_(0.5, 2)
+            bn.bias.uniform_(-1, 1)
+    x = torch.randn(4, 3, 8, 8)
+    graph = torch.export.export(model, (x,)).module()
+    expected = graph(x)
+    decomposed = tflite_norms(graph)
+    ops = [str(n.target) for n in decomposed.graph.nodes if n.op == "call_function"]
+    assert ops.count("aten.batch_norm.default") == 1 and "aten.layer_norm.default" not in ops
+    assert ops.count("aten.rsqrt.default") == 2 and ops.count("aten.mean.dim") == 2
+    torch.testing.assert_close(decomposed(x), expected, rtol=1e-4, atol=1e-4)  # float rounding only
+    assert set(dict(decomposed.named_parameters())) == set(dict(model.named_parameters()))  # copy-back by name
+
+
+@pytest.mark.parametrize(("route", "words"), [("litert", "every other op's float output"),
+                                              ("tensorrt", "symmetric INT8 activations"),
+                                              ("onnxruntime", "affine INT8 activations"),
+                                              ("openvino", "affine INT8 activations"),
+                                              ("executorch", "affine INT8 activations")])
+def test_each_route_says_what_its_qat_simulates(route, words):
+    _, scheme = get_route(route).qat_quantizer(None)
+    assert scheme.startswith("XNNPACKQuantizer QAT: per-channel symmetric INT8 weights") and words in scheme
