@@ -185,6 +185,8 @@ def test_a_matrix_file_is_bounded_before_it_is_expanded(digits_files, tmp_path: 
     ('target = "android-arm64-int8"\nfallback = "auto"\nmax_float_layers = [-1]',
      "max_float_layers = -1 is negative"),
     ('target = "android-arm64-int8"\nprune = [0.5, 2.0]', "prune = 2.0 is outside [0, 1]"),
+    ('target = "android-arm64-int8"\nqat = [0, 1.5]', "qat = 1.5 is not a number of steps"),
+    ('target = "android-arm64-int8"\nqat = ["auto", "many"]', "qat = 'many' is neither a number of steps nor 'auto'"),
 ])
 def test_every_cell_value_is_checked_before_out_is_touched(axes: str, message: str, digits_files, tmp_path: Path):
     matrix = _matrix(digits_files, tmp_path, axes)
