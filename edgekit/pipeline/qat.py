@@ -120,7 +120,7 @@ def qat_block(fine: Fine, plan: Plan, names: list[str], original: dict[str, np.n
     inputs = tuple(plan.evaluation.inputs[s.name] for s in plan.inputs)
     before = dict(zip(names, fine.tuned.before))
     after = dict(zip(names, simulate(fine.tuned, inputs)))
-    return {**{k: v for k, v in fine.block.items()},
+    return {**fine.block,
             "simulation_before": _compared(original, before), "simulation_after": _compared(original, after),
             "simulation_vs_device": _compared(after, device)}
 
