@@ -168,11 +168,11 @@ def _after_conv(node: Any) -> bool:
 
 def _channels(new: Any, value: Any, x: Any) -> Any:
     """A per-channel vector shaped to broadcast over NC... (channels on axis 1)."""
+    import torch
+
     if value is None:
         return None
     rank = len(x.meta["val"].shape)
-    import torch
-
     return new(torch.ops.aten.view.default, value, [-1] + [1] * (rank - 2))
 
 

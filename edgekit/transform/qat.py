@@ -60,7 +60,7 @@ def fine_tune(module: Any, data: Data, quantizer: Any, steps: int, seconds: floa
     torch.manual_seed(seed)
     teacher = copy.deepcopy(module).eval()
     simulation, batch = _prepared_at_some_batch(teacher, data.inputs, quantizer)
-    targets = _teacher_outputs(teacher, data.inputs, batch)
+    targets = [torch.from_numpy(t) for t in run(teacher, batch, data.inputs)]  # what every step distils towards
     observed = tuple(x[:data.observe] for x in data.inputs)
     _observe_ranges(simulation, batch, observed)
     before = run(simulation, batch, held_out) if held_out is not None else None
@@ -189,16 +189,6 @@ def curve(losses: list[float]) -> list[list[float]]:
         return []
     edges = np.linspace(0, len(losses), min(CURVE_POINTS, len(losses)) + 1).astype(int)
     return [[int(end), round(float(np.mean(losses[start:end])), 6)] for start, end in itertools.pairwise(edges)]
-
-
-def _teacher_outputs(teacher: Any, inputs: tuple[np.ndarray, ...], batch: int) -> list[Any]:
-    import torch
-
-    parts = []
-    with torch.no_grad():
-        for start in range(0, len(inputs[0]), batch):
-            parts.append(_flat(teacher(*(torch.from_numpy(x[start:start + batch]) for x in inputs))))
-    return [torch.cat(list(chunks)) for chunks in zip(*parts)]
 
 
 def _loss(simulation: Any, data: Data, targets: list[Any], scales: list[Any], rows: np.ndarray) -> Any:
