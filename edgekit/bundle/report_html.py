@@ -146,7 +146,25 @@ def _qat(block: dict) -> str:
         for row in block[key]["outputs"])
     table = ("<table><tr><th>comparison</th><th>output</th><th>SQNR</th><th>cosine</th><th>top-1 agreement</th></tr>"
              f"{rows}</table>")
-    return head + _loss_chart(block["loss_curve"]) + table
+    return head + _loss_chart(block["loss_curve"]) + table + _qat_layers(block["simulation_vs_device"])
+
+
+def _qat_layers(versus: dict) -> str:
+    """Each module's output, device and simulation against the float model; the first that departs, named."""
+    layers = versus.get("layers")
+    if not layers:
+        return ""
+    gap = versus.get("first_gap")
+    head = ('<p class="note">the device model computes what the fine-tune simulated at every measured module</p>'
+            if gap is None else
+            f'<p><b>the device model departs from the simulation at {_e(gap["module"])}</b> (device op '
+            f'{_e(gap["op"])}): {gap["device_sqnr_db"]:.1f} dB against the float model where the simulation has '
+            f'{gap["simulation_sqnr_db"]:.1f} dB</p>')
+    rows = "".join(f"<tr><td>{_e(r['module'])}</td><td>{_e(r['op'])}</td><td>{_e(r['simulation_op'])}</td>"
+                   + "".join(f"<td>{_num(r[key], '.1f', ' dB')}</td>"
+                             for key in ("device_sqnr_db", "simulation_sqnr_db", "gap_db")) + "</tr>" for r in layers)
+    return (head + "<table><tr><th>module</th><th>device op</th><th>simulated op</th><th>device vs float</th>"
+            f"<th>simulation vs float</th><th>gap</th></tr>{rows}</table>")
 
 
 def _loss_chart(points: list[list[float]]) -> str:

@@ -16,11 +16,15 @@ from edgekit.errors import ConfigError, UnsupportedError
 from edgekit.inputs.model import LoadedModel
 from edgekit.inputs.plan import Plan
 from edgekit.measure.drift import class_output, is_scores, output_metrics, worst_sqnr
+from edgekit.measure.layers import layer_samples
 from edgekit.measure.measured import Measured
 from edgekit.measure.tasks import Reading
 from edgekit.routes import get_route
 from edgekit.routes.device import DeviceModel
-from edgekit.transform.qat import Data, Tuned, fine_tune, simulate
+from edgekit.transform.export import OnnxExport
+from edgekit.transform.qat import Data, Tuned, fine_tune, layer_sqnr, simulate
+
+GAP_DB = 6.0  # a device layer this far below the simulation's SQNR (4x its error power) is named
 
 
 @dataclass(frozen=True)
@@ -100,29 +104,80 @@ def qat_rung(plan: Plan, device_plan: Plan, shipped: DeviceModel, measured: Meas
            "accuracy_drop": drift["accuracy_drop"], "device_bytes": model_bytes(device),
            "host_latency_ms": result.latency_ms.get("host"), "latency_ratio": None, "within_bounds": True,
            "kept": bool(drift["passed"]), "seconds": fine.block["seconds"]}
-    block = qat_block(fine, plan, [o.name for o in export.outputs], known.original, result.device)
+    block = qat_block(fine, plan, export, known.original, result.device, result.layers)
     block["shipped"] = bool(drift["passed"])
     ladder = [*(measured.ladder or []), row]
     if drift["passed"]:
         line = (f"fallback auto: the ladder did not pass; quantization-aware fine-tuning ({fine.block['steps_done']} "
                 f"steps, {fine.block['seconds']:.0f} s) passes in pure INT8 and ships")
-        return device, dataclasses.replace(result, ladder=ladder, qat=block, warnings=[*result.warnings, line])
+        return device, dataclasses.replace(result, ladder=ladder, qat=block,
+                                           warnings=[*result.warnings, line, *gap_warning(block)])
     line = (f"fallback auto: quantization-aware fine-tuning ({fine.block['steps_done']} steps, "
             f"{fine.block['seconds']:.0f} s) does not pass either (accuracy drop {drift['accuracy_drop']}, worst "
             f"SQNR {row['sqnr_db']} dB); the ladder's model ships")
-    return shipped, dataclasses.replace(measured, ladder=ladder, qat=block, warnings=[*measured.warnings, line])
+    return shipped, dataclasses.replace(measured, ladder=ladder, qat=block,
+                                        warnings=[*measured.warnings, line, *gap_warning(block)])
 
 
-def qat_block(fine: Fine, plan: Plan, names: list[str], original: dict[str, np.ndarray],
-              device: dict[str, np.ndarray]) -> dict:
+def qat_block(fine: Fine, plan: Plan, export: OnnxExport, original: dict[str, np.ndarray],
+              device: dict[str, np.ndarray], layers: list[dict] | None) -> dict:
     """The report's `qat` block: the simulation against the float model before and after the fine-tune, and the
-    device model against the simulation (SQNR, cosine and top-1 agreement of class scores per output)."""
+    device model against the simulation (SQNR, cosine and top-1 agreement of class scores per output; and, where
+    the route measures its layers, per layer: where the device departs from what the fine-tune trained for)."""
     inputs = tuple(plan.evaluation.inputs[s.name] for s in plan.inputs)
+    names = [o.name for o in export.outputs]
     before = dict(zip(names, fine.tuned.before))
     after = dict(zip(names, simulate(fine.tuned, inputs)))
+    versus = _compared(after, device)
+    if layers:
+        from edgekit.pipeline.verify import LAYER_SAMPLES
+
+        count = layer_samples(export.path, min(LAYER_SAMPLES, plan.evaluation.size))
+        rows = layer_gaps(layer_sqnr(fine.tuned, tuple(x[:count] for x in inputs)), layers, tensor_order(export.path))
+        versus = {**versus, "layers": rows, "first_gap": next((r for r in rows if r["gap_db"] >= GAP_DB), None)}
     return {**fine.block,
             "simulation_before": _compared(original, before), "simulation_after": _compared(original, after),
-            "simulation_vs_device": _compared(after, device)}
+            "simulation_vs_device": versus}
+
+
+def layer_gaps(simulated: list[dict], layers: list[dict], order: dict[str, int]) -> list[dict]:
+    """Each module's output in the device model beside the simulation's, in graph order: the device's activation
+    against the float model (`device_sqnr_db`; its last quantized tensor in the module, by the export's node
+    `order`), the simulation's at the module's last fake quantization, and how far the device falls behind
+    (`gap_db`)."""
+    simulation = {row["module"]: (index, row) for index, row in enumerate(simulated) if row["module"]}
+    device: dict[str, tuple[int, dict]] = {}
+    for row in layers:
+        module = (row.get("modules") or [row.get("module")])[-1]  # the module that wrote the tensor
+        at = order.get(row.get("tensor"), -1)
+        if module in simulation and row.get("accumulated_sqnr_db") is not None and at >= device.get(module, (-2,))[0]:
+            device[module] = (at, row)
+    paired = []
+    for module, (_, row) in device.items():
+        index, sim = simulation[module]
+        paired.append((index, {"module": module, "op": row.get("op"), "simulation_op": sim["op"],
+                               "device_sqnr_db": row["accumulated_sqnr_db"], "simulation_sqnr_db": sim["sqnr_db"],
+                               "gap_db": round(sim["sqnr_db"] - row["accumulated_sqnr_db"], 3)}))
+    return [row for _, row in sorted(paired, key=lambda pair: pair[0])]
+
+
+def tensor_order(path: Path) -> dict[str, int]:
+    """Each tensor of an ONNX model: the position of the node that writes it."""
+    import onnx
+
+    nodes = onnx.load(str(path), load_external_data=False).graph.node
+    return {name: index for index, node in enumerate(nodes) for name in node.output}
+
+
+def gap_warning(block: dict | None) -> list[str]:
+    """A line naming the first layer where the device model falls GAP_DB behind the QAT simulation."""
+    gap = (block or {}).get("simulation_vs_device", {}).get("first_gap")
+    if gap is None:
+        return []
+    return [f"qat: the device model departs from the QAT simulation at module {gap['module']} (device op "
+            f"{gap['op']}, simulated {gap['simulation_op']}): {gap['device_sqnr_db']} dB against the float model "
+            f"where the simulation has {gap['simulation_sqnr_db']} dB; the conversion does not compute what the "
+            f"fine-tune trained for there"]
 
 
 def _worst(drift: dict) -> float | None:

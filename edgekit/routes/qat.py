@@ -51,6 +51,7 @@ EVERY = ("; every other op's float output fake-quantized too (ai-edge-quantizer 
 # outputs whose INT8 grid the TFLite kernels fix (ai-edge-quantizer's materialize_softmax_and_logistic / _tanh)
 FIXED_GRID = {"sigmoid": (1.0 / 256, -128), "softmax": (1.0 / 256, -128), "_softmax": (1.0 / 256, -128),
               "tanh": (1.0 / 128, 0)}
+FOLDED_NORMS = ("batch_norm", "_native_batch_norm_legit_no_training")
 # ops whose output is on its input's grid (TFLite gives them the input's scale): nothing to simulate there
 SAME_GRID = ("view", "reshape", "_unsafe_view", "permute", "transpose", "t", "squeeze", "unsqueeze", "flatten",
              "expand", "slice", "select", "clone", "contiguous", "max_pool2d", "max_pool1d", "pad", "constant_pad_nd",
@@ -90,7 +91,8 @@ def _every_output(spec: Any) -> Any:
                 name = getattr(getattr(node.target, "_overloadpacket", None), "__name__", str(node.target))
                 name = name.split(".")[-1]
                 if (node.op != "call_function" or Q_ANNOTATION_KEY in node.meta or name in SAME_GRID
-                        or not isinstance(value, torch.Tensor) or not value.dtype.is_floating_point):
+                        or not isinstance(value, torch.Tensor) or not value.dtype.is_floating_point
+                        or (name in FOLDED_NORMS and _after_conv(node))):  # folded into the conv: no tensor of its own
                     continue
                 grid = fixed(*FIXED_GRID[name]) if name in FIXED_GRID else spec  # the kernel's own grid, if fixed
                 constants = {arg: constant for arg in node.args if _is_constant(arg)}  # INT8 in the .tflite too

@@ -249,3 +249,90 @@ def _progress(note: Callable[[str], None], done: int, total: int, losses: list[f
         return
     eta = elapsed / done * (total - done)
     note(f"qat step {done}/{total}: loss {np.mean(losses[-every:]):.4g}, {elapsed:.0f} s, ETA {eta:.0f} s")
+
+
+def layer_sqnr(tuned: Tuned, inputs: tuple[np.ndarray, ...]) -> list[dict]:
+    """Each fake-quantized activation of the simulation against its float value (every fake quantization off), in
+    graph order: the module and op that produced it, and the SQNR accumulated up to there (`sqnr_db`), over the
+    whole batches of `inputs` (one padded batch when there are fewer samples)."""
+    import torch
+    from torchao.quantization.pt2e.fake_quantize import disable_fake_quant, enable_fake_quant
+
+    graph = tuned.simulation
+    nodes = _activation_quantizers(graph)
+    quantizers = [m for m in graph.modules() if hasattr(m, "fake_quant_enabled")]
+    count = len(inputs[0])
+    whole = max(tuned.batch, count // tuned.batch * tuned.batch) if count >= tuned.batch else count
+    power = {node: [0.0, 0.0] for node in nodes}  # signal, noise
+    for start in range(0, whole, tuned.batch):
+        chunk = [x[start:start + tuned.batch] for x in inputs]
+        padded = [np.concatenate([c, np.repeat(c[-1:], tuned.batch - len(c), axis=0)]) for c in chunk]
+        feed = [torch.from_numpy(np.ascontiguousarray(p)) for p in padded]
+        simulated = _captured(graph, nodes, feed)
+        for module in quantizers:
+            disable_fake_quant(module)
+        try:
+            floats = _captured(graph, nodes, feed)
+        finally:
+            for module in quantizers:
+                enable_fake_quant(module)
+        for node in nodes:
+            reference = floats[node].double()
+            power[node][0] += float((reference**2).sum())
+            power[node][1] += float(((reference - simulated[node].double()) ** 2).sum())
+    return [{"module": _node_module(node.args[0]), "op": _op_name(node.args[0]),
+             "sqnr_db": round(_db(*power[node]), 3)} for node in nodes]
+
+
+def _activation_quantizers(graph: Any) -> list[Any]:
+    """The fake-quantize nodes on values computed from the inputs (not on weights or constants), in graph order."""
+    fed: set[Any] = set()
+    found = []
+    for node in graph.graph.nodes:
+        if node.op == "placeholder" or any(arg in fed for arg in node.all_input_nodes):
+            fed.add(node)
+        if node.op == "call_module" and node in fed and hasattr(graph.get_submodule(node.target), "fake_quant_enabled"):
+            found.append(node)
+    return found
+
+
+def _captured(graph: Any, nodes: list[Any], feed: list[Any]) -> dict[Any, Any]:
+    import torch
+
+    wanted, seen = set(nodes), {}
+
+    class Capture(torch.fx.Interpreter):
+        def run_node(self, node):
+            out = super().run_node(node)
+            if node in wanted:
+                seen[node] = out.detach()
+            return out
+
+    with torch.no_grad():
+        Capture(graph).run(*feed)
+    return seen
+
+
+def _node_module(node: Any) -> str | None:
+    """The innermost PyTorch module that produced `node` (None for a model input)."""
+    if node.op == "placeholder":
+        return None
+    stack = node.meta.get("nn_module_stack") or {}
+    return (list(stack.values())[-1][0] or None) if stack else None  # "" is the model itself
+
+
+def _op_name(node: Any) -> str:
+    if node.op == "placeholder":
+        return "input"
+    name = getattr(node.target, "__name__", str(node.target))
+    return name.split(".")[0]
+
+
+def _db(signal: float, noise: float) -> float:
+    from edgekit.measure.drift import SQNR_CAP_DB
+
+    if noise == 0.0:
+        return SQNR_CAP_DB
+    if signal == 0.0:
+        return -SQNR_CAP_DB
+    return float(np.clip(10.0 * np.log10(signal / noise), -SQNR_CAP_DB, SQNR_CAP_DB))

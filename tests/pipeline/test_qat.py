@@ -9,6 +9,7 @@ import pytest
 
 import edgekit
 from edgekit.config.options import BuildOptions, Qat, Verify
+from edgekit.pipeline.qat import GAP_DB, gap_warning, layer_gaps, tensor_order
 from tests.test_cli import leftovers, run
 
 ROUTES = [("android-arm64-int8", "onnx2tf"), ("android-arm64-int8", "litert-torch"), ("onnxruntime-arm64-int8", None),
@@ -39,6 +40,11 @@ def test_qat_ships_the_fine_tuned_model_and_measures_it_against_its_simulation(d
     assert device["top1_agreement"] >= 0.99 and device["sqnr_db"] >= 25.0
     assert result.passed and report["drift"]["accuracy_drop"] <= 1.0
     assert "qat" in (tmp_path / "b" / "report.html").read_text()
+    # layer by layer too: every module's output in the device model is as close to the float model as simulated (a
+    # simulation that rounds where the device does not, such as a BatchNorm the conv absorbs, shows here too)
+    layers = qat["simulation_vs_device"]["layers"]
+    assert len(layers) >= 3 and {"features.2", "classifier.2"} <= {row["module"] for row in layers}
+    assert qat["simulation_vs_device"]["first_gap"] is None and max(abs(row["gap_db"]) for row in layers) < GAP_DB
 
 
 def test_bad_qat_requests_stop_before_any_work(digits_files, tmp_path: Path):
@@ -77,3 +83,33 @@ def test_qat_auto_is_the_last_rung_of_the_fallback(digits, tmp_path: Path):
     assert qat["shipped"] == last["passed"] == last["kept"] == result.passed
     [line] = [w for w in report["warnings"] if "quantization-aware fine-tuning" in w]
     assert ("ships" if qat["shipped"] else "the ladder's model ships") in line
+
+
+def test_a_device_model_that_departs_from_the_simulation_is_named_at_the_module_where_it_does(digits, tmp_path: Path):
+    """The simulation of the digits model beside a device model that does not compute what was simulated: the same
+    function with block 1's activation range ruined (one channel x1000), built to INT8. The comparison names the
+    first module whose output departs: block 2's ReLU, the first to read the channels block 1's range zeroed (block
+    1's own output, dominated by the x1000 channel, still matches as a whole), not a later one that inherits it."""
+    from edgekit.config.target import list_targets
+    from edgekit.routes import get_route
+    from edgekit.transform.qat import Data, fine_tune, layer_sqnr
+    from tests.helpers import int8_breaking_copy
+
+    model, data = digits
+    target = next(t for t in list_targets() if t.name == "onnxruntime-arm64-int8")
+    quantizer, _ = get_route(target.route).qat_quantizer(target)
+    tuned = fine_tune(model, Data((data["x_calib"],)), quantizer, steps=2, seconds=60, seed=0)
+    device = edgekit.build(int8_breaking_copy(model), target.name, out=tmp_path / "b",
+                           calibration=(data["x_calib"], data["y_calib"]), eval_data=(data["x_eval"], data["y_eval"]),
+                           options=BuildOptions(verify=Verify(emulator="host"),
+                                                conversion=edgekit.Conversion(equalize="off")))
+    layers = device.report["layers"]
+    simulated = layer_sqnr(tuned, (data["x_eval"][:32],))  # the samples the device's layers were measured on
+    rows = layer_gaps(simulated, layers, tensor_order(tmp_path / "b" / "reference.onnx"))
+    first = next(row for row in rows if row["gap_db"] >= GAP_DB)
+    assert (first["module"], first["op"], first["simulation_op"]) == ("features.5", "QuantizeLinear", "relu")
+    assert first["device_sqnr_db"] < 10.0 and first["simulation_sqnr_db"] > 30.0
+    assert rows[0]["module"] == "features.2" and rows[0]["gap_db"] < GAP_DB
+    [line] = gap_warning({"simulation_vs_device": {"first_gap": first}})
+    assert line.startswith("qat: the device model departs from the QAT simulation at module features.5 (device op "
+                           "QuantizeLinear, simulated relu)")
