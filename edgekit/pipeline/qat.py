@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.config.target import LAYER_PRECISION
 from edgekit.errors import ConfigError, UnsupportedError
 from edgekit.inputs.model import LoadedModel
 from edgekit.inputs.plan import Plan
@@ -21,6 +22,7 @@ from edgekit.measure.measured import Measured
 from edgekit.measure.tasks import Reading
 from edgekit.routes import get_route
 from edgekit.routes.device import DeviceModel
+from edgekit.routes.qat import keeping_out
 from edgekit.transform.export import OnnxExport
 from edgekit.transform.qat import Data, Tuned, fine_tune, layer_sqnr, simulate
 
@@ -54,9 +56,9 @@ def check_request(plan: Plan) -> None:
                                hint="give the .pt2, TorchScript or module:factory the ONNX file was exported from")
 
 
-def fine_tuned(plan: Plan, note: Callable[[str], None]) -> Fine:
+def fine_tuned(plan: Plan, note: Callable[[str], None], keep_out: frozenset[str] = frozenset()) -> Fine:
     """The plan's model (the original, or its equalized / compressed copy) fine-tuned under the route's QAT
-    quantizer, distilled from itself."""
+    quantizer, distilled from itself; the modules in `keep_out` (those the ladder keeps out of INT8) unquantized."""
     import torch
 
     model = plan.model
@@ -64,6 +66,7 @@ def fine_tuned(plan: Plan, note: Callable[[str], None]) -> Fine:
     module = _module(model, example)
     data = _data(plan, module, example)
     quantizer, scheme = get_route(plan.target.route).qat_quantizer(plan.target)
+    quantizer = keeping_out(quantizer, keep_out)
     qat = plan.options.qat
     tuned = fine_tune(module, data, quantizer, qat.budget(), qat.seconds, plan.options.seed, note,
                       held_out=tuple(plan.evaluation.inputs[s.name] for s in plan.inputs))
@@ -74,7 +77,7 @@ def fine_tuned(plan: Plan, note: Callable[[str], None]) -> Fine:
         ready = dataclasses.replace(model, kind="exported_program", program=program, module=program.module())
     train = plan.train
     block = {**tuned.block, "quantizer": scheme, "rung": "asked" if qat.steps != "auto" else "fallback",
-             "shipped": True,
+             "shipped": True, "kept_out": sorted(keep_out),
              "data": {"calibration_samples": plan.calibration.size, "train_samples": 0 if train is None else train.size,
                       "train_sha256": None if train is None else train.sha256}}
     return Fine(ready, tuned, block)
@@ -83,23 +86,32 @@ def fine_tuned(plan: Plan, note: Callable[[str], None]) -> Fine:
 def qat_rung(plan: Plan, device_plan: Plan, shipped: DeviceModel, measured: Measured, reading: Reading,
              workdir: Path, note: Callable[[str], None]) -> tuple[DeviceModel, Measured]:
     """`--qat auto`, the last rung of `--fallback auto` when the ladder could not pass: the model fine-tuned under
-    pure INT8, built and measured like the first build; shipped when it passes, else the ladder's model ships and
-    the report says what QAT reached. Its ladder row and the `qat` block say what it cost."""
+    INT8 with the layers the ladder kept out of it left out (in the simulation and in the build), built and measured
+    like the first build; shipped when it passes, else the ladder's model ships and the report says what QAT
+    reached. Its ladder row and the `qat` block say what it cost."""
     from edgekit.pipeline.verify import evaluate, references
     from edgekit.routes.device import check_io, model_bytes
     from edgekit.transform.export import exported
 
-    fine = fine_tuned(device_plan, note)
+    route = get_route(plan.target.route)
+    default = LAYER_PRECISION.get(plan.target.precision, "int8")
+    kept = [row for row in measured.layers or [] if row.get("precision", default) != default]
+    modules = frozenset(m for row in kept for m in (row.get("modules") or [row.get("module")]) if m)
+    fine = fine_tuned(device_plan, note, modules)
     tuned_plan = dataclasses.replace(device_plan, model=fine.model)
     folder = workdir / "qat"
     folder.mkdir()
     export, _ = exported(fine.model, plan.inputs, folder / "reference.onnx")
     known = references(plan, export, tuned_plan)
-    device = get_route(plan.target.route).build(tuned_plan, export, folder)
+    device = route.build(tuned_plan, export, folder)
     check_io(device, plan.io)
+    if kept:  # the ladder's choices stand: what it kept out of INT8 stays out (same export, same tensor names)
+        device = route.set_precisions(device, {row["tensor"]: row["precision"] for row in kept}, measured.layers,
+                                      plan.target)
     result = evaluate(plan, export, device, tuned_plan, reading, known)
     drift = result.drift
-    row = {"module": "(every layer)", "tensor": "*", "group": None, "precision": "int8", "rung": "qat",
+    row = {"module": "(every other layer)" if kept else "(every layer)", "tensor": "*", "group": None,
+           "precision": "int8", "rung": "qat",
            "passed": bool(drift["passed"]), "sqnr_db": _worst(drift),
            "accuracy_drop": drift["accuracy_drop"], "device_bytes": model_bytes(device),
            "host_latency_ms": result.latency_ms.get("host"), "latency_ratio": None, "within_bounds": True,
@@ -107,9 +119,11 @@ def qat_rung(plan: Plan, device_plan: Plan, shipped: DeviceModel, measured: Meas
     block = qat_block(fine, plan, export, known.original, result.device, result.layers)
     block["shipped"] = bool(drift["passed"])
     ladder = [*(measured.ladder or []), row]
+    where = (f"with the {len(kept)} layer(s) the ladder kept out of INT8 ({', '.join(sorted(modules))}) left out"
+             if kept else "in pure INT8")
     if drift["passed"]:
         line = (f"fallback auto: the ladder did not pass; quantization-aware fine-tuning ({fine.block['steps_done']} "
-                f"steps, {fine.block['seconds']:.0f} s) passes in pure INT8 and ships")
+                f"steps, {fine.block['seconds']:.0f} s) passes {where} and ships")
         return device, dataclasses.replace(result, ladder=ladder, qat=block,
                                            warnings=[*result.warnings, line, *gap_warning(block)])
     line = (f"fallback auto: quantization-aware fine-tuning ({fine.block['steps_done']} steps, "

@@ -217,3 +217,59 @@ def _real(value: Any) -> bool:
     import torch
 
     return isinstance(value, torch.Tensor) and not hasattr(value, "fake_mode")
+
+
+def keeping_out(quantizer: Any, modules: frozenset[str]) -> Any:
+    """`quantizer` with the ops of `modules` (and their submodules) left unquantized: no fake quantization on their
+    outputs, their weights or the values they read, nor where another op reads their outputs, and a convolution or
+    linear layer that computes or reads them in float (weights too), as the routes' builds leave them; the layers
+    the ladder keeps out of INT8 stay out of the simulation."""
+    return _unannotated(quantizer, modules) if modules else quantizer
+
+
+def _weighted(node: Any) -> bool:
+    return node.op == "call_function" and any(k in str(node.target) for k in ("conv", "linear"))
+
+
+def _shares(spec: Any, kept: set) -> bool:
+    """A SharedQuantizationSpec tied to a kept node, or to an edge from or to one."""
+    edge = getattr(spec, "edge_or_node", None)
+    return edge is not None and bool(set(edge if isinstance(edge, tuple) else (edge,)) & kept)
+
+
+def _unannotated(inner: Any, modules: frozenset[str]) -> Any:
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY, Quantizer
+
+    def inside(node: Any) -> bool:
+        stack = node.meta.get("nn_module_stack") or {}
+        path = list(stack.values())[-1][0] if stack else ""
+        return any(path == m or path.startswith(m + ".") for m in modules)
+
+    class KeepOut(Quantizer):
+        def transform_for_annotation(self, model: Any) -> Any:
+            return inner.transform_for_annotation(model)
+
+        def annotate(self, model: Any) -> Any:
+            inner.annotate(model)
+            kept = {node for node in model.graph.nodes if node.op == "call_function" and inside(node)}
+            # the op a kept activation is fused into (a conv or linear before its ReLU / BatchNorm) computes it
+            kept |= {arg for node in kept for arg in node.all_input_nodes if _weighted(arg)}
+            # and the weighted ops that read a kept value compute in float too (their weights unquantized)
+            kept |= {user for node in kept for user in node.users if _weighted(user)}
+            for node in model.graph.nodes:
+                annotation = node.meta.get(Q_ANNOTATION_KEY)
+                if annotation is None:
+                    continue
+                if node in kept:
+                    del node.meta[Q_ANNOTATION_KEY]
+                    continue
+                annotation.input_qspec_map = {arg: spec for arg, spec in annotation.input_qspec_map.items()
+                                              if arg not in kept and not _shares(spec, kept)}
+                if _shares(annotation.output_qspec, kept):  # on the grid of a value left in float: float too
+                    annotation.output_qspec = None
+            return model
+
+        def validate(self, model: Any) -> None:
+            inner.validate(model)
+
+    return KeepOut()

@@ -285,14 +285,17 @@ def layer_sqnr(tuned: Tuned, inputs: tuple[np.ndarray, ...]) -> list[dict]:
 
 
 def _activation_quantizers(graph: Any) -> list[Any]:
-    """The fake-quantize nodes on values computed from the inputs (not on weights or constants), in graph order."""
+    """The fake-quantize nodes on values computed from the inputs (not on weights or constants: per-channel ones
+    are weights, whatever feeds them), in graph order."""
     fed: set[Any] = set()
     found = []
     for node in graph.graph.nodes:
         if node.op == "placeholder" or any(arg in fed for arg in node.all_input_nodes):
             fed.add(node)
-        if node.op == "call_module" and node in fed and hasattr(graph.get_submodule(node.target), "fake_quant_enabled"):
-            found.append(node)
+        if node.op == "call_module" and node in fed:
+            module = graph.get_submodule(node.target)
+            if hasattr(module, "fake_quant_enabled") and not getattr(module, "is_per_channel", False):
+                found.append(node)
     return found
 
 

@@ -113,3 +113,31 @@ def test_a_device_model_that_departs_from_the_simulation_is_named_at_the_module_
     [line] = gap_warning({"simulation_vs_device": {"first_gap": first}})
     assert line.startswith("qat: the device model departs from the QAT simulation at module features.5 (device op "
                            "QuantizeLinear, simulated relu)")
+
+
+def test_qat_auto_keeps_out_of_the_simulation_what_the_ladder_kept_out_of_int8(digits, tmp_path: Path):
+    """Block 1's activation range ruined (x1000) and block 2's damaged (x150), room for one float layer and no
+    float start (--max-size): the ladder moves block 1 to float and still misses a 0.2-point gate; QAT then
+    fine-tunes with block 1 unquantized in the simulation (and the conv that reads it in float, as ONNX Runtime
+    builds it) and builds with it kept out again: the device computes what was simulated."""
+    from tests.helpers import int8_breaking_copy, pooled_breaking_copy
+
+    model, data = digits
+    options = BuildOptions(qat=Qat(steps="auto", seconds=60), verify=Verify(emulator="host"),
+                           conversion=edgekit.Conversion(equalize="off"), gate=edgekit.Gate(max_drop=0.2),
+                           fallback=edgekit.Fallback("auto", max_float_layers=1, max_size=100_000))
+    result = edgekit.build(pooled_breaking_copy(int8_breaking_copy(model), 150.0), "onnxruntime-arm64-int8",
+                           options=options, out=tmp_path / "b", calibration=(data["x_calib"], data["y_calib"]),
+                           eval_data=(data["x_eval"], data["y_eval"]))
+    report = result.report
+    qat, last = report["qat"], report["quantization"]["ladder"][-1]
+    moved = [row for row in report["layers"] if row["precision"] != "int8"]
+    assert [row["module"] for row in moved] == ["features.1"]
+    assert qat["kept_out"] == sorted(moved[0]["modules"]) and (last["rung"], last["module"]) == (
+        "qat", "(every other layer)")
+    versus = qat["simulation_vs_device"]
+    assert versus["layers"] and not {row["module"] for row in versus["layers"]} & set(qat["kept_out"])
+    # with block 1 simulated in INT8 (or the conv reading it with INT8 weights), the two were 2.8 dB apart
+    [output] = versus["outputs"]
+    assert output["sqnr_db"] >= 30.0 and versus["first_gap"] is None
+    assert qat["simulation_before"]["outputs"][0]["top1_agreement"] >= 0.95
