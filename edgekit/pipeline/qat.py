@@ -16,7 +16,7 @@ from edgekit.config.target import LAYER_PRECISION
 from edgekit.errors import ConfigError, UnsupportedError
 from edgekit.inputs.model import LoadedModel
 from edgekit.inputs.plan import Plan
-from edgekit.measure.drift import class_output, is_scores, output_metrics, worst_sqnr
+from edgekit.measure.drift import SQNR_CAP_DB, class_output, is_scores, output_metrics, worst_sqnr
 from edgekit.measure.layers import layer_samples
 from edgekit.measure.measured import Measured
 from edgekit.measure.tasks import Reading
@@ -24,7 +24,7 @@ from edgekit.routes import get_route
 from edgekit.routes.device import DeviceModel
 from edgekit.routes.qat import keeping_out
 from edgekit.transform.export import OnnxExport
-from edgekit.transform.qat import Data, Tuned, fine_tune, layer_sqnr, simulate
+from edgekit.transform.qat import Data, Tuned, fine_tune, layer_errors, simulate
 
 GAP_DB = 6.0  # a device layer this far below the simulation's SQNR (4x its error power) is named
 
@@ -147,11 +147,26 @@ def qat_block(fine: Fine, plan: Plan, export: OnnxExport, original: dict[str, np
         from edgekit.pipeline.verify import LAYER_SAMPLES
 
         count = layer_samples(export.path, min(LAYER_SAMPLES, plan.evaluation.size))
-        rows = layer_gaps(layer_sqnr(fine.tuned, tuple(x[:count] for x in inputs)), layers, tensor_order(export.path))
+        rows = layer_gaps(simulated_layers(fine.tuned, tuple(x[:count] for x in inputs)), layers,
+                          tensor_order(export.path))
         versus = {**versus, "layers": rows, "first_gap": next((r for r in rows if r["gap_db"] >= GAP_DB), None)}
     return {**fine.block,
             "simulation_before": _compared(original, before), "simulation_after": _compared(original, after),
             "simulation_vs_device": versus}
+
+
+def simulated_layers(tuned: Tuned, inputs: tuple[np.ndarray, ...]) -> list[dict]:
+    """The simulation's activations in graph order: module, op and SQNR against the float model up to there."""
+    return [{"module": row["module"], "op": row["op"], "sqnr_db": round(_db(row["signal"], row["noise"]), 3)}
+            for row in layer_errors(tuned, inputs)]
+
+
+def _db(signal: float, noise: float) -> float:
+    if noise == 0.0:
+        return SQNR_CAP_DB
+    if signal == 0.0:
+        return -SQNR_CAP_DB
+    return float(np.clip(10.0 * np.log10(signal / noise), -SQNR_CAP_DB, SQNR_CAP_DB))
 
 
 def layer_gaps(simulated: list[dict], layers: list[dict], order: dict[str, int]) -> list[dict]:

@@ -251,10 +251,11 @@ def _progress(note: Callable[[str], None], done: int, total: int, losses: list[f
     note(f"qat step {done}/{total}: loss {np.mean(losses[-every:]):.4g}, {elapsed:.0f} s, ETA {eta:.0f} s")
 
 
-def layer_sqnr(tuned: Tuned, inputs: tuple[np.ndarray, ...]) -> list[dict]:
+def layer_errors(tuned: Tuned, inputs: tuple[np.ndarray, ...]) -> list[dict]:
     """Each fake-quantized activation of the simulation against its float value (every fake quantization off), in
-    graph order: the module and op that produced it, and the SQNR accumulated up to there (`sqnr_db`), over the
-    whole batches of `inputs` (one padded batch when there are fewer samples)."""
+    graph order: the module and op that produced it, and the float value's power (`signal`) and the error's
+    (`noise`) accumulated up to there, summed over the whole batches of `inputs` (one padded batch when there are
+    fewer samples)."""
     import torch
     from torchao.quantization.pt2e.fake_quantize import disable_fake_quant, enable_fake_quant
 
@@ -280,8 +281,8 @@ def layer_sqnr(tuned: Tuned, inputs: tuple[np.ndarray, ...]) -> list[dict]:
             reference = floats[node].double()
             power[node][0] += float((reference**2).sum())
             power[node][1] += float(((reference - simulated[node].double()) ** 2).sum())
-    return [{"module": _node_module(node.args[0]), "op": _op_name(node.args[0]),
-             "sqnr_db": round(_db(*power[node]), 3)} for node in nodes]
+    return [{"module": _node_module(node.args[0]), "op": _op_name(node.args[0]), "signal": power[node][0],
+             "noise": power[node][1]} for node in nodes]
 
 
 def _activation_quantizers(graph: Any) -> list[Any]:
@@ -330,12 +331,3 @@ def _op_name(node: Any) -> str:
     name = getattr(node.target, "__name__", str(node.target))
     return name.split(".")[0]
 
-
-def _db(signal: float, noise: float) -> float:
-    from edgekit.measure.drift import SQNR_CAP_DB
-
-    if noise == 0.0:
-        return SQNR_CAP_DB
-    if signal == 0.0:
-        return -SQNR_CAP_DB
-    return float(np.clip(10.0 * np.log10(signal / noise), -SQNR_CAP_DB, SQNR_CAP_DB))

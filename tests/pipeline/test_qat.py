@@ -9,7 +9,7 @@ import pytest
 
 import edgekit
 from edgekit.config.options import BuildOptions, Qat, Verify
-from edgekit.pipeline.qat import GAP_DB, gap_warning, layer_gaps, tensor_order
+from edgekit.pipeline.qat import GAP_DB, gap_warning, layer_gaps, simulated_layers, tensor_order
 from tests.test_cli import leftovers, run
 
 ROUTES = [("android-arm64-int8", "onnx2tf"), ("android-arm64-int8", "litert-torch"), ("onnxruntime-arm64-int8", None),
@@ -92,7 +92,7 @@ def test_a_device_model_that_departs_from_the_simulation_is_named_at_the_module_
     1's own output, dominated by the x1000 channel, still matches as a whole), not a later one that inherits it."""
     from edgekit.config.target import list_targets
     from edgekit.routes import get_route
-    from edgekit.transform.qat import Data, fine_tune, layer_sqnr
+    from edgekit.transform.qat import Data, fine_tune
     from tests.helpers import int8_breaking_copy
 
     model, data = digits
@@ -104,7 +104,7 @@ def test_a_device_model_that_departs_from_the_simulation_is_named_at_the_module_
                            options=BuildOptions(verify=Verify(emulator="host"),
                                                 conversion=edgekit.Conversion(equalize="off")))
     layers = device.report["layers"]
-    simulated = layer_sqnr(tuned, (data["x_eval"][:32],))  # the samples the device's layers were measured on
+    simulated = simulated_layers(tuned, (data["x_eval"][:32],))  # the samples the device's layers were measured on
     rows = layer_gaps(simulated, layers, tensor_order(tmp_path / "b" / "reference.onnx"))
     first = next(row for row in rows if row["gap_db"] >= GAP_DB)
     assert (first["module"], first["op"], first["simulation_op"]) == ("features.5", "QuantizeLinear", "relu")
