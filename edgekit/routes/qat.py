@@ -140,7 +140,7 @@ def tflite_norms(model: Any) -> Any:
             eps = node.args[4] if len(node.args) > 4 else 1e-5
             dims = list(range(-len(shape), 0))
             with graph.inserting_before(node):
-                new = _Ops(model, graph)
+                new = _Ops(model, graph, node.meta.get("nn_module_stack"))
                 mean = new(aten.mean.dim, x, dims, True)
                 centred = new(aten.sub.Tensor, x, mean)
                 variance = new(aten.mean.dim, new(aten.mul.Tensor, centred, centred), dims, True)
@@ -152,7 +152,7 @@ def tflite_norms(model: Any) -> Any:
             x, weight, bias, mean, var = node.args[:5]
             eps = node.args[7] if len(node.args) > 7 else 1e-5
             with graph.inserting_before(node):
-                new = _Ops(model, graph)
+                new = _Ops(model, graph, node.meta.get("nn_module_stack"))
                 inverse = new(aten.rsqrt.default, new(aten.add.Tensor, _channels(new, var, x), eps))
                 scaled = new(aten.mul.Tensor, new(aten.sub.Tensor, x, _channels(new, mean, x)), inverse)
                 out = _affine(new, scaled, _channels(new, weight, x), _channels(new, bias, x))
@@ -187,13 +187,16 @@ def _affine(new: Any, x: Any, weight: Any, bias: Any) -> Any:
 
 
 class _Ops:
-    """Makes call_function nodes with their FakeTensor `val` (what the annotators read), from the args' own."""
+    """Makes call_function nodes with their FakeTensor `val` (what the annotators read), from the args' own, in the
+    replaced node's module."""
 
-    def __init__(self, model: Any, graph: Any) -> None:
-        self.model, self.graph = model, graph
+    def __init__(self, model: Any, graph: Any, stack: dict | None = None) -> None:
+        self.model, self.graph, self.stack = model, graph, stack  # the module the replaced node belonged to
 
     def __call__(self, op: Any, *args: Any) -> Any:
         node = self.graph.call_function(op, args)
+        if self.stack is not None:
+            node.meta["nn_module_stack"] = self.stack
         values = [self._val(a) for a in args]
         mode = next(v.fake_mode for v in values if hasattr(v, "fake_mode"))
         with mode:

@@ -318,11 +318,12 @@ def _captured(graph: Any, nodes: list[Any], feed: list[Any]) -> dict[Any, Any]:
 
 
 def _node_module(node: Any) -> str | None:
-    """The innermost PyTorch module that produced `node` (None for a model input)."""
+    """The innermost PyTorch module that produced `node` (None for a model input); for an op in the model's own
+    forward, the op's node name, as the ONNX export names it ("relu_2", "max_pool2d")."""
     if node.op == "placeholder":
         return None
     stack = node.meta.get("nn_module_stack") or {}
-    return (list(stack.values())[-1][0] or None) if stack else None  # "" is the model itself
+    return (list(stack.values())[-1][0] if stack else "") or node.name
 
 
 def _op_name(node: Any) -> str:

@@ -40,6 +40,30 @@ def test_norms_are_decomposed_as_litert_lowers_them_with_the_same_function():
     assert ops.count("aten.rsqrt.default") == 2 and ops.count("aten.mean.dim") == 2
     torch.testing.assert_close(decomposed(x), expected, rtol=1e-4, atol=1e-4)  # float rounding only
     assert set(dict(decomposed.named_parameters())) == set(dict(model.named_parameters()))  # copy-back by name
+    # the new ops stay in the norm's module: the per-module comparison with the device names them by it
+    modules = {list(n.meta["nn_module_stack"].values())[-1][0] for n in decomposed.graph.nodes
+               if str(n.target) in ("aten.rsqrt.default", "aten.mean.dim")}
+    assert modules == {"alone", "norm"}
+
+
+def test_litert_simulates_every_tensor_the_device_rounds_and_no_other():
+    """Named as the device's per-layer rows name them: the ReLU in the model's own forward by its op ("relu"), the
+    decomposed norms by their modules; the BatchNorm the conv absorbs has no rounding of its own (the device has no
+    tensor there; rounding it cost the simulation 5 to 7 dB per conv-BN block)."""
+    from edgekit.pipeline.qat import simulated_layers
+    from edgekit.transform.qat import Data, fine_tune
+
+    torch.manual_seed(0)
+    x = torch.randn(40, 3, 8, 8).numpy()
+    quantizer, _ = get_route("litert").qat_quantizer(None)
+    tuned = fine_tune(_Norms().eval(), Data((x,)), quantizer, steps=0, seconds=60, seed=0)
+    rows = simulated_layers(tuned, (x[:32],))
+    assert [row["module"] for row in rows][:2] == [None, "relu"]  # the input, then conv+BN+ReLU as one tensor
+    assert {row["module"] for row in rows} == {None, "relu", "alone", "norm"}
+    assert [row["op"] for row in rows if row["module"] == "alone"] == ["sub", "mul", "mul", "add"]
+    # up to the LayerNorm, each tensor rounded once (the BatchNorm of default statistics changes no value); the
+    # LayerNorm over 6 values is INT8's worst case (a row's variance near 0 rounds to 0, RSQRT then blows up)
+    assert all(row["sqnr_db"] > 30.0 for row in rows if row["module"] != "norm")
 
 
 @pytest.mark.parametrize(("route", "words"), [("litert", "every other op's float output"),
