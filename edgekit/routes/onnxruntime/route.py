@@ -84,6 +84,12 @@ def quantize(plan, export, out: Path, excluded: list) -> Path:
     return out
 
 
+# onnxruntime's converter, run as `python -m onnxruntime.tools.convert_onnx_models_to_ort` would, except that the
+# package's __init__ imports torch when it is installed (for a helper the converter never calls): seconds per call
+TO_ORT = ("import runpy, sys; sys.modules['torch'] = None; sys.argv[0] = 'convert_onnx_models_to_ort'; "
+          "runpy.run_module('onnxruntime.tools.convert_onnx_models_to_ort', run_name='__main__', alter_sys=True)")
+
+
 def to_ort(model: Path, folder: Path) -> dict[str, Path]:
     """model.ort and its required-operators config, from onnxruntime's own converter (a child process: it prints)."""
     from edgekit.errors import ConversionError
@@ -92,8 +98,8 @@ def to_ort(model: Path, folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     source = folder / "model.onnx"
     source.write_bytes(model.read_bytes())
-    command = [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(source), "--output_dir",
-               str(folder / "out"), "--optimization_style", "Fixed", "--target_platform", "arm"]
+    command = [sys.executable, "-c", TO_ORT, str(source), "--output_dir", str(folder / "out"), "--optimization_style",
+               "Fixed", "--target_platform", "arm"]
     done = run_child(command, 600, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     files = {"model.ort": folder / "out" / "model.ort",
              "model.required_operators.config": folder / "out" / "model.required_operators.config"}
