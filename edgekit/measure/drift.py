@@ -22,8 +22,11 @@ def thresholds_block(gate: Gate) -> dict:
 
 def sqnr_db(reference: np.ndarray, device: np.ndarray) -> float:
     reference = reference.astype(np.float64)
-    noise = float(np.sum((reference - device) ** 2))
-    signal = float(np.sum(reference**2))
+    return power_db(float(np.sum(reference**2)), float(np.sum((reference - device) ** 2)))
+
+
+def power_db(signal: float, noise: float) -> float:
+    """10 log10(signal / noise), clipped to ±SQNR_CAP_DB (the cap where either power is 0)."""
     if noise == 0.0:
         return SQNR_CAP_DB
     if signal == 0.0:

@@ -16,7 +16,7 @@ from edgekit.config.target import LAYER_PRECISION
 from edgekit.errors import ConfigError, UnsupportedError
 from edgekit.inputs.model import LoadedModel
 from edgekit.inputs.plan import Plan
-from edgekit.measure.drift import SQNR_CAP_DB, class_output, is_scores, output_metrics, worst_sqnr
+from edgekit.measure.drift import class_output, is_scores, output_metrics, power_db, worst_sqnr
 from edgekit.measure.layers import layer_samples
 from edgekit.measure.measured import Measured
 from edgekit.measure.tasks import Reading
@@ -157,16 +157,8 @@ def qat_block(fine: Fine, plan: Plan, export: OnnxExport, original: dict[str, np
 
 def simulated_layers(tuned: Tuned, inputs: tuple[np.ndarray, ...]) -> list[dict]:
     """The simulation's activations in graph order: module, op and SQNR against the float model up to there."""
-    return [{"module": row["module"], "op": row["op"], "sqnr_db": round(_db(row["signal"], row["noise"]), 3)}
+    return [{"module": row["module"], "op": row["op"], "sqnr_db": round(power_db(row["signal"], row["noise"]), 3)}
             for row in layer_errors(tuned, inputs)]
-
-
-def _db(signal: float, noise: float) -> float:
-    if noise == 0.0:
-        return SQNR_CAP_DB
-    if signal == 0.0:
-        return -SQNR_CAP_DB
-    return float(np.clip(10.0 * np.log10(signal / noise), -SQNR_CAP_DB, SQNR_CAP_DB))
 
 
 def layer_gaps(simulated: list[dict], layers: list[dict], order: dict[str, int]) -> list[dict]:

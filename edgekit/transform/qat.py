@@ -175,12 +175,20 @@ def run(graph: Any, batch: int, inputs: tuple[np.ndarray, ...]) -> list[np.ndarr
     count, outputs = len(inputs[0]), []
     with torch.no_grad():
         for start in range(0, count, batch):
-            chunk = [x[start:start + batch] for x in inputs]
-            taken = len(chunk[0])
-            padded = [np.concatenate([c, np.repeat(c[-1:], batch - taken, axis=0)]) for c in chunk]
-            result = _flat(graph(*(torch.from_numpy(np.ascontiguousarray(p, dtype=p.dtype)) for p in padded)))
+            taken = min(batch, count - start)
+            result = _flat(graph(*_padded(inputs, start, batch)))
             outputs.append([r.numpy()[:taken] for r in result])
     return [np.concatenate(parts) for parts in zip(*outputs)]
+
+
+def _padded(inputs: tuple[np.ndarray, ...], start: int, batch: int) -> list[Any]:
+    """Samples start..start+batch of each input as tensors, a short last batch padded with copies of its last
+    sample."""
+    import torch
+
+    chunks = [x[start:start + batch] for x in inputs]
+    return [torch.from_numpy(np.ascontiguousarray(np.concatenate([c, np.repeat(c[-1:], batch - len(c), axis=0)])))
+            for c in chunks]
 
 
 def curve(losses: list[float]) -> list[list[float]]:
@@ -256,19 +264,16 @@ def layer_errors(tuned: Tuned, inputs: tuple[np.ndarray, ...]) -> list[dict]:
     graph order: the module and op that produced it, and the float value's power (`signal`) and the error's
     (`noise`) accumulated up to there, summed over the whole batches of `inputs` (one padded batch when there are
     fewer samples)."""
-    import torch
     from torchao.quantization.pt2e.fake_quantize import disable_fake_quant, enable_fake_quant
 
     graph = tuned.simulation
     nodes = _activation_quantizers(graph)
     quantizers = [m for m in graph.modules() if hasattr(m, "fake_quant_enabled")]
     count = len(inputs[0])
-    whole = max(tuned.batch, count // tuned.batch * tuned.batch) if count >= tuned.batch else count
+    whole = count // tuned.batch * tuned.batch or count  # whole batches, or one padded one
     power = {node: [0.0, 0.0] for node in nodes}  # signal, noise
     for start in range(0, whole, tuned.batch):
-        chunk = [x[start:start + tuned.batch] for x in inputs]
-        padded = [np.concatenate([c, np.repeat(c[-1:], tuned.batch - len(c), axis=0)]) for c in chunk]
-        feed = [torch.from_numpy(np.ascontiguousarray(p)) for p in padded]
+        feed = _padded(inputs, start, tuned.batch)
         simulated = _captured(graph, nodes, feed)
         for module in quantizers:
             disable_fake_quant(module)
