@@ -125,12 +125,12 @@ def qat_rung(plan: Plan, device_plan: Plan, shipped: DeviceModel, measured: Meas
         line = (f"fallback auto: the ladder did not pass; quantization-aware fine-tuning ({fine.block['steps_done']} "
                 f"steps, {fine.block['seconds']:.0f} s) passes {where} and ships")
         return device, dataclasses.replace(result, ladder=ladder, qat=block,
-                                           warnings=[*result.warnings, line, *gap_warning(block)])
+                                           warnings=[*result.warnings, line, *qat_warnings(block)])
     line = (f"fallback auto: quantization-aware fine-tuning ({fine.block['steps_done']} steps, "
             f"{fine.block['seconds']:.0f} s) does not pass either (accuracy drop {drift['accuracy_drop']}, worst "
             f"SQNR {row['sqnr_db']} dB); the ladder's model ships")
     return shipped, dataclasses.replace(measured, ladder=ladder, qat=block,
-                                        warnings=[*measured.warnings, line, *gap_warning(block)])
+                                        warnings=[*measured.warnings, line, *qat_warnings(block)])
 
 
 def qat_block(fine: Fine, plan: Plan, export: OnnxExport, original: dict[str, np.ndarray],
@@ -190,12 +190,17 @@ def tensor_order(path: Path) -> dict[str, int]:
     return {name: index for index, node in enumerate(nodes) for name in node.output}
 
 
-def gap_warning(block: dict | None) -> list[str]:
-    """A line naming the first layer where the device model falls GAP_DB behind the QAT simulation."""
+def qat_warnings(block: dict | None) -> list[str]:
+    """A line for the steps not taken (a non-finite gradient), and one naming the first layer where the device
+    model falls GAP_DB behind the QAT simulation."""
+    skipped = (block or {}).get("skipped_steps") or 0
+    lines = [f"qat: {skipped} of {block['steps_done'] + skipped} step(s) were not taken: their gradient was not "
+             "finite (a rounded value at a singularity, such as a variance rounded to 0 before RSQRT)"
+             ] if skipped else []
     gap = (block or {}).get("simulation_vs_device", {}).get("first_gap")
     if gap is None:
-        return []
-    return [f"qat: the device model departs from the QAT simulation at module {gap['module']} (device op "
+        return lines
+    return [*lines, f"qat: the device model departs from the QAT simulation at module {gap['module']} (device op "
             f"{gap['op']}, simulated {gap['simulation_op']}): {gap['device_sqnr_db']} dB against the float model "
             f"where the simulation has {gap['simulation_sqnr_db']} dB; the conversion does not compute what the "
             f"fine-tune trained for there"]

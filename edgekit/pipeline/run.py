@@ -14,7 +14,7 @@ from edgekit.measure.measured import Measured
 from edgekit.measure.tasks import Reading, detectors, embed_by_values, output_tasks
 from edgekit.pipeline.compress import baseline_float_gzip, compress_model, device_columns
 from edgekit.pipeline.fallback import Bounds, run_fallback
-from edgekit.pipeline.qat import fine_tuned, gap_warning, qat_block, qat_rung
+from edgekit.pipeline.qat import fine_tuned, qat_block, qat_rung, qat_warnings
 from edgekit.pipeline.verify import evaluate, measure, measure_emulated, references, sensitivity, size_note
 from edgekit.routes import get_route
 from edgekit.routes.device import DeviceModel, check_io
@@ -107,7 +107,7 @@ def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Wr
             measured = measure_emulated(plan, device, measured, count, reading)
     if fine is not None:
         block = qat_block(fine, plan, export, known.original, measured.device, measured.layers)
-        measured = replace(measured, qat=block, warnings=[*measured.warnings, *gap_warning(block)])
+        measured = replace(measured, qat=block, warnings=[*measured.warnings, *qat_warnings(block)])
     if equalization is not None:
         notes = [equalization.note] if equalization.note else []
         measured = replace(measured, equalization=equalization.block, warnings=[*measured.warnings, *notes])

@@ -56,6 +56,10 @@ FOLDED_NORMS = ("batch_norm", "_native_batch_norm_legit_no_training")
 SAME_GRID = ("view", "reshape", "_unsafe_view", "permute", "transpose", "t", "squeeze", "unsqueeze", "flatten",
              "expand", "slice", "select", "clone", "contiguous", "max_pool2d", "max_pool1d", "pad", "constant_pad_nd",
              "alias", "detach", "dropout", "identity")
+UNROUNDED = "edgekit_unrounded"  # node meta: an op the simulation adds that has no tensor of its own on the device
+# a LayerNorm's variance + eps can round to 0 on its INT8 grid: RSQRT saturates there on the device, and the
+# simulation's floor keeps its gradient finite (the rounded output clips it to 0) instead of inf * 0
+RSQRT_FLOOR = 1e-20
 
 
 def every_tensor_qat() -> tuple[Any, str]:
@@ -91,6 +95,7 @@ def _every_output(spec: Any) -> Any:
                 name = getattr(getattr(node.target, "_overloadpacket", None), "__name__", str(node.target))
                 name = name.split(".")[-1]
                 if (node.op != "call_function" or Q_ANNOTATION_KEY in node.meta or name in SAME_GRID
+                        or node.meta.get(UNROUNDED)
                         or not isinstance(value, torch.Tensor) or not value.dtype.is_floating_point
                         or (name in FOLDED_NORMS and _after_conv(node))):  # folded into the conv: no tensor of its own
                     continue
@@ -144,7 +149,9 @@ def tflite_norms(model: Any) -> Any:
                 mean = new(aten.mean.dim, x, dims, True)
                 centred = new(aten.sub.Tensor, x, mean)
                 variance = new(aten.mean.dim, new(aten.mul.Tensor, centred, centred), dims, True)
-                scaled = new(aten.mul.Tensor, centred, new(aten.rsqrt.default, new(aten.add.Tensor, variance, eps)))
+                floored = new(aten.clamp_min.default, new(aten.add.Tensor, variance, eps), RSQRT_FLOOR)
+                floored.meta[UNROUNDED] = True
+                scaled = new(aten.mul.Tensor, centred, new(aten.rsqrt.default, floored))
                 out = _affine(new, scaled, weight, bias)
             node.replace_all_uses_with(out)
             graph.erase_node(node)

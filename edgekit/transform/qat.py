@@ -65,9 +65,9 @@ def fine_tune(module: Any, data: Data, quantizer: Any, steps: int, seconds: floa
     _observe_ranges(simulation, batch, observed)
     before = run(simulation, batch, held_out) if held_out is not None else None
     started = time.perf_counter()
-    losses, stopped_by = _train(simulation, batch, data, targets, (int(steps), seconds, seed), note)
+    losses, stopped_by, skipped = _train(simulation, batch, data, targets, (int(steps), seconds, seed), note)
     _observe_ranges(simulation, batch, observed, weights=True)  # the ranges the device takes from the final weights
-    block = {"steps": int(steps), "steps_done": len(losses), "stopped_by": stopped_by,
+    block = {"steps": int(steps), "steps_done": len(losses), "skipped_steps": skipped, "stopped_by": stopped_by,
              "batch": min(BATCH, len(data.inputs[0])), "learning_rate": LEARNING_RATE,
              "seconds": round(time.perf_counter() - started, 3), "samples": len(data.inputs[0]),
              "labels": data.labels is not None,
@@ -78,9 +78,9 @@ def fine_tune(module: Any, data: Data, quantizer: Any, steps: int, seconds: floa
 
 
 def _train(simulation: Any, batch: int, data: Data, targets: list[Any], budget: tuple[int, float, int],
-           note: Callable[[str], None]) -> tuple[list[float], str]:
-    """Adam steps of BATCH samples each (micro-batches when the graph's batch is smaller): the losses, and what
-    stopped it ("steps" or "time")."""
+           note: Callable[[str], None]) -> tuple[list[float], str, int]:
+    """Adam steps of BATCH samples each (micro-batches when the graph's batch is smaller): the losses, what
+    stopped it ("steps" or "time"), and how many steps were not taken (a non-finite gradient)."""
     import torch
 
     steps, seconds, seed = budget
@@ -88,7 +88,7 @@ def _train(simulation: Any, batch: int, data: Data, targets: list[Any], budget: 
     count = len(data.inputs[0])
     step_samples = min(BATCH, count)
     optimizer = torch.optim.Adam([p for p in simulation.parameters() if p.requires_grad], lr=LEARNING_RATE)
-    losses, started, rng = [], time.perf_counter(), np.random.default_rng(seed)
+    losses, skipped, started, rng = [], 0, time.perf_counter(), np.random.default_rng(seed)
     for step in range(steps):
         rows = rng.choice(count, size=step_samples, replace=count < step_samples)
         optimizer.zero_grad()
@@ -97,13 +97,24 @@ def _train(simulation: Any, batch: int, data: Data, targets: list[Any], budget: 
             loss = _loss(simulation, data, targets, scales, part) * (len(part) / len(rows))
             loss.backward()
             total += float(loss.detach())
-        optimizer.step()
-        losses.append(total)
+        if _finite(optimizer):
+            optimizer.step()
+            losses.append(total)
+        else:  # one non-finite gradient would make every weight NaN: the step is not taken, and counted
+            skipped += 1
         elapsed = time.perf_counter() - started
         _progress(note, step + 1, steps, losses, elapsed)
         if elapsed > seconds and step + 1 < steps:
-            return losses, "time"
-    return losses, "steps"
+            return losses, "time", skipped
+    return losses, "steps", skipped
+
+
+def _finite(optimizer: Any) -> bool:
+    """Whether the loss's gradient is finite everywhere."""
+    import torch
+
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
 
 
 def _observe_ranges(simulation: Any, batch: int, inputs: tuple[np.ndarray, ...], weights: bool = False) -> None:
@@ -256,7 +267,8 @@ def _progress(note: Callable[[str], None], done: int, total: int, losses: list[f
     if done % every and done != total:
         return
     eta = elapsed / done * (total - done)
-    note(f"qat step {done}/{total}: loss {np.mean(losses[-every:]):.4g}, {elapsed:.0f} s, ETA {eta:.0f} s")
+    loss = f"{np.mean(losses[-every:]):.4g}" if losses else "n/a (no step taken)"
+    note(f"qat step {done}/{total}: loss {loss}, {elapsed:.0f} s, ETA {eta:.0f} s")
 
 
 def layer_errors(tuned: Tuned, inputs: tuple[np.ndarray, ...]) -> list[dict]:

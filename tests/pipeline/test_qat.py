@@ -9,7 +9,7 @@ import pytest
 
 import edgekit
 from edgekit.config.options import BuildOptions, Qat, Verify
-from edgekit.pipeline.qat import GAP_DB, gap_warning, layer_gaps, simulated_layers, tensor_order
+from edgekit.pipeline.qat import GAP_DB, layer_gaps, qat_warnings, simulated_layers, tensor_order
 from tests.test_cli import leftovers, run
 
 ROUTES = [("android-arm64-int8", "onnx2tf"), ("android-arm64-int8", "litert-torch"), ("onnxruntime-arm64-int8", None),
@@ -110,7 +110,7 @@ def test_a_device_model_that_departs_from_the_simulation_is_named_at_the_module_
     assert (first["module"], first["op"], first["simulation_op"]) == ("features.5", "QuantizeLinear", "relu")
     assert first["device_sqnr_db"] < 10.0 and first["simulation_sqnr_db"] > 30.0
     assert rows[0]["module"] == "features.2" and rows[0]["gap_db"] < GAP_DB
-    [line] = gap_warning({"simulation_vs_device": {"first_gap": first}})
+    [line] = qat_warnings({"simulation_vs_device": {"first_gap": first}})
     assert line.startswith("qat: the device model departs from the QAT simulation at module features.5 (device op "
                            "QuantizeLinear, simulated relu)")
 

@@ -89,3 +89,31 @@ def test_a_graph_exported_at_batch_one_trains_in_samples_of_one(setting):
                       held_out=(data["x_eval"][:5],))
     assert tuned.batch == 1 and tuned.block["batch"] == 32 and tuned.block["steps_done"] == 2
     assert simulate(tuned, (data["x_eval"][:5],))[0].shape == (5, 10)
+
+
+class _ShortNorm(torch.nn.Module):
+    """A LayerNorm over rows of 4 features, some of them constant: their variance + eps rounds to 0 on INT8."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.norm, self.head = torch.nn.Linear(6, 4), torch.nn.LayerNorm(4, eps=1e-6), torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.norm(self.up(x)))
+
+
+def test_a_layernorm_whose_variance_rounds_to_zero_trains_with_finite_weights(setting):
+    """LiteRT's LayerNorm is RSQRT of an INT8 variance: a row whose variance rounds to 0 saturates there. The
+    simulation's gradient stays finite at that point (rsqrt(0) would make every weight NaN after one step)."""
+    quantizer = setting[2]
+    torch.manual_seed(0)
+    model = _ShortNorm().eval()
+    with torch.no_grad():  # rows where x's first feature is 0 give the same value on every feature
+        model.up.weight.zero_(), model.up.weight[:, 0].copy_(torch.tensor([2.0, -1.0, 0.5, 3.0]))
+        model.up.bias.fill_(0.25)
+    x = np.random.default_rng(0).standard_normal((64, 6)).astype(np.float32)
+    x[::2, 0] = 0.0
+    tuned = fine_tune(model, Data((x,), None, None), quantizer, 3, 600, 0)
+    assert tuned.block["skipped_steps"] == 0 and tuned.block["steps_done"] == 3
+    assert all(torch.isfinite(p).all() for p in tuned.module.parameters())
+    assert np.isfinite(simulate(tuned, (x[:8],))[0]).all()
