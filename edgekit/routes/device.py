@@ -13,6 +13,7 @@ from edgekit.runners.base import Runner
 from edgekit.runners.binding import Binding
 
 PASSED_THROUGH = ("int32", "int64")  # input dtypes a device model takes as they are (never quantized)
+WEIGHT_ONLY = "int8-weights"  # a layer computed in float with its weights in INT8 (the back-off's starting rung)
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class DeviceModel:
     notes: list[str] = field(default_factory=list)  # go into the report's warnings: what the user must know
     per_layer: Callable[[dict[str, np.ndarray]], list[dict]] | None = None  # samples -> report `layers` rows
     with_float: Callable[[list[dict]], DeviceModel] | None = None  # rebuild keeping these `layers` rows in float
-    # rebuild with `layers` rows in other precisions, {precision: rows} ("int16x8", "float32"): the LiteRT ladder
+    # rebuild with `layers` rows in other precisions, {precision: rows} ("int16x8", "float32", WEIGHT_ONLY)
     with_precisions: Callable[[dict[str, list[dict]]], DeviceModel] | None = None
     float_modules: tuple[str, ...] = ()  # what a fallback kept in float
     # pairs of `layers` tensors one weightless op apart in the model the route quantized: the ladder moves rows

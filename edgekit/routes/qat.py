@@ -56,6 +56,9 @@ FOLDED_NORMS = ("batch_norm", "_native_batch_norm_legit_no_training")
 SAME_GRID = ("view", "reshape", "_unsafe_view", "permute", "transpose", "t", "squeeze", "unsqueeze", "flatten",
              "expand", "slice", "select", "clone", "contiguous", "max_pool2d", "max_pool1d", "pad", "constant_pad_nd",
              "alias", "detach", "dropout", "identity")
+# ops the XNNPACK quantizer puts on their input's grid that TFLite requantizes to their own (MEAN: a LayerNorm's
+# mean and variance are far smaller than its input, and would round to 0 on the input's grid)
+OWN_GRID = ("mean",)
 UNROUNDED = "edgekit_unrounded"  # node meta: an op the simulation adds that has no tensor of its own on the device
 # a LayerNorm's variance + eps can round to 0 on its INT8 grid: RSQRT saturates there on the device, and the
 # simulation's floor keeps its gradient finite (the rounded output clips it to 0) instead of inf * 0
@@ -64,36 +67,40 @@ RSQRT_FLOOR = 1e-20
 
 def every_tensor_qat() -> tuple[Any, str]:
     """The XNNPACK QAT quantizer, then every float op output it left alone fake-quantized per tensor as well."""
-    from torchao.quantization.pt2e.quantizer.composable_quantizer import ComposableQuantizer
-
     xnnpack, scheme = xnnpack_qat()
-    return ComposableQuantizer([xnnpack, _every_output(xnnpack.global_config.output_activation)]), scheme + EVERY
+    return _every_output(xnnpack), scheme + EVERY
 
 
-def _every_output(spec: Any) -> Any:
-    """A PT2E quantizer annotating the output of every float op not yet annotated (except SAME_GRID ops)."""
+def _every_output(xnnpack: Any) -> Any:
+    """A PT2E quantizer: `xnnpack`'s annotations (a MEAN on its own grid, not its input's), then the output of every
+    float op not yet annotated (except SAME_GRID ops)."""
     import torch
     from torchao.quantization.pt2e.quantizer.quantizer import (
         Q_ANNOTATION_KEY,
         FixedQParamsQuantizationSpec,
         QuantizationAnnotation,
         Quantizer,
+        SharedQuantizationSpec,
     )
 
     def fixed(scale: float, zero_point: int) -> Any:
         return FixedQParamsQuantizationSpec(torch.int8, scale, zero_point, -128, 127, torch.per_tensor_affine)
 
-    constant = _constant_spec()
+    constant, spec = _constant_spec(), xnnpack.global_config.output_activation
 
     class EveryOutput(Quantizer):
         def transform_for_annotation(self, model: Any) -> Any:
-            return tflite_norms(model)
+            return tflite_norms(xnnpack.transform_for_annotation(model))
 
         def annotate(self, model: Any) -> Any:
+            xnnpack.annotate(model)
             for node in model.graph.nodes:
                 value = node.meta.get("val")
                 name = getattr(getattr(node.target, "_overloadpacket", None), "__name__", str(node.target))
                 name = name.split(".")[-1]
+                shared = getattr(node.meta.get(Q_ANNOTATION_KEY), "output_qspec", None)
+                if name in OWN_GRID and isinstance(shared, SharedQuantizationSpec):
+                    del node.meta[Q_ANNOTATION_KEY]  # XNNPACK's propagation put it on its input's grid
                 if (node.op != "call_function" or Q_ANNOTATION_KEY in node.meta or name in SAME_GRID
                         or node.meta.get(UNROUNDED)
                         or not isinstance(value, torch.Tensor) or not value.dtype.is_floating_point
@@ -105,7 +112,7 @@ def _every_output(spec: Any) -> Any:
             return model
 
         def validate(self, model: Any) -> None:
-            pass
+            xnnpack.validate(model)
 
     return EveryOutput()
 

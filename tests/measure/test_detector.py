@@ -115,10 +115,13 @@ def test_fallback_auto_cures_the_score_path_on_onnxruntime(files, tmp_path: Path
                             "--min-recall", "0.97", "--min-precision", "0.97")
     found = cured["drift"]["outputs"][0]["detection"]
     assert code == 0 and found["recall"] >= 0.97 and found["precision"] >= 0.97
-    # far below the all-float start of the back-off; how many groups come back to INT8 turns on recall counts
-    # over 48 images, which CPUs round differently: 1.1x to 1.5x the INT8 size have been seen
-    everything = next(r for r in cured["quantization"]["ladder"] if r["module"] == "(every layer)")
-    assert cured["size"]["device_bytes"] <= min(1.6 * plain["size"]["device_bytes"], 0.6 * everything["device_bytes"])
+    # the back-off starts from INT8 weights with float compute (the INT8 size), then, where that misses the gate,
+    # from float; far below the all-float start; how many groups come back to INT8 turns on recall counts over 48
+    # images, which CPUs round differently: 1.0x to 1.5x the INT8 size have been seen
+    starts = [r for r in cured["quantization"]["ladder"] if r["module"] == "(every layer)"]
+    assert starts[0]["precision"] == "int8-weights" and starts[0]["device_bytes"] <= plain["size"]["device_bytes"]
+    bound = min([1.6 * plain["size"]["device_bytes"], *(0.6 * r["device_bytes"] for r in starts[1:])])
+    assert cured["size"]["device_bytes"] <= bound
     moved = [r for r in cured["layers"] if r["precision"] != "int8"]
     assert moved and all("fallback auto" in r["chosen_because"] for r in moved)
     assert len(moved) <= 8 < len(cured["layers"])  # a few activations out of INT8, the rest back in it

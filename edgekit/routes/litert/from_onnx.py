@@ -18,7 +18,7 @@ from edgekit.errors import ConversionError
 from edgekit.inputs.plan import Plan
 from edgekit.measure.groups import onnx_links
 from edgekit.measure.layers import layer_samples
-from edgekit.routes.device import DeviceModel, step_name
+from edgekit.routes.device import WEIGHT_ONLY, DeviceModel, step_name
 from edgekit.routes.litert import onnx2tf
 from edgekit.routes.litert.bias_correction import SAMPLES as BIAS_SAMPLES
 from edgekit.routes.litert.bias_correction import Corrected, correct_biases
@@ -34,7 +34,6 @@ from edgekit.transform.export import OnnxExport, tensor_modules
 
 MAPPING_SAMPLES = 8
 _LAYOUT_OPS = ("RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS")
-WEIGHT_ONLY = "int8-weights"  # a layer computed in float with its weights in INT8 (the back-off's starting rung)
 
 
 def uses_ai_edge_quantizer(plan: Plan) -> bool:

@@ -9,6 +9,7 @@ from pathlib import Path
 from edgekit.errors import UnsupportedError
 from edgekit.measure.size import gzip_size
 from edgekit.routes import Route, check_method
+from edgekit.routes.device import WEIGHT_ONLY
 from edgekit.transform.export import export_onnx
 
 
@@ -47,8 +48,6 @@ class LiteRTRoute(Route):
 
     def back_off(self, target) -> str | None:
         """INT8 weights with float compute: the size of INT8, the activations of float."""
-        from edgekit.routes.litert.from_onnx import WEIGHT_ONLY
-
         return WEIGHT_ONLY if target.precision == "int8" else None
 
     def build(self, plan, export, workdir: Path):

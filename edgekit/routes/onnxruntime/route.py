@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edgekit.measure.groups import onnx_links
 from edgekit.routes import Route
-from edgekit.routes.device import step_name
+from edgekit.routes.device import WEIGHT_ONLY, step_name
 
 BUNDLE_NAME = "model.ort"
 METHODS = {"minmax": "MinMax", "percentile": "Percentile"}  # onnxruntime's calibrators that return real ranges here
@@ -33,8 +33,16 @@ class OnnxRuntimeRoute(Route):
     methods = tuple(METHODS)
     converted_by = "onnxruntime.quantization"
 
-    def build(self, plan, export, workdir: Path, float_tensors: frozenset[str] = frozenset()):
-        """`float_tensors`: activations kept out of INT8 (their producers and readers run in float): fallback."""
+    layer_precisions = ("int8", "float32", WEIGHT_ONLY)
+
+    def back_off(self, target) -> str | None:
+        """INT8 weights with float compute: a DequantizeLinear on each INT8 weight, the op in float."""
+        return WEIGHT_ONLY if target.precision == "int8" else None
+
+    def build(self, plan, export, workdir: Path, float_tensors: frozenset[str] = frozenset(),
+              weight_tensors: frozenset[str] = frozenset()):
+        """`float_tensors`: activations kept out of INT8 (their producers and readers run in float); `weight_tensors`:
+        the same, but those ops' weights stay INT8 (the back-off): fallback."""
         import dataclasses
 
         from edgekit.measure.layers import qdq_layer_drift, touching
@@ -43,8 +51,11 @@ class OnnxRuntimeRoute(Route):
         from edgekit.transform.export import tensor_modules
 
         workdir.mkdir(parents=True, exist_ok=True)
-        quantized, kept = plan.target.precision == "int8", touching(export.path, float_tensors)
+        quantized = plan.target.precision == "int8"
+        kept, in_float = touching(export.path, float_tensors | weight_tensors), touching(export.path, float_tensors)
         onnx_path = quantize(plan, export, workdir / "model.qdq.onnx", kept) if quantized else export.path
+        floats = {n.name for n in in_float}
+        int8_weights(onnx_path, [n.name for n in kept if n.name not in floats])
         files = to_ort(onnx_path, workdir / "ort")
         modules = tensor_modules(export.path)
         device = DeviceModel(
@@ -57,11 +68,16 @@ class OnnxRuntimeRoute(Route):
         )
         if not quantized:
             return device
+
+        def with_precisions(moves: dict[str, list[dict]]) -> DeviceModel:
+            tensors = {p: frozenset(r["tensor"] for r in rows) for p, rows in moves.items()}
+            return self.build(plan, export, workdir / f"fallback-{step_name(moves)}",
+                              tensors.get("float32", frozenset()), tensors.get(WEIGHT_ONLY, frozenset()))
+
         return dataclasses.replace(
             device, per_layer=lambda samples: qdq_layer_drift(export.path, onnx_path, modules, samples),
-            layer_links=lambda: onnx_links(export.path),
-            with_float=lambda rows: self.build(plan, export, workdir / f"fallback-{step_name({'float32': rows})}",
-                                               frozenset(r["tensor"] for r in rows)))
+            layer_links=lambda: onnx_links(export.path), with_precisions=with_precisions,
+            with_float=lambda rows: with_precisions({"float32": rows}))
 
 
 def quantize(plan, export, out: Path, excluded: list) -> Path:
@@ -82,6 +98,57 @@ def quantize(plan, export, out: Path, excluded: list) -> Path:
                         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
                                        "CalibPercentile": float(calibration.percentile)})
     return out
+
+
+WEIGHT_AXIS = {"Conv": 0, "ConvTranspose": 1, "Gemm": 0, "MatMul": 1}  # the weight's output-channel axis
+
+
+def int8_weights(path: Path, names: list[str]) -> None:
+    """The weights of the float ops `names` (Conv, Gemm, MatMul with a constant weight) in INT8, in place: symmetric
+    per output channel, scale by onnxruntime.quantization's own helper, behind a DequantizeLinear. onnxruntime keeps
+    a DequantizeLinear of a constant as it is (its constant folding skips them): the file holds INT8 weights, and
+    the op computes in float."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization.quant_utils import quantize_data
+
+    if not names:
+        return
+    model = onnx.load(str(path))
+    graph, wanted = model.graph, set(names)
+    initializers = {t.name: t for t in graph.initializer}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    added = []
+    for node in graph.node:
+        weight = initializers.get(node.input[1]) if node.name in wanted and len(node.input) > 1 else None
+        axis = WEIGHT_AXIS.get(node.op_type)
+        if (weight is None or axis is None or weight.data_type != TensorProto.FLOAT or readers[weight.name] != 1
+                or (node.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in node.attribute))):
+            continue
+        values = numpy_helper.to_array(weight)
+        if values.ndim < 2:
+            continue
+        rows = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
+        per_channel = [quantize_data(row, TensorProto.INT8, True) for row in rows]
+        scales = np.array([float(np.asarray(q[1]).reshape(-1)[0]) for q in per_channel], np.float32)
+        quantized = np.moveaxis(np.stack([np.asarray(q[2]).reshape(-1) for q in per_channel]).reshape(
+            np.moveaxis(values, axis, 0).shape), 0, axis).astype(np.int8)
+        base = weight.name
+        graph.initializer.remove(weight)
+        graph.initializer.extend([numpy_helper.from_array(quantized, f"{base}_int8"),
+                                  numpy_helper.from_array(scales, f"{base}_int8_scale"),
+                                  numpy_helper.from_array(np.zeros_like(scales, np.int8), f"{base}_int8_zero_point")])
+        added.append(helper.make_node("DequantizeLinear", [f"{base}_int8", f"{base}_int8_scale",
+                                                           f"{base}_int8_zero_point"], [base],
+                                      name=f"{base}_DequantizeLinear", axis=axis))
+    nodes = [*added, *graph.node]  # before every reader: the graph stays topologically sorted
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    onnx.save(model, str(path))
 
 
 # onnxruntime's converter, run as `python -m onnxruntime.tools.convert_onnx_models_to_ort` would, except that the

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edgekit.measure.groups import onnx_links
 from edgekit.routes import Route
-from edgekit.routes.device import step_name
+from edgekit.routes.device import WEIGHT_ONLY, step_name
 
 METHODS = {"minmax": "MINMAX", "percentile": "QUANTILE"}  # NNCF's range estimator sets
 
@@ -31,11 +31,18 @@ class OpenVinoRoute(Route):
     methods = tuple(METHODS)
     converted_by = "openvino and NNCF"
 
+    layer_precisions = ("int8", "float32", WEIGHT_ONLY)
+
+    def back_off(self, target) -> str | None:
+        """INT8 weights with float compute: NNCF's weight compression (INT8, symmetric per channel)."""
+        return WEIGHT_ONLY if target.precision == "int8" else None
+
     def build(self, plan, export, workdir: Path, controlled: bool = False,
-              float_tensors: frozenset[str] = frozenset()):
+              float_tensors: frozenset[str] = frozenset(), weight_tensors: frozenset[str] = frozenset()):
         """`float_tensors`: activations kept out of INT8 through NNCF's IgnoredScope (their producers and readers
-        run in float): the per-layer fallback. `controlled`: quantize with NNCF's accuracy control instead (the
-        fallback when the per-layer one is not enough), which keeps the quantizers that cost most accuracy in
+        run in float): the per-layer fallback; `weight_tensors`: the same, with those ops' weights compressed to
+        INT8 by nncf.compress_weights (the back-off). `controlled`: quantize with NNCF's accuracy control instead
+        (the fallback when the per-layer one is not enough), which keeps the quantizers that cost most accuracy in
         float until the eval drop is within --max-drop."""
         import dataclasses
 
@@ -49,7 +56,8 @@ class OpenVinoRoute(Route):
         from edgekit.transform.export import tensor_modules
 
         workdir.mkdir(parents=True, exist_ok=True)
-        modules, kept = tensor_modules(export.path), touching(export.path, float_tensors)
+        modules, kept = tensor_modules(export.path), touching(export.path, float_tensors | weight_tensors)
+        in_float = [n.name for n in touching(export.path, float_tensors)]
         float_modules = tuple(dict.fromkeys(modules.get(n.output[0]) or n.name for n in kept))
         with no_telemetry():
             model = ov.convert_model(str(export.path))
@@ -59,6 +67,8 @@ class OpenVinoRoute(Route):
                 float_modules = module_names(export.path, float_ops)
             elif quantized:
                 model = quantize(plan, model, [n.name for n in kept])
+                if weight_tensors:
+                    model = compress_weights(model, in_float)
             xml = workdir / "model.xml"
             ov.save_model(model, str(xml), compress_to_fp16=False)  # the default would halve fp32 weights
         device = DeviceModel(
@@ -69,11 +79,17 @@ class OpenVinoRoute(Route):
         )
         if not quantized or controlled:
             return device
+
+        def with_precisions(moves: dict[str, list[dict]]) -> DeviceModel:
+            tensors = {p: frozenset(r["tensor"] for r in rows) for p, rows in moves.items()}
+            return self.build(plan, export, workdir / f"fallback-{step_name(moves)}",
+                              float_tensors=tensors.get("float32", frozenset()),
+                              weight_tensors=tensors.get(WEIGHT_ONLY, frozenset()))
+
         return dataclasses.replace(
             device, per_layer=lambda samples: openvino_layer_drift(export.path, xml, modules, samples),
-            layer_links=lambda: onnx_links(export.path),
-            with_float=lambda rows: self.build(plan, export, workdir / f"fallback-{step_name({'float32': rows})}",
-                                               float_tensors=frozenset(r["tensor"] for r in rows)),
+            layer_links=lambda: onnx_links(export.path), with_precisions=with_precisions,
+            with_float=lambda rows: with_precisions({"float32": rows}),
             own_fallback=lambda: self.build(plan, export, workdir / "controlled", controlled=True))
 
 
@@ -111,6 +127,21 @@ def quantize(plan, model, ignored: list[str] | tuple[str, ...] = ()):
         settings["ignored_scope"] = nncf.IgnoredScope(patterns=patterns, validate=False)
     with quiet_quantization():  # NNCF draws progress bars on stdout, where `--json` writes the report
         return nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples), **settings)
+
+
+def compress_weights(model, in_float: list[str]):
+    """The weights NNCF's quantization left in float (the ops it ignored) compressed to INT8, symmetric per output
+    channel, by nncf.compress_weights (it leaves the ops quantize already quantized alone), except those of the ops
+    made from the `in_float` ONNX nodes."""
+    import re
+
+    import nncf
+
+    from edgekit.routes.calibrate import quiet_quantization
+
+    ignored = nncf.IgnoredScope(patterns=[f"^{re.escape(name)}(/.*)?$" for name in in_float], validate=False)
+    with quiet_quantization():
+        return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM, ignored_scope=ignored)
 
 
 def quantize_controlled(plan, model) -> tuple[object, tuple[str, ...]]:
