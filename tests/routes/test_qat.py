@@ -66,6 +66,41 @@ def test_litert_simulates_every_tensor_the_device_rounds_and_no_other():
     assert all(row["sqnr_db"] > 30.0 for row in rows if row["module"] != "norm")
 
 
+class _Shifted(torch.nn.Module):
+    """A LayerNorm over rows far from 0: their mean is large, their variance small beside the squared deviations'
+    largest."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(16)
+
+    def forward(self, x):
+        return self.norm(x + 30.0)
+
+
+def test_litert_rounds_a_mean_on_its_own_grid_as_tflite_does():
+    """TFLite's MEAN requantizes to its own range (XNNPACK's quantizer ties a mean to its input's grid): a LayerNorm's
+    variance, smaller than the squared deviations it averages, keeps its precision, as on the device."""
+    from edgekit.pipeline.qat import simulated_layers
+    from edgekit.transform.qat import Data, fine_tune
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 5, 16).numpy()
+    quantizer, _ = get_route("litert").qat_quantizer(None)
+    tuned = fine_tune(_Shifted().eval(), Data((x,)), quantizer, steps=0, seconds=60, seed=0)
+    graph = tuned.simulation
+
+    def scale(node):
+        [rounding] = node.users
+        return float(graph.get_submodule(rounding.target).scale)
+
+    variance = [n for n in graph.graph.nodes if str(n.target) == "aten.mean.dim"][1]
+    assert str(variance.args[0].args[0].target) == "aten.mul.Tensor"  # the mean of the squared deviations
+    assert scale(variance) < scale(variance.args[0].args[0]) / 3  # on its input's grid: the same scale
+    rows = simulated_layers(tuned, (x[:32],))
+    assert min(row["sqnr_db"] for row in rows if row["module"] == "norm" and row["op"] != "mean") > 20.0
+
+
 @pytest.mark.parametrize(("route", "words"), [("litert", "every other op's float output"),
                                               ("tensorrt", "symmetric INT8 activations"),
                                               ("onnxruntime", "affine INT8 activations"),
