@@ -16,21 +16,26 @@ AFFINE = "XNNPACKQuantizer QAT: per-channel symmetric INT8 weights, per-tensor a
 SYMMETRIC = "XNNPACKQuantizer QAT: per-channel symmetric INT8 weights, per-tensor symmetric INT8 activations"
 
 
-def xnnpack_qat(symmetric_activations: bool = False) -> tuple[Any, str]:
-    """(quantizer, what it simulates) for a whole-model INT8 QAT."""
+XNNPACK_EPS = 2**-12  # the XNNPACK quantizer's smallest activation scale (ExecuTorch's device has it too)
+EXACT_EPS = 1e-12  # the others have none: ai-edge-quantizer's floor is 1e-9 on the range, onnxruntime's is none
+
+
+def xnnpack_qat(symmetric_activations: bool = False, eps: float = EXACT_EPS) -> tuple[Any, str]:
+    """(quantizer, what it simulates) for a whole-model INT8 QAT; `eps`, the smallest activation scale the device's
+    quantizer gives (a range under 255 * 2**-12 is rounded on a coarser grid than its own with XNNPACK's)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
 
     config = _device_ranges(get_symmetric_quantization_config(is_per_channel=True, is_qat=True),
-                            symmetric_activations)
+                            symmetric_activations, eps)
     return XNNPACKQuantizer().set_global(config), SYMMETRIC if symmetric_activations else AFFINE
 
 
-def _device_ranges(config: Any, symmetric: bool) -> Any:
+def _device_ranges(config: Any, symmetric: bool, eps: float) -> Any:
     """Activations observed as every route's calibration does (the global min/max over the samples, not a moving
-    average), symmetric where the route's grid is."""
+    average), symmetric where the route's grid is, with the device's smallest scale."""
     import torch
     from torchao.quantization.pt2e.fake_quantize import FakeQuantize
     from torchao.quantization.pt2e.observer import MinMaxObserver
@@ -40,7 +45,7 @@ def _device_ranges(config: Any, symmetric: bool) -> Any:
             return None
         return dataclasses.replace(old, qscheme=torch.per_tensor_symmetric if symmetric else old.qscheme,
                                    observer_or_fake_quant_ctr=FakeQuantize.with_args(observer=MinMaxObserver,
-                                                                                     eps=2**-12))
+                                                                                     eps=eps))
 
     return dataclasses.replace(config, input_activation=spec(config.input_activation),
                                output_activation=spec(config.output_activation))
@@ -126,7 +131,7 @@ def _constant_spec() -> Any:
     from torchao.quantization.pt2e.quantizer.quantizer import QuantizationSpec
 
     return QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_tensor_symmetric,
-                            observer_or_fake_quant_ctr=FakeQuantize.with_args(observer=MinMaxObserver, eps=2**-12))
+                            observer_or_fake_quant_ctr=FakeQuantize.with_args(observer=MinMaxObserver, eps=EXACT_EPS))
 
 
 def _is_constant(arg: Any) -> bool:

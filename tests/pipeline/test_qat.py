@@ -115,12 +115,15 @@ def test_a_device_model_that_departs_from_the_simulation_is_named_at_the_module_
                            "QuantizeLinear, simulated relu)")
 
 
-def test_qat_auto_keeps_out_of_the_simulation_what_the_ladder_kept_out_of_int8(digits, tmp_path: Path):
+def test_qat_auto_keeps_out_of_the_simulation_what_the_ladder_kept_out_of_int8(digits, tmp_path: Path, monkeypatch):
     """Block 1's activation range ruined (x1000) and block 2's damaged (x150), room for one float layer and no
-    float start (--max-size): the ladder moves block 1 to float and still misses a 0.2-point gate; QAT then
-    fine-tunes with block 1 unquantized in the simulation (and the conv that reads it in float, as ONNX Runtime
-    builds it) and builds with it kept out again: the device computes what was simulated."""
+    back-off (left out here: tests/pipeline/test_fallback.py): the ladder moves block 1 to float and still misses a
+    0.2-point gate; QAT then fine-tunes with block 1 unquantized in the simulation (and the conv that reads it in
+    float, as ONNX Runtime builds it) and builds with it kept out again: the device computes what was simulated."""
+    from edgekit.pipeline import fallback
     from tests.helpers import int8_breaking_copy, pooled_breaking_copy
+
+    monkeypatch.setattr(fallback, "back_off_rungs", lambda route, target: [])
 
     model, data = digits
     options = BuildOptions(qat=Qat(steps="auto", seconds=60), verify=Verify(emulator="host"),

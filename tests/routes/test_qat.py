@@ -101,6 +101,38 @@ def test_litert_rounds_a_mean_on_its_own_grid_as_tflite_does():
     assert min(row["sqnr_db"] for row in rows if row["module"] == "norm" and row["op"] != "mean") > 20.0
 
 
+class _Tiny(torch.nn.Module):
+    """An output whose whole range is under 255 * 2**-12."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.linear(x) * 0.001
+
+
+@pytest.mark.parametrize(("route", "floored"), [("litert", False), ("onnxruntime", False), ("tensorrt", False),
+                                                ("executorch", True)])
+def test_a_tiny_range_is_rounded_on_the_devices_own_grid(route, floored):
+    """ai-edge-quantizer, onnxruntime and TensorRT give a tensor of range r the scale r / 255 however small; only the
+    XNNPACK quantizer (ExecuTorch's build) floors it at 2**-12, which the simulation of the others must not."""
+    from edgekit.transform.qat import Data, fine_tune
+
+    torch.manual_seed(0)
+    x = torch.randn(32, 8).numpy()
+    quantizer, _ = get_route(route).qat_quantizer(None)
+    tuned = fine_tune(_Tiny().eval(), Data((x,)), quantizer, steps=0, seconds=60, seed=0)
+    [last] = next(n for n in tuned.simulation.graph.nodes if n.op == "output").all_input_nodes
+    scale = float(tuned.simulation.get_submodule(last.target).scale)
+    with torch.no_grad():
+        out = _Tiny.forward(tuned.module, torch.from_numpy(x)).numpy()
+    spread = max(float(out.max()), 0.0) - min(float(out.min()), 0.0)
+    grid = float(abs(out).max()) / 127 if route == "tensorrt" else spread / 255  # symmetric there, affine elsewhere
+    assert spread < 255 * 2**-12 / 4
+    assert scale == pytest.approx(2**-12 if floored else grid, rel=0.02)
+
+
 @pytest.mark.parametrize(("route", "words"), [("litert", "every other op's float output"),
                                               ("tensorrt", "symmetric INT8 activations"),
                                               ("onnxruntime", "affine INT8 activations"),

@@ -46,6 +46,12 @@ class ExecuTorchRoute(Route):
                                    f"{plan.model.kind} model", hint="give the model as .pt2 or module:factory")
         super().check_request(plan)
 
+    def qat_quantizer(self, target):
+        """The XNNPACK quantizer's QAT configuration with the build's own smallest activation scale (2**-12)."""
+        from edgekit.routes.qat import XNNPACK_EPS, xnnpack_qat
+
+        return xnnpack_qat(eps=XNNPACK_EPS)
+
     def build(self, plan, export, workdir: Path):
         import torch
 
