@@ -54,8 +54,9 @@ class OnnxRuntimeRoute(Route):
         quantized = plan.target.precision == "int8"
         kept, in_float = touching(export.path, float_tensors | weight_tensors), touching(export.path, float_tensors)
         onnx_path = quantize(plan, export, workdir / "model.qdq.onnx", kept) if quantized else export.path
-        floats = {n.name for n in in_float}
-        int8_weights(onnx_path, [n.name for n in kept if n.name not in floats])
+        if quantized:  # the export itself is never rewritten
+            floats = {n.name for n in in_float}
+            int8_weights(onnx_path, [n.name for n in kept if n.name not in floats])
         files = to_ort(onnx_path, workdir / "ort")
         modules = tensor_modules(export.path)
         device = DeviceModel(
@@ -100,7 +101,7 @@ def quantize(plan, export, out: Path, excluded: list) -> Path:
     return out
 
 
-WEIGHT_AXIS = {"Conv": 0, "ConvTranspose": 1, "Gemm": 0, "MatMul": 1}  # the weight's output-channel axis
+WEIGHT_AXIS = {"Conv": 0, "ConvTranspose": 1, "Gemm": 0, "MatMul": 1}  # the weight's output-channel axis (Gemm: transB)
 
 
 def int8_weights(path: Path, names: list[str]) -> None:
@@ -126,9 +127,10 @@ def int8_weights(path: Path, names: list[str]) -> None:
     for node in graph.node:
         weight = initializers.get(node.input[1]) if node.name in wanted and len(node.input) > 1 else None
         axis = WEIGHT_AXIS.get(node.op_type)
-        if (weight is None or axis is None or weight.data_type != TensorProto.FLOAT or readers[weight.name] != 1
-                or (node.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in node.attribute))):
+        if weight is None or axis is None or weight.data_type != TensorProto.FLOAT or readers[weight.name] != 1:
             continue
+        if node.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in node.attribute):
+            axis = 1  # B is (K, N): its output channels are its columns
         values = numpy_helper.to_array(weight)
         if values.ndim < 2:
             continue

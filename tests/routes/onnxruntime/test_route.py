@@ -90,3 +90,41 @@ def test_int8_in_the_arm64_emulator_is_bit_exact_with_the_host(digits, emulator_
     checked = check_bundle_dir(result.out, emulator="arm64")
     assert checked["passed"] and checked["runtime"] == "onnxruntime (emulated)"
     assert checked["outputs"][0]["max_abs_err_vs_golden"] == 0.0
+
+
+def test_int8_weights_dequantize_each_output_channel_and_compute_in_float(tmp_path: Path):
+    """The back-off's form, on the layouts a weight comes in: MatMul (K, N), Gemm without transB (K, N), with transB
+    (N, K). Each weight becomes INT8 behind a DequantizeLinear on its output-channel axis; the rest of the graph
+    stays float, and onnxruntime (and its ORT-format converter) keeps the INT8 constants."""
+    import numpy as np
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgekit.routes.onnxruntime.route import int8_weights, to_ort
+
+    rng = np.random.default_rng(0)
+    w = {"a": rng.standard_normal((256, 192)), "b": rng.standard_normal((192, 160)) * np.resize([1, 10, 0.1], 160),
+         "c": rng.standard_normal((128, 160))}
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "a"], ["h"], name="mm"),
+         helper.make_node("Gemm", ["h", "b"], ["g"], name="gemm"),
+         helper.make_node("Gemm", ["g", "c"], ["y"], name="gemm_t", transB=1)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 128])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in w.items()])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    x = rng.standard_normal((3, 256)).astype(np.float32)
+    before = onnxruntime.InferenceSession(str(path)).run(None, {"x": x})[0]
+    int8_weights(path, ["mm", "gemm", "gemm_t"])
+    model = onnx.load(str(path))
+    axes = {n.output[0]: n.attribute[0].i for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    assert axes == {"a": 1, "b": 1, "c": 0}
+    stored = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert {stored[f"{k}_int8"].dtype for k in w} == {np.dtype(np.int8)} and not set(w) & set(stored)
+    assert stored["b_int8_scale"][2] < stored["b_int8_scale"][1] / 50  # per column: 0.1x beside 10x
+    after = onnxruntime.InferenceSession(str(path)).run(None, {"x": x})[0]
+    assert 10 * np.log10((before**2).sum() / ((before - after) ** 2).sum()) > 30.0  # INT8 weights' rounding only
+    ort = to_ort(path, tmp_path / "ort")["model.ort"]
+    assert ort.stat().st_size < 1.1 * sum(v.size for v in w.values())  # not folded back into float32 constants
+    assert np.allclose(onnxruntime.InferenceSession(str(ort)).run(None, {"x": x})[0], after, atol=1e-5)
