@@ -134,9 +134,12 @@ def _hbars(rows: list[tuple[str, float | None, str, str, str]], scale_max: float
 
 def _qat(block: dict) -> str:
     """The loss curve, and the simulation against the float model (before, after) and the device model."""
+    held = block.get("held_out_loss") or []
+    kept = (f'; the weights of step {block["best_step"]} kept (lowest loss on {block["held_out_samples"]} '
+            f'held-out samples{", the original ones" if block["best_step"] == 0 else ""})') if held else ""
     head = (f'<p>{block["steps_done"]} of {block["steps"]} steps ({_e(block["stopped_by"])}) in '
             f'{block["seconds"]:.1f} s on {block["samples"]} samples, {_e(block["loss"])}; {_e(block["quantizer"])}'
-            f'</p>')
+            f'{_e(kept)}</p>')
     rows = "".join(
         f"<tr><td>{_e(title)}</td><td>{_e(row['name'])}</td><td>{_num(row['sqnr_db'], '.1f', ' dB')}</td>"
         f"<td>{_num(row['cosine'], '.6f')}</td><td>{_num(row['top1_agreement'], '.4f')}</td></tr>"
@@ -146,7 +149,7 @@ def _qat(block: dict) -> str:
         for row in block[key]["outputs"])
     table = ("<table><tr><th>comparison</th><th>output</th><th>SQNR</th><th>cosine</th><th>top-1 agreement</th></tr>"
              f"{rows}</table>")
-    return head + _loss_chart(block["loss_curve"]) + table + _qat_layers(block["simulation_vs_device"])
+    return head + _loss_chart(block["loss_curve"], held) + table + _qat_layers(block["simulation_vs_device"])
 
 
 def _qat_layers(versus: dict) -> str:
@@ -167,11 +170,12 @@ def _qat_layers(versus: dict) -> str:
             f"<th>simulation vs float</th><th>gap</th></tr>{rows}</table>")
 
 
-def _loss_chart(points: list[list[float]]) -> str:
+def _loss_chart(points: list[list[float]], held: list[list[float]] = ()) -> str:
+    """The training loss (line) and the held-out loss the kept weights were chosen by (dots)."""
     if len(points) < 2:
         return '<p class="note">too few steps for a loss curve</p>'
     left, width, height = 70, 480, 160
-    steps, losses = [p[0] for p in points], [p[1] for p in points]
+    steps, losses = [p[0] for p in points], [p[1] for p in points] + [p[1] for p in held]
     low, high = min(losses), max(losses)
     span = (high - low) or 1.0
 
@@ -183,7 +187,10 @@ def _loss_chart(points: list[list[float]]) -> str:
             f'<line x1="{left}" y1="10" x2="{left}" y2="{10 + height}" stroke="#59636e"/>'
             f'<line x1="{left}" y1="{10 + height}" x2="{left + width}" y2="{10 + height}" stroke="#59636e"/>'
             + _text(left - 6, 16, f"{high:.3g}", "end") + _text(left - 6, 10 + height, f"{low:.3g}", "end")
-            + _text(left + width, 28 + height, f"step {steps[-1]}", "end") + _text(left, 28 + height, "loss", "start"))
+            + _text(left + width, 28 + height, f"step {steps[-1]}", "end")
+            + _text(left, 28 + height, "loss" + (" (dots: held-out)" if held else ""), "start")
+            + "".join(f'<circle cx="{x}" cy="{y}" r="3" fill="{AMBER}"/>'
+                      for x, y in (at(step, value).split(",") for step, value in held)))
     return _svg(left + width + 20, height + 40, body, "QAT training loss per step")
 
 

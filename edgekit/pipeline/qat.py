@@ -191,12 +191,17 @@ def tensor_order(path: Path) -> dict[str, int]:
 
 
 def qat_warnings(block: dict | None) -> list[str]:
-    """A line for the steps not taken (a non-finite gradient), and one naming the first layer where the device
-    model falls GAP_DB behind the QAT simulation."""
+    """A line for the steps not taken (a non-finite gradient), one when no step beat the original weights on the
+    held-out samples, and one naming the first layer where the device model falls GAP_DB behind the QAT
+    simulation."""
     skipped = (block or {}).get("skipped_steps") or 0
     lines = [f"qat: {skipped} of {block['steps_done'] + skipped} step(s) were not taken: their gradient was not "
              "finite (a rounded value at a singularity, such as a variance rounded to 0 before RSQRT)"
              ] if skipped else []
+    if block and block.get("held_out_samples") and block.get("best_step") == 0 and block.get("steps_done"):
+        lines.append(f"qat: no step lowered the loss on the {block['held_out_samples']} held-out samples: the "
+                     "original weights are kept (INT8 already suits this model; the device model is the one "
+                     "post-training quantization builds)")
     gap = (block or {}).get("simulation_vs_device", {}).get("first_gap")
     if gap is None:
         return lines

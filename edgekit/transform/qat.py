@@ -21,6 +21,8 @@ BATCH = 32
 LEARNING_RATE = 1e-5
 TEMPERATURE = 2.0
 CURVE_POINTS = 100  # the loss curve the report keeps, averaged into at most this many points
+CHECKS = 10  # how often the held-out loss is measured over a fine-tune (and the best weights kept)
+HELD_OUT = 0.2  # the share of the samples kept out of training to measure it on
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,10 @@ def fine_tune(module: Any, data: Data, quantizer: Any, steps: int, seconds: floa
     _observe_ranges(simulation, batch, observed)
     before = run(simulation, batch, held_out) if held_out is not None else None
     started = time.perf_counter()
-    losses, stopped_by, skipped = _train(simulation, batch, data, targets, (int(steps), seconds, seed), note)
+    losses, stopped_by, skipped, checked = _train(simulation, batch, data, targets, (int(steps), seconds, seed), note)
     _observe_ranges(simulation, batch, observed, weights=True)  # the ranges the device takes from the final weights
     block = {"steps": int(steps), "steps_done": len(losses), "skipped_steps": skipped, "stopped_by": stopped_by,
+             **checked,
              "batch": min(BATCH, len(data.inputs[0])), "learning_rate": LEARNING_RATE,
              "seconds": round(time.perf_counter() - started, 3), "samples": len(data.inputs[0]),
              "labels": data.labels is not None,
@@ -78,19 +81,27 @@ def fine_tune(module: Any, data: Data, quantizer: Any, steps: int, seconds: floa
 
 
 def _train(simulation: Any, batch: int, data: Data, targets: list[Any], budget: tuple[int, float, int],
-           note: Callable[[str], None]) -> tuple[list[float], str, int]:
-    """Adam steps of BATCH samples each (micro-batches when the graph's batch is smaller): the losses, what
-    stopped it ("steps" or "time"), and how many steps were not taken (a non-finite gradient)."""
+           note: Callable[[str], None]) -> tuple[list[float], str, int, dict]:
+    """Adam steps of BATCH samples each (micro-batches when the graph's batch is smaller) on all but the held-out
+    samples: the losses, what stopped it ("steps" or "time"), how many steps were not taken (a non-finite
+    gradient), and the held-out checks. The loss on the held-out samples is measured before the first step and
+    CHECKS times over the fine-tune; the weights with the lowest one are those kept (the original ones, when no
+    step improved on them: on a model INT8 already suits, a fine-tune can only add noise)."""
     import torch
 
     steps, seconds, seed = budget
     scales = [target.var().clamp(min=1e-12) for target in targets]  # each output's MSE relative to its spread
-    count = len(data.inputs[0])
-    step_samples = min(BATCH, count)
-    optimizer = torch.optim.Adam([p for p in simulation.parameters() if p.requires_grad], lr=LEARNING_RATE)
+    held = _held_out(len(data.inputs[0]), batch, seed)
+    pool = np.setdiff1d(np.arange(len(data.inputs[0])), held)
+    step_samples = min(BATCH, len(pool))
+    parameters = [p for p in simulation.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(parameters, lr=LEARNING_RATE)
+    checks = [[0, _held_loss(simulation, batch, data, (targets, scales), held)]] if len(held) else []
+    best = (checks[0][1], 0, _snapshot(parameters)) if checks else None
     losses, skipped, started, rng = [], 0, time.perf_counter(), np.random.default_rng(seed)
+    stopped_by, every = "steps", max(1, steps // CHECKS)
     for step in range(steps):
-        rows = rng.choice(count, size=step_samples, replace=count < step_samples)
+        rows = pool[rng.choice(len(pool), size=step_samples, replace=len(pool) < step_samples)]
         optimizer.zero_grad()
         total = 0.0
         for part in np.split(rows, len(rows) // batch):
@@ -105,8 +116,44 @@ def _train(simulation: Any, batch: int, data: Data, targets: list[Any], budget: 
         elapsed = time.perf_counter() - started
         _progress(note, step + 1, steps, losses, elapsed)
         if elapsed > seconds and step + 1 < steps:
-            return losses, "time", skipped
-    return losses, "steps", skipped
+            stopped_by = "time"
+        if best is not None and ((step + 1) % every == 0 or step + 1 == steps or stopped_by == "time"):
+            checks.append([step + 1, _held_loss(simulation, batch, data, (targets, scales), held)])
+            if checks[-1][1] < best[0]:
+                best = (checks[-1][1], step + 1, _snapshot(parameters))
+        if stopped_by == "time":
+            break
+    if best is not None:
+        with torch.no_grad():
+            for parameter, kept in zip(parameters, best[2]):
+                parameter.copy_(kept)
+    checked = {"held_out_samples": len(held), "best_step": best[1] if best else len(losses),
+               "held_out_loss": [[step, round(value, 6)] for step, value in checks]}
+    return losses, stopped_by, skipped, checked
+
+
+def _held_out(count: int, batch: int, seed: int) -> np.ndarray:
+    """The samples kept out of training to choose the weights by: HELD_OUT of them, in whole graph batches, when
+    that leaves at least a step's worth to train on; none otherwise."""
+    size = int(count * HELD_OUT) // batch * batch
+    if size == 0 or count - size < min(BATCH, count):
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed + 1).permutation(count)[:size])
+
+
+def _held_loss(simulation: Any, batch: int, data: Data, distilled: tuple[list[Any], list[Any]],
+               held: np.ndarray) -> float:
+    """The training loss on the held-out samples, without gradients."""
+    import torch
+
+    targets, scales = distilled
+    with torch.no_grad():
+        return float(sum(float(_loss(simulation, data, targets, scales, part)) * len(part)
+                         for part in np.split(held, len(held) // batch)) / len(held))
+
+
+def _snapshot(parameters: list[Any]) -> list[Any]:
+    return [p.detach().clone() for p in parameters]
 
 
 def _finite(optimizer: Any) -> bool:
