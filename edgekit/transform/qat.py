@@ -18,7 +18,7 @@ import numpy as np
 from edgekit.errors import UnsupportedError, first_line
 
 BATCH = 32
-LEARNING_RATE = 1e-5
+LEARNING_RATE = 2e-4
 TEMPERATURE = 2.0
 CURVE_POINTS = 100  # the loss curve the report keeps, averaged into at most this many points
 CHECKS = 10  # how often the held-out loss is measured over a fine-tune (and the best weights kept)
@@ -96,6 +96,7 @@ def _train(simulation: Any, batch: int, data: Data, targets: list[Any], budget: 
     step_samples = min(BATCH, len(pool))
     parameters = [p for p in simulation.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=LEARNING_RATE)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))  # to 0 at the last step
     checks = [[0, _held_loss(simulation, batch, data, (targets, scales), held)]] if len(held) else []
     best = (checks[0][1], 0, _snapshot(parameters)) if checks else None
     losses, skipped, started, rng = [], 0, time.perf_counter(), np.random.default_rng(seed)
@@ -113,6 +114,7 @@ def _train(simulation: Any, batch: int, data: Data, targets: list[Any], budget: 
             losses.append(total)
         else:  # one non-finite gradient would make every weight NaN: the step is not taken, and counted
             skipped += 1
+        schedule.step()
         elapsed = time.perf_counter() - started
         _progress(note, step + 1, steps, losses, elapsed)
         if elapsed > seconds and step + 1 < steps:
