@@ -109,7 +109,7 @@ def _train(simulation: Any, batch: int, data: Data, targets: list[Any], budget: 
             loss = _loss(simulation, data, targets, scales, part) * (len(part) / len(rows))
             loss.backward()
             total += float(loss.detach())
-        if _finite(optimizer):
+        if _finite(parameters):
             optimizer.step()
             losses.append(total)
         else:  # one non-finite gradient would make every weight NaN: the step is not taken, and counted
@@ -158,12 +158,11 @@ def _snapshot(parameters: list[Any]) -> list[Any]:
     return [p.detach().clone() for p in parameters]
 
 
-def _finite(optimizer: Any) -> bool:
+def _finite(parameters: list[Any]) -> bool:
     """Whether the loss's gradient is finite everywhere."""
     import torch
 
-    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+    return bool(torch.isfinite(torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])))
 
 
 def _observe_ranges(simulation: Any, batch: int, inputs: tuple[np.ndarray, ...], weights: bool = False) -> None:
