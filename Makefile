@@ -37,11 +37,15 @@ chromium:
 			"tests will skip (in CI they fail); install it with \`apt-get install chromium\` as root to run them" >&2; \
 	fi
 
+# pytest-xdist: one worker per core, at most 4 (each holds torch, TensorFlow and a converter); a test file's tests run
+# in one worker, so the models a file builds once are built once. TEST_JOBS=1 runs everything in one process.
+TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ "$$n" -gt 4 ] && n=4; echo $$n)
+
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile
 
 test-fast: $(STAMP) chromium
-	$(BIN)/python -m pytest -q -m "not slow and not emulator"
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile -m "not slow and not emulator"
 
 lint: $(STAMP)
 	$(BIN)/ruff check edgekit tests benchmarks examples

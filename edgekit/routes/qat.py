@@ -4,8 +4,8 @@ Every INT8 route here quantizes weights per output channel, symmetric on [-127, 
 on 8 bits from the global min/max over its calibration samples: affine on LiteRT (ai-edge-quantizer), ONNX Runtime
 (QUInt8, the same grid shifted), OpenVINO and ExecuTorch (XNNPACK); symmetric on TensorRT. The XNNPACK quantizer's
 QAT configuration is that (its patterns: convolutions and linear layers with their ReLUs, adds, pools), with its
-moving-average activation observers replaced by global min/max ones; TensorRT gets symmetric activations, and LiteRT
-every other op's output on the INT8 grid too."""
+moving-average activation observers replaced by global min/max ones; TensorRT gets symmetric activations on the
+inputs of its matrix ops alone (its explicit Q/DQ), and LiteRT every other op's output on the INT8 grid too."""
 
 from __future__ import annotations
 
@@ -20,9 +20,13 @@ XNNPACK_EPS = 2**-12  # the XNNPACK quantizer's smallest activation scale (Execu
 EXACT_EPS = 1e-12  # the others have none: ai-edge-quantizer's floor is 1e-9 on the range, onnxruntime's is none
 
 
-def xnnpack_qat(symmetric_activations: bool = False, eps: float = EXACT_EPS) -> tuple[Any, str]:
+def xnnpack_qat(symmetric_activations: bool = False, eps: float = EXACT_EPS, fused_clamps: bool = True
+                ) -> tuple[Any, str]:
     """(quantizer, what it simulates) for a whole-model INT8 QAT; `eps`, the smallest activation scale the device's
-    quantizer gives (a range under 255 * 2**-12 is rounded on a coarser grid than its own with XNNPACK's)."""
+    quantizer gives (a range under 255 * 2**-12 is rounded on a coarser grid than its own with XNNPACK's). With
+    `fused_clamps`, a ReLU6 (any clamp) after a convolution or linear layer rounds once, on its own range, as
+    onnxruntime, LiteRT and OpenVINO fuse it (XNNPACK's own build, ExecuTorch's, rounds the layer's output and puts
+    the clamp on that grid)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
@@ -30,7 +34,41 @@ def xnnpack_qat(symmetric_activations: bool = False, eps: float = EXACT_EPS) -> 
 
     config = _device_ranges(get_symmetric_quantization_config(is_per_channel=True, is_qat=True),
                             symmetric_activations, eps)
-    return XNNPACKQuantizer().set_global(config), SYMMETRIC if symmetric_activations else AFFINE
+    quantizer = XNNPACKQuantizer().set_global(config)
+    return (_clamps_fused(quantizer) if fused_clamps else quantizer), SYMMETRIC if symmetric_activations else AFFINE
+
+
+CLAMPS = ("hardtanh", "hardtanh_", "relu6", "clamp")
+
+
+def _clamps_fused(xnnpack: Any) -> Any:
+    """`xnnpack`, with a clamp that reads a layer's rounded output (on its grid, shared) rounded on its own range
+    instead, and the layer's output left unrounded: the device fuses the two into one op with one INT8 output."""
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY, Quantizer, SharedQuantizationSpec
+
+    class ClampsFused(Quantizer):
+        global_config = xnnpack.global_config
+
+        def transform_for_annotation(self, model: Any) -> Any:
+            return xnnpack.transform_for_annotation(model)
+
+        def annotate(self, model: Any) -> Any:
+            xnnpack.annotate(model)
+            for node in model.graph.nodes:
+                annotation, source = node.meta.get(Q_ANNOTATION_KEY), node.args[0] if node.args else None
+                layer = getattr(source, "meta", {}).get(Q_ANNOTATION_KEY)
+                if (node.op == "call_function" and _op(node) in CLAMPS and layer is not None
+                        and isinstance(getattr(annotation, "output_qspec", None), SharedQuantizationSpec)
+                        and layer.output_qspec is not None and len(source.users) == 1):
+                    layer.output_qspec = None
+                    annotation.input_qspec_map = {}
+                    annotation.output_qspec = xnnpack.global_config.output_activation
+            return model
+
+        def validate(self, model: Any) -> None:
+            xnnpack.validate(model)
+
+    return ClampsFused()
 
 
 def _device_ranges(config: Any, symmetric: bool, eps: float) -> Any:
@@ -51,6 +89,47 @@ def _device_ranges(config: Any, symmetric: bool, eps: float) -> Any:
                                output_activation=spec(config.output_activation))
 
 
+def weighted_inputs_qat() -> tuple[Any, str]:
+    """TensorRT's explicit quantization (routes/tensorrt/build.py): a Q/DQ pair on each input of Conv, Gemm and
+    MatMul, symmetric; their outputs, adds, activations and pools compute in float. The XNNPACK quantizer's
+    annotations of those ops' inputs (a BatchNorm folded into the weights as PT2E QAT folds it), no other."""
+    xnnpack, scheme = xnnpack_qat(symmetric_activations=True)
+    return _inputs_of_matrix_ops(xnnpack), scheme + INPUTS_ONLY
+
+
+INPUTS_ONLY = "; only the inputs of convolutions, linear layers and matrix products (TensorRT's Q/DQ), the rest float"
+MATRIX_OPS = ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "linear", "matmul", "bmm")
+
+
+def _inputs_of_matrix_ops(xnnpack: Any) -> Any:
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY, QuantizationAnnotation, Quantizer
+
+    activation = xnnpack.global_config.input_activation
+
+    class InputsOnly(Quantizer):
+        def transform_for_annotation(self, model: Any) -> Any:
+            return xnnpack.transform_for_annotation(model)
+
+        def annotate(self, model: Any) -> Any:
+            xnnpack.annotate(model)
+            for node in model.graph.nodes:
+                annotation = node.meta.pop(Q_ANNOTATION_KEY, None)
+                if node.op != "call_function" or _op(node) not in MATRIX_OPS:
+                    continue
+                inputs = dict(getattr(annotation, "input_qspec_map", {}))
+                for arg in node.args[:2]:  # a matrix product's two operands; a layer's input (its weight: above)
+                    if hasattr(arg, "op") and arg not in inputs and not _is_constant(arg):
+                        inputs[arg] = activation
+                inputs = {arg: spec for arg, spec in inputs.items() if spec is not None}
+                node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(inputs, None, _annotated=True)
+            return model
+
+        def validate(self, model: Any) -> None:
+            pass
+
+    return InputsOnly()
+
+
 EVERY = ("; every other op's float output fake-quantized too (ai-edge-quantizer quantizes every tensor), sigmoid "
          "and softmax on TFLite's fixed grid (1/256, zero point -128), tanh on 1/128")
 # outputs whose INT8 grid the TFLite kernels fix (ai-edge-quantizer's materialize_softmax_and_logistic / _tanh)
@@ -60,7 +139,8 @@ FOLDED_NORMS = ("batch_norm", "_native_batch_norm_legit_no_training")
 # ops whose output is on its input's grid (TFLite gives them the input's scale): nothing to simulate there
 SAME_GRID = ("view", "reshape", "_unsafe_view", "permute", "transpose", "t", "squeeze", "unsqueeze", "flatten",
              "expand", "slice", "select", "clone", "contiguous", "max_pool2d", "max_pool1d", "pad", "constant_pad_nd",
-             "alias", "detach", "dropout", "identity")
+             "alias", "detach", "dropout", "identity", "getitem")  # getitem: a slice of unbind / split / chunk
+SLICES = ("getitem", "unbind", "split", "split_with_sizes", "chunk", "slice", "select", "narrow")
 # ops the XNNPACK quantizer puts on their input's grid that TFLite requantizes to their own (MEAN: a LayerNorm's
 # mean and variance are far smaller than its input, and would round to 0 on the input's grid)
 OWN_GRID = ("mean",)
@@ -101,8 +181,7 @@ def _every_output(xnnpack: Any) -> Any:
             xnnpack.annotate(model)
             for node in model.graph.nodes:
                 value = node.meta.get("val")
-                name = getattr(getattr(node.target, "_overloadpacket", None), "__name__", str(node.target))
-                name = name.split(".")[-1]
+                name = _op(node)
                 shared = getattr(node.meta.get(Q_ANNOTATION_KEY), "output_qspec", None)
                 if name in OWN_GRID and isinstance(shared, SharedQuantizationSpec):
                     del node.meta[Q_ANNOTATION_KEY]  # XNNPACK's propagation put it on its input's grid
@@ -114,6 +193,7 @@ def _every_output(xnnpack: Any) -> Any:
                 grid = fixed(*FIXED_GRID[name]) if name in FIXED_GRID else spec  # the kernel's own grid, if fixed
                 constants = {arg: constant for arg in node.args if _is_constant(arg)}  # INT8 in the .tflite too
                 node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(constants, grid, _annotated=True)
+            _slices_on_their_source_grid(model)
             return model
 
         def validate(self, model: Any) -> None:
@@ -121,6 +201,29 @@ def _every_output(xnnpack: Any) -> Any:
 
     return EveryOutput()
 
+
+
+def _op(node: Any) -> str:
+    """A node's op as SAME_GRID / OWN_GRID name them: "mean", "getitem"."""
+    name = getattr(getattr(node.target, "_overloadpacket", None), "__name__", None)
+    return (name or getattr(node.target, "__name__", str(node.target))).split(".")[-1]
+
+
+def _slices_on_their_source_grid(model: Any) -> None:
+    """An op that reads a slice of a tensor (the query of a fused qkv projection) reads it on that tensor's grid, as
+    TFLite's SLICE keeps it, not requantized to the slice's own range."""
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY, SharedQuantizationSpec
+
+    for node in model.graph.nodes:
+        annotation = node.meta.get(Q_ANNOTATION_KEY)
+        for arg in list(getattr(annotation, "input_qspec_map", {})):
+            source, sliced = arg, False
+            while getattr(source, "op", None) == "call_function" and _op(source) in SAME_GRID + SLICES:
+                sliced |= _op(source) in SLICES
+                source = source.args[0]
+            source_annotation = getattr(source, "meta", {}).get(Q_ANNOTATION_KEY)
+            if sliced and getattr(source_annotation, "output_qspec", None) is not None:
+                annotation.input_qspec_map[arg] = SharedQuantizationSpec(source)
 
 
 def _constant_spec() -> Any:
@@ -143,8 +246,10 @@ def _is_constant(arg: Any) -> bool:
 
 def tflite_norms(model: Any) -> Any:
     """LiteRT lowers a LayerNorm, and a BatchNorm no convolution absorbs, into elementwise ops with an INT8 output
-    each (MEAN, SQUARED_DIFFERENCE, MEAN, ADD, RSQRT, SUB, MUL, MUL, ADD; and SUB, MUL, MUL, ADD): the graph gets the
-    same ops, so the simulation rounds where the device does. Same function, same parameter names."""
+    each (MEAN, SQUARED_DIFFERENCE, MEAN, ADD, RSQRT, SUB, MUL, MUL, ADD; and SUB, MUL, MUL, ADD), and an attention
+    into the query and key each scaled by the root of its scale, BATCH_MATMUL, SOFTMAX (on its fixed 1/256 grid) and
+    BATCH_MATMUL: the graph gets the same ops, so the simulation rounds where the device does. Same function, same
+    parameter names."""
     import torch
 
     aten = torch.ops.aten
@@ -177,9 +282,26 @@ def tflite_norms(model: Any) -> Any:
                 out = _affine(new, scaled, _channels(new, weight, x), _channels(new, bias, x))
             node.replace_all_uses_with(out)
             graph.erase_node(node)
+        elif node.target == aten.scaled_dot_product_attention.default and _plain_attention(node):
+            query, key, value = node.args[:3]
+            root = (node.kwargs.get("scale") or query.meta["val"].shape[-1] ** -0.5) ** 0.5
+            with graph.inserting_before(node):
+                new = _Ops(model, graph, node.meta.get("nn_module_stack"))
+                scores = new(aten.matmul.default, new(aten.mul.Tensor, query, root),
+                             new(aten.transpose.int, new(aten.mul.Tensor, key, root), -2, -1))
+                out = new(aten.matmul.default, new(aten._softmax.default, scores, -1, False), value)
+            node.replace_all_uses_with(out)
+            graph.erase_node(node)
     graph.eliminate_dead_code()
     model.recompile()
     return model
+
+
+def _plain_attention(node: Any) -> bool:
+    """An attention without mask, dropout or causal flag: the one LiteRT lowers as MUL, MUL, BATCH_MATMUL, SOFTMAX,
+    BATCH_MATMUL."""
+    extra = list(node.args[3:]) + [node.kwargs.get(k) for k in ("attn_mask", "dropout_p", "is_causal", "enable_gqa")]
+    return not any(extra)
 
 
 def _after_conv(node: Any) -> bool:

@@ -21,6 +21,7 @@ BATCH = 32
 LEARNING_RATE = 2e-4
 TEMPERATURE = 2.0
 CURVE_POINTS = 100  # the loss curve the report keeps, averaged into at most this many points
+OBSERVE_EVERY = 25  # steps between two observations of the activation ranges on the weights as they are then
 CHECKS = 10  # how often the held-out loss is measured over a fine-tune (and the best weights kept)
 HELD_OUT = 0.2  # the share of the samples kept out of training to measure it on
 
@@ -55,8 +56,10 @@ def fine_tune(module: Any, data: Data, quantizer: Any, steps: int, seconds: floa
     quantization for at most `steps` Adam steps and `seconds`; `module` itself is untouched.
 
     Activation ranges are those the device quantizer will take: the global min/max over the samples it calibrates
-    on (`data.observe`), observed before the fine-tune and again, with the final weights, after it; in between they
-    stay fixed while weight ranges follow the weights. `held_out` runs once before the fine-tune, as `before`."""
+    on (`data.observe`), observed before the fine-tune, every OBSERVE_EVERY steps on the weights as they are then,
+    and with the final weights after it; in between they stay fixed while weight ranges follow the weights (a range
+    fixed for the whole fine-tune would hide from it what the device's calibration of the new weights will take).
+    `held_out` runs once before the fine-tune, as `before`."""
     import torch
 
     torch.manual_seed(seed)
@@ -67,7 +70,8 @@ def fine_tune(module: Any, data: Data, quantizer: Any, steps: int, seconds: floa
     _observe_ranges(simulation, batch, observed)
     before = run(simulation, batch, held_out) if held_out is not None else None
     started = time.perf_counter()
-    losses, stopped_by, skipped, checked = _train(simulation, batch, data, targets, (int(steps), seconds, seed), note)
+    losses, stopped_by, skipped, checked = _train(simulation, batch, data, targets, (int(steps), seconds, seed), note,
+                                                  lambda: _observe_ranges(simulation, batch, observed))
     _observe_ranges(simulation, batch, observed, weights=True)  # the ranges the device takes from the final weights
     block = {"steps": int(steps), "steps_done": len(losses), "skipped_steps": skipped, "stopped_by": stopped_by,
              **checked,
@@ -81,12 +85,13 @@ def fine_tune(module: Any, data: Data, quantizer: Any, steps: int, seconds: floa
 
 
 def _train(simulation: Any, batch: int, data: Data, targets: list[Any], budget: tuple[int, float, int],
-           note: Callable[[str], None]) -> tuple[list[float], str, int, dict]:
+           note: Callable[[str], None], observe: Callable[[], None]) -> tuple[list[float], str, int, dict]:
     """Adam steps of BATCH samples each (micro-batches when the graph's batch is smaller) on all but the held-out
     samples: the losses, what stopped it ("steps" or "time"), how many steps were not taken (a non-finite
     gradient), and the held-out checks. The loss on the held-out samples is measured before the first step and
     CHECKS times over the fine-tune; the weights with the lowest one are those kept (the original ones, when no
-    step improved on them: on a model INT8 already suits, a fine-tune can only add noise)."""
+    step improved on them: on a model INT8 already suits, a fine-tune can only add noise). `observe` takes the
+    activation ranges afresh, every OBSERVE_EVERY steps."""
     import torch
 
     steps, seconds, seed = budget
@@ -115,6 +120,8 @@ def _train(simulation: Any, batch: int, data: Data, targets: list[Any], budget: 
         else:  # one non-finite gradient would make every weight NaN: the step is not taken, and counted
             skipped += 1
         schedule.step()
+        if (step + 1) % OBSERVE_EVERY == 0 and step + 1 < steps:
+            observe()
         elapsed = time.perf_counter() - started
         _progress(note, step + 1, steps, losses, elapsed)
         if elapsed > seconds and step + 1 < steps:

@@ -102,14 +102,18 @@ def test_litert_rounds_a_mean_on_its_own_grid_as_tflite_does():
 
 
 class _Tiny(torch.nn.Module):
-    """An output whose whole range is under 255 * 2**-12."""
+    """A tensor whose whole range is under 255 * 2**-12, read by a linear layer (TensorRT rounds only there)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.linear = torch.nn.Linear(8, 4)
+        self.head = torch.nn.Linear(4, 2)
+
+    def tiny(self, x):
+        return self.linear(x) * 0.001
 
     def forward(self, x):
-        return self.linear(x) * 0.001
+        return self.head(self.tiny(x))
 
 
 @pytest.mark.parametrize(("route", "floored"), [("litert", False), ("onnxruntime", False), ("tensorrt", False),
@@ -123,10 +127,10 @@ def test_a_tiny_range_is_rounded_on_the_devices_own_grid(route, floored):
     x = torch.randn(32, 8).numpy()
     quantizer, _ = get_route(route).qat_quantizer(None)
     tuned = fine_tune(_Tiny().eval(), Data((x,)), quantizer, steps=0, seconds=60, seed=0)
-    [last] = next(n for n in tuned.simulation.graph.nodes if n.op == "output").all_input_nodes
-    scale = float(tuned.simulation.get_submodule(last.target).scale)
+    [head] = [n for n in tuned.simulation.graph.nodes if str(n.target) == "aten.linear.default"][1:]
+    scale = float(tuned.simulation.get_submodule(head.args[0].target).scale)  # the rounding of what it reads
     with torch.no_grad():
-        out = _Tiny.forward(tuned.module, torch.from_numpy(x)).numpy()
+        out = _Tiny.tiny(tuned.module, torch.from_numpy(x)).numpy()
     spread = max(float(out.max()), 0.0) - min(float(out.min()), 0.0)
     grid = float(abs(out).max()) / 127 if route == "tensorrt" else spread / 255  # symmetric there, affine elsewhere
     assert spread < 255 * 2**-12 / 4
@@ -141,3 +145,81 @@ def test_a_tiny_range_is_rounded_on_the_devices_own_grid(route, floored):
 def test_each_route_says_what_its_qat_simulates(route, words):
     _, scheme = get_route(route).qat_quantizer(None)
     assert scheme.startswith("XNNPACKQuantizer QAT: per-channel symmetric INT8 weights") and words in scheme
+
+
+class _Attention(torch.nn.Module):
+    """timm's fused attention: scaled_dot_product_attention without mask or dropout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = torch.nn.Linear(16, 48)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).reshape(x.shape[0], x.shape[1], 3, 2, 8).permute(2, 0, 3, 1, 4).unbind(0)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+def test_attention_is_decomposed_as_litert_lowers_it_and_its_softmax_rounds_on_the_fixed_grid():
+    """LiteRT lowers an attention into MUL (query), MUL (key), BATCH_MATMUL, SOFTMAX and BATCH_MATMUL, each with an
+    INT8 output; the SOFTMAX's is TFLite's fixed 1/256 grid. The simulation has the same ops, the same function."""
+    from edgekit.pipeline.qat import simulated_layers
+    from edgekit.transform.qat import Data, fine_tune
+
+    torch.manual_seed(0)
+    x = torch.randn(40, 5, 16)
+    graph = torch.export.export(_Attention().eval(), (x,)).module()
+    expected = graph(x)
+    decomposed = tflite_norms(graph)
+    ops = [str(n.target) for n in decomposed.graph.nodes if n.op == "call_function"]
+    assert "aten.scaled_dot_product_attention.default" not in ops
+    assert ops.count("aten.matmul.default") == 2 and ops.count("aten._softmax.default") == 1
+    torch.testing.assert_close(decomposed(x), expected, rtol=1e-4, atol=1e-5)  # float rounding only
+
+    quantizer, _ = get_route("litert").qat_quantizer(None)
+    tuned = fine_tune(_Attention().eval(), Data((x.numpy(),)), quantizer, steps=0, seconds=60, seed=0)
+    [softmax] = [n for n in tuned.simulation.graph.nodes if str(n.target) == "aten._softmax.default"]
+    [rounding] = softmax.users
+    assert float(tuned.simulation.get_submodule(rounding.target).scale) == pytest.approx(1 / 256)
+    rows = simulated_layers(tuned, (x[:32].numpy(),))
+    assert [row["op"] for row in rows if row["op"] not in ("reshape", "permute", "transpose", "getitem")][1:] == [
+        "linear", "mul", "mul", "matmul", "_softmax", "matmul"]
+    # q, k and v are slices of the projection's output, read on its grid as TFLite's SLICE keeps it
+    graph = tuned.simulation
+
+    def scales(op):
+        return {float(graph.get_submodule(user.target).scale) for n in graph.graph.nodes if str(n.target) == op
+                for user in n.users if user.op == "call_module"}
+
+    [projection] = scales("aten.linear.default")
+    assert scales("<built-in function getitem>") == {projection}
+
+
+class _Residual(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.conv(x))) + x.mean(1, keepdim=True)
+        return self.head(torch.nn.functional.adaptive_avg_pool2d(y, 1).flatten(1))
+
+
+def test_tensorrt_simulates_its_explicit_qdq_on_the_inputs_of_matrix_ops_alone():
+    """The Jetson Q/DQ ONNX quantizes the inputs of Conv, Gemm and MatMul, symmetric, and nothing else: the ReLU,
+    the add and the pool compute in float. The simulation rounds there and nowhere else."""
+    from edgekit.transform.qat import Data, _activation_quantizers, fine_tune
+
+    torch.manual_seed(0)
+    x = torch.randn(40, 3, 8, 8).numpy()
+    quantizer, scheme = get_route("tensorrt").qat_quantizer(None)
+    assert "only the inputs of convolutions, linear layers and matrix products" in scheme
+    tuned = fine_tune(_Residual().eval(), Data((x,)), quantizer, steps=2, seconds=60, seed=0)
+    graph = tuned.simulation
+    rounded = _activation_quantizers(graph)
+    readers = sorted(str(user.target) for node in rounded for user in node.users)
+    assert readers == ["aten.conv2d.default", "aten.linear.default"]
+    assert all(int(graph.get_submodule(node.target).zero_point) == 0 for node in rounded)  # symmetric
+    weights = [m for m in graph.modules() if getattr(m, "is_per_channel", False)]
+    assert len(weights) == 2  # the conv's (its BatchNorm folded in) and the linear layer's, per output channel

@@ -47,10 +47,11 @@ class ExecuTorchRoute(Route):
         super().check_request(plan)
 
     def qat_quantizer(self, target):
-        """The XNNPACK quantizer's QAT configuration with the build's own smallest activation scale (2**-12)."""
+        """The XNNPACK quantizer's QAT configuration with the build's own smallest activation scale (2**-12), and its
+        own placement of a clamp after a layer (on the layer's grid)."""
         from edgekit.routes.qat import XNNPACK_EPS, xnnpack_qat
 
-        return xnnpack_qat(eps=XNNPACK_EPS)
+        return xnnpack_qat(eps=XNNPACK_EPS, fused_clamps=False)
 
     def build(self, plan, export, workdir: Path):
         import torch

@@ -29,10 +29,11 @@ class TensorRTRoute(Route):
         return build_qdq_onnx(plan, export, workdir)
 
     def qat_quantizer(self, target):
-        """TensorRT's INT8 activations are symmetric (ActivationSymmetric in routes/tensorrt/build.py)."""
-        from edgekit.routes.qat import xnnpack_qat
+        """TensorRT's INT8 activations are symmetric (ActivationSymmetric in routes/tensorrt/build.py), on the inputs
+        of its matrix ops alone."""
+        from edgekit.routes.qat import weighted_inputs_qat
 
-        return xnnpack_qat(symmetric_activations=True)
+        return weighted_inputs_qat()
 
 
 ROUTE = TensorRTRoute()
