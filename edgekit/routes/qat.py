@@ -81,9 +81,10 @@ def _device_ranges(config: Any, symmetric: bool, eps: float) -> Any:
     def spec(old: Any) -> Any:
         if old is None:
             return None
-        return dataclasses.replace(old, qscheme=torch.per_tensor_symmetric if symmetric else old.qscheme,
-                                   observer_or_fake_quant_ctr=FakeQuantize.with_args(observer=MinMaxObserver,
-                                                                                     eps=eps))
+        if symmetric:  # [-127, 127], scale amax / 127, as onnxruntime's and TensorRT's symmetric INT8 (not / 127.5)
+            old = dataclasses.replace(old, qscheme=torch.per_tensor_symmetric, quant_min=-127, quant_max=127)
+        return dataclasses.replace(old, observer_or_fake_quant_ctr=FakeQuantize.with_args(observer=MinMaxObserver,
+                                                                                          eps=eps))
 
     return dataclasses.replace(config, input_activation=spec(config.input_activation),
                                output_activation=spec(config.output_activation))
