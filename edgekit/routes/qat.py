@@ -10,6 +10,7 @@ inputs of its matrix ops alone (its explicit Q/DQ), and LiteRT every other op's 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 AFFINE = "XNNPACKQuantizer QAT: per-channel symmetric INT8 weights, per-tensor affine INT8 activations"
@@ -38,37 +39,51 @@ def xnnpack_qat(symmetric_activations: bool = False, eps: float = EXACT_EPS, fus
     return (_clamps_fused(quantizer) if fused_clamps else quantizer), SYMMETRIC if symmetric_activations else AFFINE
 
 
+def _rewritten(inner: Any, rewrite: Callable[[Any], None], transform: Callable[[Any], Any] = lambda model: model
+               ) -> Any:
+    """A PT2E quantizer: `inner`'s graph transform then `transform`, `inner`'s annotations then `rewrite` of them
+    (in place), `inner`'s configuration and validation."""
+    from torchao.quantization.pt2e.quantizer.quantizer import Quantizer
+
+    class Rewritten(Quantizer):
+        global_config = getattr(inner, "global_config", None)
+
+        def transform_for_annotation(self, model: Any) -> Any:
+            return transform(inner.transform_for_annotation(model))
+
+        def annotate(self, model: Any) -> Any:
+            inner.annotate(model)
+            rewrite(model)
+            return model
+
+        def validate(self, model: Any) -> None:
+            inner.validate(model)
+
+    return Rewritten()
+
+
 CLAMPS = ("hardtanh", "hardtanh_", "relu6", "clamp")
 
 
 def _clamps_fused(xnnpack: Any) -> Any:
     """`xnnpack`, with a clamp that reads a layer's rounded output (on its grid, shared) rounded on its own range
     instead, and the layer's output left unrounded: the device fuses the two into one op with one INT8 output."""
-    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY, Quantizer, SharedQuantizationSpec
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY, SharedQuantizationSpec
 
-    class ClampsFused(Quantizer):
-        global_config = xnnpack.global_config
+    own = xnnpack.global_config.output_activation
 
-        def transform_for_annotation(self, model: Any) -> Any:
-            return xnnpack.transform_for_annotation(model)
+    def fuse(model: Any) -> None:
+        for node in model.graph.nodes:
+            annotation, source = node.meta.get(Q_ANNOTATION_KEY), node.args[0] if node.args else None
+            layer = getattr(source, "meta", {}).get(Q_ANNOTATION_KEY)
+            if (node.op == "call_function" and _op(node) in CLAMPS and layer is not None
+                    and isinstance(getattr(annotation, "output_qspec", None), SharedQuantizationSpec)
+                    and layer.output_qspec is not None and len(source.users) == 1):
+                layer.output_qspec = None
+                annotation.input_qspec_map = {}
+                annotation.output_qspec = own
 
-        def annotate(self, model: Any) -> Any:
-            xnnpack.annotate(model)
-            for node in model.graph.nodes:
-                annotation, source = node.meta.get(Q_ANNOTATION_KEY), node.args[0] if node.args else None
-                layer = getattr(source, "meta", {}).get(Q_ANNOTATION_KEY)
-                if (node.op == "call_function" and _op(node) in CLAMPS and layer is not None
-                        and isinstance(getattr(annotation, "output_qspec", None), SharedQuantizationSpec)
-                        and layer.output_qspec is not None and len(source.users) == 1):
-                    layer.output_qspec = None
-                    annotation.input_qspec_map = {}
-                    annotation.output_qspec = xnnpack.global_config.output_activation
-            return model
-
-        def validate(self, model: Any) -> None:
-            xnnpack.validate(model)
-
-    return ClampsFused()
+    return _rewritten(xnnpack, fuse)
 
 
 def _device_ranges(config: Any, symmetric: bool, eps: float) -> Any:
@@ -103,32 +118,23 @@ MATRIX_OPS = ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2
 
 
 def _inputs_of_matrix_ops(xnnpack: Any) -> Any:
-    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY, QuantizationAnnotation, Quantizer
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY, QuantizationAnnotation
 
     activation = xnnpack.global_config.input_activation
 
-    class InputsOnly(Quantizer):
-        def transform_for_annotation(self, model: Any) -> Any:
-            return xnnpack.transform_for_annotation(model)
+    def inputs_only(model: Any) -> None:
+        for node in model.graph.nodes:
+            annotation = node.meta.pop(Q_ANNOTATION_KEY, None)
+            if node.op != "call_function" or _op(node) not in MATRIX_OPS:
+                continue
+            inputs = dict(getattr(annotation, "input_qspec_map", {}))
+            for arg in node.args[:2]:  # a matrix product's two operands; a layer's input (its weight: above)
+                if hasattr(arg, "op") and arg not in inputs and not _is_constant(arg):
+                    inputs[arg] = activation
+            inputs = {arg: spec for arg, spec in inputs.items() if spec is not None}
+            node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(inputs, None, _annotated=True)
 
-        def annotate(self, model: Any) -> Any:
-            xnnpack.annotate(model)
-            for node in model.graph.nodes:
-                annotation = node.meta.pop(Q_ANNOTATION_KEY, None)
-                if node.op != "call_function" or _op(node) not in MATRIX_OPS:
-                    continue
-                inputs = dict(getattr(annotation, "input_qspec_map", {}))
-                for arg in node.args[:2]:  # a matrix product's two operands; a layer's input (its weight: above)
-                    if hasattr(arg, "op") and arg not in inputs and not _is_constant(arg):
-                        inputs[arg] = activation
-                inputs = {arg: spec for arg, spec in inputs.items() if spec is not None}
-                node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(inputs, None, _annotated=True)
-            return model
-
-        def validate(self, model: Any) -> None:
-            pass
-
-    return InputsOnly()
+    return _rewritten(xnnpack, inputs_only)
 
 
 EVERY = ("; every other op's float output fake-quantized too (ai-edge-quantizer quantizes every tensor), sigmoid "
@@ -165,7 +171,6 @@ def _every_output(xnnpack: Any) -> Any:
         Q_ANNOTATION_KEY,
         FixedQParamsQuantizationSpec,
         QuantizationAnnotation,
-        Quantizer,
         SharedQuantizationSpec,
     )
 
@@ -174,33 +179,24 @@ def _every_output(xnnpack: Any) -> Any:
 
     constant, spec = _constant_spec(), xnnpack.global_config.output_activation
 
-    class EveryOutput(Quantizer):
-        def transform_for_annotation(self, model: Any) -> Any:
-            return tflite_norms(xnnpack.transform_for_annotation(model))
+    def every_output(model: Any) -> None:
+        for node in model.graph.nodes:
+            value = node.meta.get("val")
+            name = _op(node)
+            shared = getattr(node.meta.get(Q_ANNOTATION_KEY), "output_qspec", None)
+            if name in OWN_GRID and isinstance(shared, SharedQuantizationSpec):
+                del node.meta[Q_ANNOTATION_KEY]  # XNNPACK's propagation put it on its input's grid
+            if (node.op != "call_function" or Q_ANNOTATION_KEY in node.meta or name in SAME_GRID
+                    or node.meta.get(UNROUNDED)
+                    or not isinstance(value, torch.Tensor) or not value.dtype.is_floating_point
+                    or (name in FOLDED_NORMS and _after_conv(node))):  # folded into the conv: no tensor of its own
+                continue
+            grid = fixed(*FIXED_GRID[name]) if name in FIXED_GRID else spec  # the kernel's own grid, if fixed
+            constants = {arg: constant for arg in node.args if _is_constant(arg)}  # INT8 in the .tflite too
+            node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(constants, grid, _annotated=True)
+        _slices_on_their_source_grid(model)
 
-        def annotate(self, model: Any) -> Any:
-            xnnpack.annotate(model)
-            for node in model.graph.nodes:
-                value = node.meta.get("val")
-                name = _op(node)
-                shared = getattr(node.meta.get(Q_ANNOTATION_KEY), "output_qspec", None)
-                if name in OWN_GRID and isinstance(shared, SharedQuantizationSpec):
-                    del node.meta[Q_ANNOTATION_KEY]  # XNNPACK's propagation put it on its input's grid
-                if (node.op != "call_function" or Q_ANNOTATION_KEY in node.meta or name in SAME_GRID
-                        or node.meta.get(UNROUNDED)
-                        or not isinstance(value, torch.Tensor) or not value.dtype.is_floating_point
-                        or (name in FOLDED_NORMS and _after_conv(node))):  # folded into the conv: no tensor of its own
-                    continue
-                grid = fixed(*FIXED_GRID[name]) if name in FIXED_GRID else spec  # the kernel's own grid, if fixed
-                constants = {arg: constant for arg in node.args if _is_constant(arg)}  # INT8 in the .tflite too
-                node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(constants, grid, _annotated=True)
-            _slices_on_their_source_grid(model)
-            return model
-
-        def validate(self, model: Any) -> None:
-            xnnpack.validate(model)
-
-    return EveryOutput()
+    return _rewritten(xnnpack, every_output, tflite_norms)
 
 
 
@@ -219,8 +215,8 @@ def _slices_on_their_source_grid(model: Any) -> None:
         annotation = node.meta.get(Q_ANNOTATION_KEY)
         for arg in list(getattr(annotation, "input_qspec_map", {})):
             source, sliced = arg, False
-            while getattr(source, "op", None) == "call_function" and _op(source) in SAME_GRID + SLICES:
-                sliced |= _op(source) in SLICES
+            while getattr(source, "op", None) == "call_function" and (op := _op(source)) in SAME_GRID + SLICES:
+                sliced |= op in SLICES
                 source = source.args[0]
             source_annotation = getattr(source, "meta", {}).get(Q_ANNOTATION_KEY)
             if sliced and getattr(source_annotation, "output_qspec", None) is not None:
@@ -383,38 +379,29 @@ def _shares(spec: Any, kept: set) -> bool:
 
 
 def _unannotated(inner: Any, modules: frozenset[str]) -> Any:
-    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY, Quantizer
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
 
     def inside(node: Any) -> bool:
         stack = node.meta.get("nn_module_stack") or {}
         path = list(stack.values())[-1][0] if stack else ""
         return any(path == m or path.startswith(m + ".") for m in modules)
 
-    class KeepOut(Quantizer):
-        def transform_for_annotation(self, model: Any) -> Any:
-            return inner.transform_for_annotation(model)
+    def keep_out(model: Any) -> None:
+        kept = {node for node in model.graph.nodes if node.op == "call_function" and inside(node)}
+        # the op a kept activation is fused into (a conv or linear before its ReLU / BatchNorm) computes it
+        kept |= {arg for node in kept for arg in node.all_input_nodes if _weighted(arg)}
+        # and the weighted ops that read a kept value compute in float too (their weights unquantized)
+        kept |= {user for node in kept for user in node.users if _weighted(user)}
+        for node in model.graph.nodes:
+            annotation = node.meta.get(Q_ANNOTATION_KEY)
+            if annotation is None:
+                continue
+            if node in kept:
+                del node.meta[Q_ANNOTATION_KEY]
+                continue
+            annotation.input_qspec_map = {arg: spec for arg, spec in annotation.input_qspec_map.items()
+                                          if arg not in kept and not _shares(spec, kept)}
+            if _shares(annotation.output_qspec, kept):  # on the grid of a value left in float: float too
+                annotation.output_qspec = None
 
-        def annotate(self, model: Any) -> Any:
-            inner.annotate(model)
-            kept = {node for node in model.graph.nodes if node.op == "call_function" and inside(node)}
-            # the op a kept activation is fused into (a conv or linear before its ReLU / BatchNorm) computes it
-            kept |= {arg for node in kept for arg in node.all_input_nodes if _weighted(arg)}
-            # and the weighted ops that read a kept value compute in float too (their weights unquantized)
-            kept |= {user for node in kept for user in node.users if _weighted(user)}
-            for node in model.graph.nodes:
-                annotation = node.meta.get(Q_ANNOTATION_KEY)
-                if annotation is None:
-                    continue
-                if node in kept:
-                    del node.meta[Q_ANNOTATION_KEY]
-                    continue
-                annotation.input_qspec_map = {arg: spec for arg, spec in annotation.input_qspec_map.items()
-                                              if arg not in kept and not _shares(spec, kept)}
-                if _shares(annotation.output_qspec, kept):  # on the grid of a value left in float: float too
-                    annotation.output_qspec = None
-            return model
-
-        def validate(self, model: Any) -> None:
-            inner.validate(model)
-
-    return KeepOut()
+    return _rewritten(inner, keep_out)
