@@ -45,7 +45,7 @@ test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile
 
 test-fast: $(STAMP) chromium
-	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile -m "not slow and not emulator"
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile -m "not slow and not emulator and not zoo"
 
 lint: $(STAMP)
 	$(BIN)/ruff check edgekit tests benchmarks examples

@@ -137,6 +137,7 @@ def test_build_through_the_cli_prints_the_report_and_json(digits_files, tmp_path
     assert inspected.exit_code == 0 and "CONV_2D" in inspected.stdout
 
 
+@pytest.mark.slow
 def test_drift_over_threshold_exits_3_and_writes_a_failed_bundle(digits_files, tmp_path: Path):
     out = tmp_path / "bundle"
     result = run("build", "tests.helpers:broken_digits_cnn", "--target", "android-arm64-int8", "--calibration",

@@ -55,6 +55,7 @@ def minimal_local(tmp_path_factory) -> tuple[Path, object]:
     return folder, result
 
 
+@pytest.mark.slow
 def test_the_minimal_file_builds_every_cell_once(minimal_local):
     """2 targets x 2 methods, but a calibration method does not apply to fp16: three cells, each a bundle."""
     tmp_path, result = minimal_local
@@ -87,6 +88,7 @@ def test_the_minimal_file_builds_every_cell_once(minimal_local):
     assert '<td class="pass">2/2 passed, worst SQNR' in pivot and '<td class="pass">1/1 passed' in pivot
 
 
+@pytest.mark.slow
 def test_a_failing_cell_does_not_stop_the_others(digits_files, tmp_path: Path):
     matrix = _digits_matrix(digits_files, tmp_path,
                             'target = ["android-arm64-fp32"]\nio = ["float32", "int8"]\nemulator = "host"')
@@ -158,6 +160,7 @@ equalize = ["auto", "off"]
                      "android-arm64-w4-none", "android-arm64-w4-auto-1", "android-arm64-w4-auto-2"]
 
 
+@pytest.mark.slow
 def test_resume_rebuilds_only_the_missing_or_changed_cells(digits_files, tmp_path: Path):
     import shutil
 
@@ -199,6 +202,7 @@ def test_resume_rebuilds_only_the_missing_or_changed_cells(digits_files, tmp_pat
     assert [c["resumed"] for c in changed.cells] == [False, False]
 
 
+@pytest.mark.slow
 def test_sigint_stops_the_running_cell_and_starts_no_other(digits_files, tmp_path: Path):
     """Ctrl-C while the first of three cells converts: exit 130, no cell after it starts, no staging or work
     folder anywhere, no build process left."""
@@ -232,6 +236,7 @@ def test_sigint_stops_the_running_cell_and_starts_no_other(digits_files, tmp_pat
     assert list((tmp_path / "tmp").iterdir()) == [] and not (tmp_path / "out" / "matrix.json").exists()
 
 
+@pytest.mark.slow
 def test_ray_builds_the_same_cells_as_the_local_pool(minimal_local, tmp_path: Path, monkeypatch):
     """--ray (a local Ray runtime started here): every cell a Ray task, its files through the object store, its
     bundle sent back; the drift and size of every cell equal the local pool's."""
@@ -254,6 +259,7 @@ def test_ray_builds_the_same_cells_as_the_local_pool(minimal_local, tmp_path: Pa
     assert not list((tmp_path / "out" / "digits").glob(".*"))  # no staging folder left
 
 
+@pytest.mark.slow
 def test_ray_missing_is_refused_before_any_build(tmp_path: Path, monkeypatch):
     import builtins
 
@@ -273,6 +279,7 @@ def test_ray_missing_is_refused_before_any_build(tmp_path: Path, monkeypatch):
     assert "pip install 'edgekit[ray]'" in result.output and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_bundle_from_ray_is_unpacked_only_into_its_own_folder(tmp_path: Path):
     """matrix_ray.unpack_bundle: a path out of the folder is refused and the existing bundle stays as it was."""
     import io
@@ -301,6 +308,7 @@ def test_a_bundle_from_ray_is_unpacked_only_into_its_own_folder(tmp_path: Path):
     assert [p.name for p in bundle.parent.iterdir()] == ["cell"]  # no staging folder left
 
 
+@pytest.mark.slow
 def test_the_release_gate_fails_a_cell_that_regressed_against_the_baseline(minimal_local, tmp_path: Path,
                                                                              monkeypatch):
     """--baseline OUT_OF_A_PREVIOUS_RUN: `edgekit diff` on every cell built in both; a regression exits 3."""
@@ -336,6 +344,7 @@ def test_the_release_gate_fails_a_cell_that_regressed_against_the_baseline(minim
     assert "model.tflite differs from the sha256 in manifest.json" in regressions[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("always", [False, True])
 def test_a_cell_whose_ray_worker_dies_is_retried_once(always, tmp_path: Path, monkeypatch):
     """The model's factory kills the Ray worker that runs its build: Ray runs the cell once more. A worker that

@@ -35,6 +35,7 @@ def _matrix(digits_files, folder: Path, axes: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_cells_ignore_the_working_directory_and_resume_keeps_only_bundles_that_verify(digits_files, tmp_path: Path,
                                                                                      monkeypatch):
     work, marker = tmp_path / "work", tmp_path / "ran"
@@ -128,6 +129,7 @@ def test_a_ray_node_folder_is_private_and_its_files_are_hashed(tmp_path: Path):
         node_folder(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_file_planted_on_a_ray_node_fails_its_cell(digits_files, tmp_path: Path, monkeypatch, request):
     """A local Ray runtime whose workers' temp folder holds, at the place of the cell's model, another model (as a
     local user could plant it): the cell fails with the reason, it does not pass with the planted model."""

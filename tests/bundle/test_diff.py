@@ -70,6 +70,7 @@ def rebuild(digits, tmp_path_factory) -> edgekit.BuildResult:
     return _build(model, data, tmp_path_factory.mktemp("diff") / "rebuild")
 
 
+@pytest.mark.slow
 def test_a_grown_accuracy_drop_exits_3(int8_bundle, worse_bundle):
     change = drift_change(int8_bundle, worse_bundle)
     (drop_old, drop_new), (agreement_old, agreement_new) = change["accuracy_drop"], change["top1_agreement"]
@@ -103,6 +104,7 @@ def test_json_names_every_regression_and_looser_thresholds_pass(int8_bundle, wor
     assert loose.exit_code == 0 and "PASSED: no regression" in loose.output, loose.output
 
 
+@pytest.mark.slow
 def test_an_identical_rebuild_exits_0(int8_bundle, rebuild):
     result = run(int8_bundle.out, rebuild.out)
     assert result.exit_code == 0, result.output

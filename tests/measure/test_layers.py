@@ -30,6 +30,7 @@ def test_int8_bundle_lists_layers_worst_first_with_module_names(int8_bundle):
     assert all(r["sqnr_db"] > 30 for r in layers)  # a healthy model: every range fits
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["android-arm64-int8", "jetson-orin-int8"])
 def test_the_culprit_of_a_broken_model_is_named_first(target, digits, tmp_path: Path):
     model, data = digits

@@ -43,6 +43,7 @@ def _model(kind: str) -> Heads:
     ("namedtuple", "onnxruntime-arm64-int8", ["landmarks", "face_prob"]),
     ("tuple", "onnxruntime-arm64-fp32", ["output_0", "output_1"]),
 ])
+@pytest.mark.slow
 def test_output_names_come_from_the_model(kind, target, names, tmp_path: Path):
     x = np.random.default_rng(0).standard_normal((40, 3, 16, 16)).astype(np.float32)
     result = edgekit.build(_model(kind), target, x[:32], x[32:], tmp_path / kind,

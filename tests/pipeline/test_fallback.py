@@ -57,6 +57,7 @@ def test_fallback_leaves_a_passing_model_alone(digits, tmp_path: Path):
     assert "fallback" not in result.report["timings_s"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("converter", ["onnx2tf", "litert-torch"])
 def test_android_ladder_moves_the_culprit_to_16x8_and_passes(converter, broken, digits, tmp_path: Path):
     """On both converter paths the culprit's activation goes to INT16 (its weights stay INT8): 16x8 is the first
@@ -77,6 +78,7 @@ def test_android_ladder_moves_the_culprit_to_16x8_and_passes(converter, broken, 
     assert "kept 1 activation(s) out of INT8 (features.1 -> int16x8)" in summary and "passes" in summary
 
 
+@pytest.mark.slow
 def test_a_latency_bound_sends_the_culprit_to_float_instead(broken, digits, tmp_path: Path):
     """16x8 runs on reference kernels (about 20x the INT8 model's host latency here): with --max-latency-ratio 3
     the ladder measures it, finds it over the bound, and keeps the layer in float."""
@@ -100,6 +102,7 @@ def test_ladder_bounds_need_fallback_auto():
         edgekit.Fallback("none", max_size=1000)
 
 
+@pytest.mark.slow
 def test_calibration_methods_change_the_android_activation_scales(digits, tmp_path: Path):
     model, data = digits
     scales = {}

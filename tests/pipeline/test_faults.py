@@ -151,6 +151,7 @@ def set_model(path: str):
     ("golden", "files has no sha256 for golden"),
     ("link.tflite", "resolves outside the bundle"),
 ])
+@pytest.mark.slow
 def test_manifest_paths_never_leave_the_bundle(bundle: Path, path: str, message: str, int8_bundle):
     shutil.copyfile(bundle / "model.tflite", bundle.parent / "outside.tflite")
     (bundle / "link.tflite").symlink_to(bundle.parent / "outside.tflite")
@@ -316,6 +317,7 @@ def test_permissions_are_exit_2_with_the_real_cause(case: str, shared_dir: Path)
     assert not any(readonly.iterdir()) and not (writable / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_exit_2_and_leaves_nothing(tmp_path: Path):
     """The bundle's file system has 120 kB: the build runs, then writing the bundle fails (ENOSPC)."""
     space = tmp_path / "small"
@@ -381,6 +383,7 @@ def wait_gone(pids: list[int], seconds: float = 15) -> list[int]:
     return [p for p in pids if Path(f"/proc/{p}").exists()]
 
 
+@pytest.mark.slow
 def test_sigterm_during_conversion_exits_143_and_cleans_up(tmp_path: Path):
     (tmp_path / "tmp").mkdir()
     build = start_build(tmp_path / "new" / "out", tmp_path / "tmp")  # "new" is made by the build, then removed
@@ -396,6 +399,7 @@ def test_sigterm_during_conversion_exits_143_and_cleans_up(tmp_path: Path):
     assert [p.name for p in (tmp_path / "tmp").iterdir() if p.name.startswith("edgekit-work-")] == []
 
 
+@pytest.mark.slow
 def test_sigkill_then_concurrent_force_builds_leave_one_complete_bundle(int8_bundle, tmp_path: Path):
     """A previous bundle at OUT; a build to it killed with SIGKILL mid-conversion (its worker must die with it);
     then two --force builds at once: the second fails at once naming the first, the first replaces OUT whole and

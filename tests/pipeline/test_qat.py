@@ -16,6 +16,7 @@ ROUTES = [("android-arm64-int8", "onnx2tf"), ("android-arm64-int8", "litert-torc
           ("openvino-x86-int8", None), ("android-arm64-executorch-int8", None), ("jetson-orin-int8", None)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("target", "converter"), ROUTES, ids=[f"{t}-{c}" if c else t for t, c in ROUTES])
 def test_qat_ships_the_fine_tuned_model_and_measures_it_against_its_simulation(digits, target, converter,
                                                                               tmp_path: Path):
@@ -65,6 +66,7 @@ def test_bad_qat_requests_stop_before_any_work(digits_files, tmp_path: Path):
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_qat_auto_is_the_last_rung_of_the_fallback(digits, tmp_path: Path):
     """A model whose INT8 fails and whose ladder has no room (no layer may leave INT8): QAT is tried, its row ends
     the ladder, and the report says whether it shipped and what it cost."""
@@ -85,6 +87,7 @@ def test_qat_auto_is_the_last_rung_of_the_fallback(digits, tmp_path: Path):
     assert ("ships" if qat["shipped"] else "the ladder's model ships") in line
 
 
+@pytest.mark.slow
 def test_a_device_model_that_departs_from_the_simulation_is_named_at_the_module_where_it_does(digits, tmp_path: Path):
     """The simulation of the digits model beside a device model that does not compute what was simulated: the same
     function with block 1's activation range ruined (one channel x1000), built to INT8. The comparison names the
@@ -115,6 +118,7 @@ def test_a_device_model_that_departs_from_the_simulation_is_named_at_the_module_
                            "QuantizeLinear, simulated relu)")
 
 
+@pytest.mark.slow
 def test_qat_auto_keeps_out_of_the_simulation_what_the_ladder_kept_out_of_int8(digits, tmp_path: Path, monkeypatch):
     """Block 1's activation range ruined (x1000) and block 2's damaged (x150), room for one float layer and no
     back-off (left out here: tests/pipeline/test_fallback.py): the ladder moves block 1 to float and still misses a

@@ -58,6 +58,7 @@ def test_no_platform_branches_outside_the_routes():
     assert BRANCH.search('if target.route != "litert":') and BRANCH.search('if fmt != "tflite":')
 
 
+@pytest.mark.slow
 def test_a_target_of_an_existing_route_is_one_toml_file(tmp_path: Path):
     """jetson-xavier-fp16 was added as targets/jetson-xavier-fp16.toml alone; it builds, with Xavier's engine
     scripts, and its FP16 drift passes."""

@@ -59,6 +59,7 @@ def test_fine_tune_leaves_the_model_alone_and_copies_its_weights_back(setting, t
     assert 25.0 < sqnr_db(reference, tuned.before[0]) < 60.0
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_weights_and_the_budget_stops_it(setting, tuned):
     model, data, quantizer = setting
     again = _tuned(setting)
@@ -80,6 +81,7 @@ class _BatchOne(torch.nn.Module):
         return self.fc(torch.relu(self.conv(x)).reshape(1, -1))
 
 
+@pytest.mark.slow
 def test_a_graph_exported_at_batch_one_trains_in_samples_of_one(setting):
     """The graph only runs at batch 1: the simulation runs at batch 1, and a step still averages 32 samples."""
     _, data, quantizer = setting
@@ -119,6 +121,7 @@ def test_a_layernorm_whose_variance_rounds_to_zero_trains_with_finite_weights(se
     assert np.isfinite(simulate(tuned, (x[:8],))[0]).all()
 
 
+@pytest.mark.slow
 def test_the_weights_kept_are_those_with_the_lowest_held_out_loss(setting, tuned, monkeypatch):
     """A fifth of the samples is held out; the weights with the lowest loss there are kept: the fine-tuned ones when
     the steps help (a small learning rate on this model), the original ones when they only hurt (a huge one)."""

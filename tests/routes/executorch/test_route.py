@@ -25,6 +25,7 @@ def et_int8(digits, tmp_path_factory) -> edgekit.BuildResult:
     return _build(model, data, "android-arm64-executorch-int8", tmp_path_factory.mktemp("executorch") / "int8")
 
 
+@pytest.mark.slow
 def test_int8_keeps_the_digits_accuracy_with_every_op_in_xnnpack(et_int8):
     report, out = et_int8.report, et_int8.out
     assert et_int8.passed and report["drift"]["top1_agreement"] >= 0.99 and report["drift"]["accuracy_drop"] <= 0.5
@@ -58,6 +59,7 @@ def test_an_onnx_model_is_refused_before_any_work(int8_bundle, digits, tmp_path:
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_per_layer_drift_names_the_culprit_and_fallback_keeps_it_in_float(digits, tmp_path: Path):
     """The outlier fixture at --equalize off fails its gate; per-layer drift (on the PT2E simulation: XNNPACK
     hides intermediates) ranks its widened activation first; --fallback auto keeps the ops around it in float."""

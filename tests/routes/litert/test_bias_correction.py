@@ -45,6 +45,7 @@ def canvas(digits):
                                                                               data["y_eval"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("converter", ["onnx2tf", "litert-torch"])
 def test_bias_correction_takes_the_shift_out_of_every_weighted_layer(converter, canvas, tmp_path: Path):
     model, calibration, evaluation = canvas

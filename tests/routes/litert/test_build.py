@@ -118,6 +118,7 @@ def test_edgekit_check_reruns_golden_and_eval(int8_bundle, digits_files):
     assert result["drift"]["top1_agreement"] == int8_bundle.report["drift"]["top1_agreement"]
 
 
+@pytest.mark.slow
 def test_int8_breaking_model_exits_3_with_a_bundle_marked_failed(digits, tmp_path: Path):
     model, data = digits
     broken = int8_breaking_copy(model)

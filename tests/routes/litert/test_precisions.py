@@ -53,6 +53,7 @@ def _weight_only_int8_sqnr(digits, tmp_path: Path) -> float:
     return sqnr_db(run(float_path), run(tmp_path / "w8.tflite"))
 
 
+@pytest.mark.slow
 def test_int16x8_is_as_faithful_as_int8_weights_with_float_activations(builds, digits, tmp_path: Path):
     report = builds["int16x8"].report
     assert builds["int16x8"].passed and report["target"] == "android-arm64-int16x8"

@@ -74,6 +74,7 @@ def test_every_repair_has_a_pattern_here_and_a_conformance_case():
         assert repair.PROBLEM and callable(repair.matches) and callable(repair.apply) and callable(repair.targets)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PATTERNS))
 def test_repair_matches_its_pattern_and_leaves_the_close_case_alone(name, exported):
     repair = by_name(name)

@@ -58,6 +58,7 @@ def test_fp32_is_exact_within_rounding(digits, tmp_path: Path):
     assert result.report["drift"]["top1_agreement"] == 1.0 and result.report["quantization"] is None
 
 
+@pytest.mark.slow
 def test_fallback_keeps_the_culprit_in_float_and_passes(digits, tmp_path: Path):
     model, data = digits
     broken = int8_breaking_copy(model)

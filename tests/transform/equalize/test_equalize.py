@@ -82,6 +82,7 @@ def test_pairs_stop_at_a_tensor_that_feeds_two_layers():
 
 @pytest.mark.parametrize("target", ["android-arm64-int8", "jetson-orin-int8", "onnxruntime-arm64-int8",
                                     "openvino-x86-int8", "android-arm64-executorch-int8"])
+@pytest.mark.slow
 def test_the_outlier_fixture_passes_on_every_route_with_no_layer_in_float(target, broken, digits, tmp_path: Path):
     _, data = digits
     result = _build(broken, data, target, tmp_path / "on", equalize="on")
