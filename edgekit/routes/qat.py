@@ -91,7 +91,7 @@ def _device_ranges(config: Any, symmetric: bool, eps: float) -> Any:
     average), symmetric where the route's grid is, with the device's smallest scale."""
     import torch
     from torchao.quantization.pt2e.fake_quantize import FakeQuantize
-    from torchao.quantization.pt2e.observer import MinMaxObserver
+    from torchao.quantization.pt2e.observer import MinMaxObserver, MovingAveragePerChannelMinMaxObserver
 
     def spec(old: Any) -> Any:
         if old is None:
@@ -101,8 +101,13 @@ def _device_ranges(config: Any, symmetric: bool, eps: float) -> Any:
         return dataclasses.replace(old, observer_or_fake_quant_ctr=FakeQuantize.with_args(observer=MinMaxObserver,
                                                                                           eps=eps))
 
+    # The weights' fused fake quantization (ATen's) takes its scale as max(-min / 128, max / 127) * 255 / 254, up to
+    # 0.8 % off every device's amax / 127: each step's weights observed afresh (an average over one observation),
+    # the scale computed as the observer's own.
+    weight = dataclasses.replace(config.weight, observer_or_fake_quant_ctr=FakeQuantize.with_args(
+        observer=MovingAveragePerChannelMinMaxObserver, averaging_constant=1.0, eps=eps))
     return dataclasses.replace(config, input_activation=spec(config.input_activation),
-                               output_activation=spec(config.output_activation))
+                               output_activation=spec(config.output_activation), weight=weight)
 
 
 def weighted_inputs_qat() -> tuple[Any, str]:

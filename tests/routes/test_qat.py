@@ -118,6 +118,7 @@ class _Tiny(torch.nn.Module):
 
 @pytest.mark.parametrize(("route", "floored"), [("litert", False), ("onnxruntime", False), ("tensorrt", False),
                                                 ("executorch", True)])
+@pytest.mark.slow
 def test_a_tiny_range_is_rounded_on_the_devices_own_grid(route, floored):
     """ai-edge-quantizer, onnxruntime and TensorRT give a tensor of range r the scale r / 255 however small; only the
     XNNPACK quantizer (ExecuTorch's build) floors it at 2**-12, which the simulation of the others must not."""
@@ -223,3 +224,59 @@ def test_tensorrt_simulates_its_explicit_qdq_on_the_inputs_of_matrix_ops_alone()
     assert all(int(graph.get_submodule(node.target).zero_point) == 0 for node in rounded)  # symmetric
     weights = [m for m in graph.modules() if getattr(m, "is_per_channel", False)]
     assert len(weights) == 2  # the conv's (its BatchNorm folded in) and the linear layer's, per output channel
+
+
+class _ConvHead(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.head = torch.nn.Linear(8 * 6 * 6, 4)
+        with torch.no_grad():  # trained-looking statistics: folding them changes each channel's range
+            self.bn.running_var.uniform_(0.2, 3.0)
+            self.bn.weight.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+@pytest.mark.slow
+def test_weights_are_rounded_on_the_scales_onnxruntime_gives_the_fine_tuned_weights(tmp_path):
+    """Every device scales a channel of weights by amax / 127. PT2E's fused fake quantization takes
+    max(-min / 128, max / 127) * 255 / 254 instead, up to 0.8 % off, which rounds every weight of the simulation
+    differently from the device. The simulation's per-channel scales are onnxruntime's own, after the fine-tune."""
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from edgekit.inputs.model import TensorSpec, load_model
+    from edgekit.transform.export import export_onnx
+    from edgekit.transform.qat import Data, fine_tune
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, 8, 8).numpy()
+    quantizer, _ = get_route("onnxruntime").qat_quantizer(None)
+    tuned = fine_tune(_ConvHead().eval(), Data((x,)), quantizer, steps=3, seconds=60, seed=0)
+    simulated = sorted(tuple(m.scale.tolist()) for m in tuned.simulation.modules()
+                       if getattr(m, "is_per_channel", False))
+
+    export = export_onnx(load_model(tuned.module), (TensorSpec("x", (1, 3, 8, 8), "float32"),), tmp_path / "f.onnx")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.rows = iter(x[i:i + 1] for i in range(len(x)))
+
+        def get_next(self):
+            row = next(self.rows, None)
+            return None if row is None else {"x": row}
+
+    quantize_static(str(export.path), str(tmp_path / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    extra_options={"WeightSymmetric": True})
+    initializers = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "q.onnx")).graph.initializer}
+    device = sorted(tuple(initializers[n.input[1]].tolist()) for n in onnx.load(str(tmp_path / "q.onnx")).graph.node
+                    if n.op_type == "DequantizeLinear" and n.input[0] in initializers
+                    and initializers[n.input[0]].dtype == "int8" and initializers[n.input[1]].size > 1)
+    assert [len(s) for s in simulated] == [len(s) for s in device] == [4, 8]
+    for ours, theirs in zip(simulated, device):
+        assert ours == pytest.approx(theirs, rel=1e-5)
