@@ -39,10 +39,11 @@ def xnnpack_qat(symmetric_activations: bool = False, eps: float = EXACT_EPS, fus
     return (_clamps_fused(quantizer) if fused_clamps else quantizer), SYMMETRIC if symmetric_activations else AFFINE
 
 
-def _rewritten(inner: Any, rewrite: Callable[[Any], None], transform: Callable[[Any], Any] = lambda model: model
-               ) -> Any:
+def _rewritten(inner: Any, rewrite: Callable[[Any], None], transform: Callable[[Any], Any] = lambda model: model,
+               finish: Callable[[Any], Any] = lambda model: model) -> Any:
     """A PT2E quantizer: `inner`'s graph transform then `transform`, `inner`'s annotations then `rewrite` of them
-    (in place), `inner`'s configuration and validation."""
+    (in place), `inner`'s configuration and validation; `after_prepare`, what the fake-quantized graph still needs
+    (`inner`'s, then `finish`)."""
     from torchao.quantization.pt2e.quantizer.quantizer import Quantizer
 
     class Rewritten(Quantizer):
@@ -50,6 +51,9 @@ def _rewritten(inner: Any, rewrite: Callable[[Any], None], transform: Callable[[
 
         def transform_for_annotation(self, model: Any) -> Any:
             return transform(inner.transform_for_annotation(model))
+
+        def after_prepare(self, model: Any) -> Any:
+            return finish(getattr(inner, "after_prepare", lambda graph: graph)(model))
 
         def annotate(self, model: Any) -> Any:
             inner.annotate(model)
@@ -143,7 +147,8 @@ def _inputs_of_matrix_ops(xnnpack: Any) -> Any:
 
 
 EVERY = ("; every other op's float output fake-quantized too (ai-edge-quantizer quantizes every tensor), sigmoid "
-         "and softmax on TFLite's fixed grid (1/256, zero point -128), tanh on 1/128")
+         "and softmax on TFLite's fixed grid (1/256, zero point -128), tanh on 1/128; a slice, max pool, pad or "
+         "reshape on its input's grid")
 # outputs whose INT8 grid the TFLite kernels fix (ai-edge-quantizer's materialize_softmax_and_logistic / _tanh)
 FIXED_GRID = {"sigmoid": (1.0 / 256, -128), "softmax": (1.0 / 256, -128), "_softmax": (1.0 / 256, -128),
               "tanh": (1.0 / 128, 0)}
@@ -199,10 +204,92 @@ def _every_output(xnnpack: Any) -> Any:
             grid = fixed(*FIXED_GRID[name]) if name in FIXED_GRID else spec  # the kernel's own grid, if fixed
             constants = {arg: constant for arg in node.args if _is_constant(arg)}  # INT8 in the .tflite too
             node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(constants, grid, _annotated=True)
-        _slices_on_their_source_grid(model)
+        _on_their_source_grid(model)
 
     return _rewritten(xnnpack, every_output, tflite_norms)
 
+
+
+ORT_EXTRA = ("; a BatchNorm no convolution absorbs and a LayerNorm (scale INT8, shift INT32), sigmoid and softmax "
+             "(on [0, 1]) rounded too, and a max pool or pad on its input's grid (onnxruntime's QDQ quantizer)")
+# ops onnxruntime's QDQ quantizer gives an INT8 output of its own that the XNNPACK patterns leave float
+ORT_OWN = ("batch_norm", "_native_batch_norm_legit_no_training", "layer_norm", "native_layer_norm", "softmax",
+           "_softmax", "sigmoid")
+
+NORM_SCALE = {"batch_norm": 1, "_native_batch_norm_legit_no_training": 1, "layer_norm": 2, "native_layer_norm": 2}
+
+
+def onnxruntime_qat() -> tuple[Any, str]:
+    """onnxruntime's static QDQ INT8 (routes/onnxruntime/route.py): the XNNPACK patterns, ReLU6 fused, and the
+    outputs of ORT_OWN ops rounded as its QDQ quantizer rounds them; a MaxPool's (and a folded Pad's) output shares
+    its input's scale there, so the next layer reads it on that grid, not on one of its own."""
+    xnnpack, scheme = xnnpack_qat()
+    return _onnxruntime_outputs(xnnpack), scheme + ORT_EXTRA
+
+
+def _onnxruntime_outputs(xnnpack: Any) -> Any:
+    import torch
+    from torchao.quantization.pt2e.quantizer.quantizer import (
+        Q_ANNOTATION_KEY,
+        FixedQParamsQuantizationSpec,
+        QuantizationAnnotation,
+    )
+
+    spec, constant = xnnpack.global_config.output_activation, _constant_spec()
+    unit = FixedQParamsQuantizationSpec(torch.int8, 1.0 / 255, -128, -128, 127, torch.per_tensor_affine)
+
+    def own_outputs(model: Any) -> None:
+        for node in model.graph.nodes:
+            name, value = _op(node), node.meta.get("val")
+            if (node.op != "call_function" or name not in ORT_OWN or Q_ANNOTATION_KEY in node.meta
+                    or not isinstance(value, torch.Tensor) or (name in FOLDED_NORMS and _after_conv(node))):
+                continue
+            source = node.args[0]
+            rounded = getattr(getattr(source, "meta", {}).get(Q_ANNOTATION_KEY), "output_qspec", None) is not None
+            inputs = {} if rounded or not hasattr(source, "op") else {source: spec}
+            scale = node.args[NORM_SCALE[name]] if name in NORM_SCALE and len(node.args) > NORM_SCALE[name] else None
+            if _is_constant(scale):  # QDQNormalization: the norm's scale INT8 per tensor (its shift: INT32, kept)
+                inputs[scale] = constant
+            # onnxruntime fixes a softmax's range to [0, 1] (adjust_tensor_ranges)
+            grid = unit if name in ("softmax", "_softmax") else spec
+            node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(inputs, grid, _annotated=True)
+        _on_their_source_grid(model)
+
+    return _rewritten(xnnpack, own_outputs, finish=_norm_shifts_on_int32)
+
+
+def _norm_shifts_on_int32(model: Any) -> Any:
+    """onnxruntime's QDQNormalization stores a norm's shift as INT32 on the scale of its input times its own scale's
+    (quantize_bias_static): on a BatchNorm after a ReLU, every zero of a channel lands on one value, and that
+    rounding decides on which side of the output grid all of them fall."""
+    import torch
+
+    class Int32Shift(torch.nn.Module):
+        def __init__(self, reads: Any, scale: Any) -> None:
+            super().__init__()
+            object.__setattr__(self, "grids", (reads, scale))  # the two fake quantizers, not submodules of this
+
+        def forward(self, shift: Any) -> Any:
+            if not int(self.grids[1].fake_quant_enabled[0]):  # ranges observed on the float model, as calibrated
+                return shift
+            step = self.grids[0].scale.reshape(-1)[0] * self.grids[1].scale.reshape(-1)[0]
+            return shift + (torch.round(shift / step) * step - shift).detach()
+
+    for node in list(model.graph.nodes):
+        index = NORM_SCALE.get(_op(node)) if node.op == "call_function" else None
+        if index is None or len(node.args) <= index + 1:
+            continue
+        reads, scale, shift = node.args[0], node.args[index], node.args[index + 1]
+        if not (getattr(reads, "op", None) == getattr(scale, "op", None) == "call_module"
+                and getattr(shift, "op", None) == "get_attr"):
+            continue
+        target = f"{str(shift.target).replace('.', '_')}_int32"
+        model.add_submodule(target, Int32Shift(model.get_submodule(reads.target), model.get_submodule(scale.target)))
+        with model.graph.inserting_before(node):
+            rounded = model.graph.call_module(target, (shift,))
+        node.replace_input_with(shift, rounded)
+    model.recompile()
+    return model
 
 
 def _op(node: Any) -> str:
@@ -211,20 +298,20 @@ def _op(node: Any) -> str:
     return (name or getattr(node.target, "__name__", str(node.target))).split(".")[-1]
 
 
-def _slices_on_their_source_grid(model: Any) -> None:
-    """An op that reads a slice of a tensor (the query of a fused qkv projection) reads it on that tensor's grid, as
-    TFLite's SLICE keeps it, not requantized to the slice's own range."""
+def _on_their_source_grid(model: Any) -> None:
+    """An op input reached from a rounded output through SAME_GRID ops or slices (a max pool, a pad, a reshape; the
+    query of a fused qkv projection) is read on that output's grid, as TFLite's and onnxruntime's kernels keep it,
+    not requantized to its own range."""
     from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY, SharedQuantizationSpec
 
     for node in model.graph.nodes:
         annotation = node.meta.get(Q_ANNOTATION_KEY)
         for arg in list(getattr(annotation, "input_qspec_map", {})):
-            source, sliced = arg, False
-            while getattr(source, "op", None) == "call_function" and (op := _op(source)) in SAME_GRID + SLICES:
-                sliced |= op in SLICES
+            source = arg
+            while getattr(source, "op", None) == "call_function" and _op(source) in SAME_GRID + SLICES:
                 source = source.args[0]
             source_annotation = getattr(source, "meta", {}).get(Q_ANNOTATION_KEY)
-            if sliced and getattr(source_annotation, "output_qspec", None) is not None:
+            if source is not arg and getattr(source_annotation, "output_qspec", None) is not None:
                 annotation.input_qspec_map[arg] = SharedQuantizationSpec(source)
 
 

@@ -222,7 +222,8 @@ def prepared(module: Any, example: tuple, quantizer: Any) -> Any:
     try:
         graph = torch.export.export(module, example).module()
         # eval: BatchNorm keeps its trained statistics (few samples would estimate worse ones), dropout is off
-        return move_exported_model_to_eval(prepare_qat_pt2e(graph, quantizer))
+        simulation = move_exported_model_to_eval(prepare_qat_pt2e(graph, quantizer))
+        return getattr(quantizer, "after_prepare", lambda model: model)(simulation)
     except Exception as exc:
         raise UnsupportedError(f"quantization-aware training cannot prepare this model: {first_line(exc)}",
                                hint="build without --qat (post-training quantization and --fallback auto still "

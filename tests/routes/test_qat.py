@@ -240,27 +240,17 @@ class _ConvHead(torch.nn.Module):
         return self.head(torch.relu(self.bn(self.conv(x))).flatten(1))
 
 
-@pytest.mark.slow
-def test_weights_are_rounded_on_the_scales_onnxruntime_gives_the_fine_tuned_weights(tmp_path):
-    """Every device scales a channel of weights by amax / 127. PT2E's fused fake quantization takes
-    max(-min / 128, max / 127) * 255 / 254 instead, up to 0.8 % off, which rounds every weight of the simulation
-    differently from the device. The simulation's per-channel scales are onnxruntime's own, after the fine-tune."""
+def _onnxruntime_qdq(module, x, folder):
+    """`module` exported as a build exports it and quantized by onnxruntime's own static QDQ quantizer as the
+    onnxruntime route calls it: (initializers, nodes) of the Q/DQ model."""
     import onnx
     from onnx import numpy_helper
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     from edgekit.inputs.model import TensorSpec, load_model
     from edgekit.transform.export import export_onnx
-    from edgekit.transform.qat import Data, fine_tune
 
-    torch.manual_seed(0)
-    x = torch.randn(64, 3, 8, 8).numpy()
-    quantizer, _ = get_route("onnxruntime").qat_quantizer(None)
-    tuned = fine_tune(_ConvHead().eval(), Data((x,)), quantizer, steps=3, seconds=60, seed=0)
-    simulated = sorted(tuple(m.scale.tolist()) for m in tuned.simulation.modules()
-                       if getattr(m, "is_per_channel", False))
-
-    export = export_onnx(load_model(tuned.module), (TensorSpec("x", (1, 3, 8, 8), "float32"),), tmp_path / "f.onnx")
+    export = export_onnx(load_model(module), (TensorSpec("x", (1, *x.shape[1:]), "float32"),), folder / "f.onnx")
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -270,13 +260,85 @@ def test_weights_are_rounded_on_the_scales_onnxruntime_gives_the_fine_tuned_weig
             row = next(self.rows, None)
             return None if row is None else {"x": row}
 
-    quantize_static(str(export.path), str(tmp_path / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    extra_options={"WeightSymmetric": True})
-    initializers = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "q.onnx")).graph.initializer}
-    device = sorted(tuple(initializers[n.input[1]].tolist()) for n in onnx.load(str(tmp_path / "q.onnx")).graph.node
+    quantize_static(str(export.path), str(folder / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, reduce_range=False, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+    graph = onnx.load(str(folder / "q.onnx")).graph
+    return {i.name: numpy_helper.to_array(i) for i in graph.initializer}, list(graph.node)
+
+
+@pytest.mark.slow
+def test_weights_are_rounded_on_the_scales_onnxruntime_gives_the_fine_tuned_weights(tmp_path):
+    """Every device scales a channel of weights by amax / 127. PT2E's fused fake quantization takes
+    max(-min / 128, max / 127) * 255 / 254 instead, up to 0.8 % off, which rounds every weight of the simulation
+    differently from the device. The simulation's per-channel scales are onnxruntime's own, after the fine-tune."""
+    from edgekit.transform.qat import Data, fine_tune
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, 8, 8).numpy()
+    quantizer, _ = get_route("onnxruntime").qat_quantizer(None)
+    tuned = fine_tune(_ConvHead().eval(), Data((x,)), quantizer, steps=3, seconds=60, seed=0)
+    simulated = sorted(tuple(m.scale.tolist()) for m in tuned.simulation.modules()
+                       if getattr(m, "is_per_channel", False))
+    initializers, nodes = _onnxruntime_qdq(tuned.module, x, tmp_path)
+    device = sorted(tuple(initializers[n.input[1]].tolist()) for n in nodes
                     if n.op_type == "DequantizeLinear" and n.input[0] in initializers
                     and initializers[n.input[0]].dtype == "int8" and initializers[n.input[1]].size > 1)
     assert [len(s) for s in simulated] == [len(s) for s in device] == [4, 8]
     for ours, theirs in zip(simulated, device):
         assert ours == pytest.approx(theirs, rel=1e-5)
+
+
+class _NormAfterRelu(torch.nn.Module):
+    """CREPE's block: a BatchNorm after the ReLU (no convolution absorbs it), a max pool, then a softmax head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = torch.nn.BatchNorm2d(8)
+        self.conv2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.head = torch.nn.Linear(8 * 4 * 4, 5)
+        with torch.no_grad():
+            self.norm.running_mean.uniform_(0.0, 1.0)
+            self.norm.running_var.uniform_(0.2, 3.0)
+            self.norm.weight.uniform_(0.5, 2.0)
+            self.norm.bias.uniform_(-1.0, 1.0)
+
+    def forward(self, x):
+        y = torch.nn.functional.max_pool2d(self.norm(torch.relu(self.conv(x))), 2)
+        return torch.softmax(self.head(torch.relu(self.conv2(y)).flatten(1)), dim=1)
+
+
+@pytest.mark.slow
+def test_onnxruntime_is_simulated_on_the_grids_of_its_qdq_model(tmp_path):
+    """onnxruntime's QDQ quantizer rounds a BatchNorm's output, keeps the max pool on its input's scale and fixes the
+    softmax's range to [0, 1]; the XNNPACK patterns alone left the norm float and requantized the pool to a range
+    of its own (CREPE's simulation drifted from its device by 1.8 dB over six such blocks). The simulation's
+    activation grids are exactly the Q/DQ model's."""
+    from edgekit.transform.qat import Data, fine_tune
+
+    torch.manual_seed(0)
+    x = (torch.randn(64, 3, 8, 8) + 0.5).numpy()
+    quantizer, scheme = get_route("onnxruntime").qat_quantizer(None)
+    assert "max pool or pad on its input's grid" in scheme
+    tuned = fine_tune(_NormAfterRelu().eval(), Data((x,)), quantizer, steps=0, seconds=60, seed=0)
+    graph = tuned.simulation
+    rounded = [graph.get_submodule(n.target) for n in graph.graph.nodes if n.op == "call_module"
+               and hasattr(graph.get_submodule(n.target), "observer_enabled") and n.args[0].op != "get_attr"]
+    simulated = sorted({float(f"{float(m.scale):.6g}") for m in rounded if not m.is_per_channel})
+    [norm_scale] = [float(graph.get_submodule(n.target).scale) for n in graph.graph.nodes if n.op == "call_module"
+                    and n.args[0].op == "get_attr" and n.args[0].target == "norm.weight"]
+    initializers, nodes = _onnxruntime_qdq(tuned.module, x, tmp_path)
+    device = sorted({float(f"{float(initializers[n.input[1]]):.6g}") for n in nodes if n.op_type == "QuantizeLinear"
+                     and n.input[0] not in initializers})
+    assert len(device) == 6  # input, conv-ReLU, norm (and the pool on it), conv-ReLU (and the flatten), head, softmax
+    assert float(f"{1 / 255:.6g}") in device
+    assert simulated == pytest.approx(device, rel=1e-5)
+    # the norm's scale INT8 per tensor, its shift INT32 on the input's scale times that one (QDQNormalization)
+    [weight] = [n for n in nodes if n.op_type == "DequantizeLinear" and n.output[0].startswith("norm.weight")]
+    assert norm_scale == pytest.approx(float(initializers[weight.input[1]]), rel=1e-5)
+    [shift] = [n for n in nodes if n.op_type == "DequantizeLinear" and n.input[0].startswith("norm.bias")]
+    with torch.no_grad():
+        simulated_shift = graph.get_submodule("norm_bias_int32")(graph.get_parameter("norm.bias")).numpy()
+    device_shift = initializers[shift.input[0]].astype("float64") * float(initializers[shift.input[1]])
+    assert simulated_shift == pytest.approx(device_shift, rel=1e-5, abs=1e-9)

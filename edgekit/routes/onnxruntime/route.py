@@ -35,6 +35,12 @@ class OnnxRuntimeRoute(Route):
 
     layer_precisions = ("int8", "float32", WEIGHT_ONLY)
 
+    def qat_quantizer(self, target):
+        """The XNNPACK patterns plus the ops onnxruntime's QDQ quantizer rounds besides them (routes/qat.py)."""
+        from edgekit.routes.qat import onnxruntime_qat
+
+        return onnxruntime_qat()
+
     def back_off(self, target) -> str | None:
         """INT8 weights with float compute: a DequantizeLinear on each INT8 weight, the op in float."""
         return WEIGHT_ONLY if target.precision == "int8" else None
