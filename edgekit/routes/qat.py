@@ -191,6 +191,9 @@ def _every_output(xnnpack: Any) -> Any:
 
     def every_output(model: Any) -> None:
         for node in model.graph.nodes:
+            inputs = getattr(node.meta.get(Q_ANNOTATION_KEY), "input_qspec_map", {})
+            for arg in [arg for arg in inputs if getattr(arg, "meta", {}).get(UNROUNDED)]:
+                del inputs[arg]  # read inside the device's op, not as a tensor of its own
             value = node.meta.get("val")
             name = _op(node)
             shared = getattr(node.meta.get(Q_ANNOTATION_KEY), "output_qspec", None)
@@ -354,7 +357,10 @@ def tflite_norms(model: Any) -> Any:
                 new = _Ops(model, graph, node.meta.get("nn_module_stack"))
                 mean = new(aten.mean.dim, x, dims, True)
                 centred = new(aten.sub.Tensor, x, mean)
-                variance = new(aten.mean.dim, new(aten.mul.Tensor, centred, centred), dims, True)
+                # SQUARED_DIFFERENCE(x, mean): one op, the difference inside it not rounded (SUB's is, for the output)
+                difference = new(aten.sub.Tensor, x, mean)
+                difference.meta[UNROUNDED] = True
+                variance = new(aten.mean.dim, new(aten.mul.Tensor, difference, difference), dims, True)
                 floored = new(aten.clamp_min.default, new(aten.add.Tensor, variance, eps), RSQRT_FLOOR)
                 floored.meta[UNROUNDED] = True
                 scaled = new(aten.mul.Tensor, centred, new(aten.rsqrt.default, floored))
