@@ -26,6 +26,7 @@ class Plan:
     emulator: str = "host"
     warnings: list[str] = field(default_factory=list)
     train: Dataset | None = None  # --train: more samples for --qat
+    fine_tuned: bool = False  # the model was fine-tuned under the route's QAT simulation: built as simulated
 
     @property
     def recipe(self) -> str | None:

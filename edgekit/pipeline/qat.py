@@ -65,7 +65,9 @@ def fine_tuned(plan: Plan, note: Callable[[str], None], keep_out: frozenset[str]
     example = tuple(torch.from_numpy(np.ascontiguousarray(plan.calibration.inputs[s.name][:1])) for s in plan.inputs)
     module = _module(model, example)
     data = _data(plan, module, example)
-    quantizer, scheme = get_route(plan.target.route).qat_quantizer(plan.target)
+    asked = plan.options.conversion.converter  # the route simulates the converter that will build the model
+    target = dataclasses.replace(plan.target, converter=asked) if asked and asked != "auto" else plan.target
+    quantizer, scheme = get_route(plan.target.route).qat_quantizer(target)
     quantizer = keeping_out(quantizer, keep_out)
     qat = plan.options.qat
     tuned = fine_tune(module, data, quantizer, qat.budget(), qat.seconds, plan.options.seed, note,
@@ -98,7 +100,7 @@ def qat_rung(plan: Plan, device_plan: Plan, shipped: DeviceModel, measured: Meas
     kept = [row for row in measured.layers or [] if row.get("precision", default) != default]
     modules = frozenset(m for row in kept for m in (row.get("modules") or [row.get("module")]) if m)
     fine = fine_tuned(device_plan, note, modules)
-    tuned_plan = dataclasses.replace(device_plan, model=fine.model)
+    tuned_plan = dataclasses.replace(device_plan, model=fine.model, fine_tuned=True)
     folder = workdir / "qat"
     folder.mkdir()
     export, _ = exported(fine.model, plan.inputs, folder / "reference.onnx")

@@ -65,7 +65,7 @@ def _run(plan: Plan, staging: Path, workdir: Path, steps: Steps) -> bundle_io.Wr
     if plan.options.qat.enabled and plan.options.qat.steps != "auto":
         with steps.step("qat", f"quantization-aware fine-tuning, at most {plan.options.qat.budget()} steps"):
             fine = fine_tuned(device_plan, steps.note)
-            device_plan = replace(device_plan, model=fine.model)
+            device_plan = replace(device_plan, model=fine.model, fine_tuned=True)
     with steps.step("export", "exporting to ONNX"):
         export, export_reused = exported(device_plan.model, plan.inputs, workdir / "reference.onnx")
     with steps.step("reference", f"running the original model on {plan.evaluation.size} eval samples"):

@@ -162,18 +162,20 @@ SLICES = ("getitem", "unbind", "split", "split_with_sizes", "chunk", "slice", "s
 # mean and variance are far smaller than its input, and would round to 0 on the input's grid)
 OWN_GRID = ("mean",)
 UNROUNDED = "edgekit_unrounded"  # node meta: an op the simulation adds that has no tensor of its own on the device
+WEIGHT_MATH = "edgekit_weight_math"  # node meta: weights or a bias computed from parameters (a norm folded in)
 # a LayerNorm's variance + eps can round to 0 on its INT8 grid: RSQRT saturates there on the device, and the
 # simulation's floor keeps its gradient finite (the rounded output clips it to 0) instead of inf * 0
 RSQRT_FLOOR = 1e-20
 
 
-def every_tensor_qat() -> tuple[Any, str]:
-    """The XNNPACK QAT quantizer, then every float op output it left alone fake-quantized per tensor as well."""
+def every_tensor_qat(converter: str = "onnx2tf") -> tuple[Any, str]:
+    """The XNNPACK QAT quantizer, then every float op output it left alone fake-quantized per tensor as well; the
+    norms as `converter` lowers them."""
     xnnpack, scheme = xnnpack_qat()
-    return _every_output(xnnpack), scheme + EVERY
+    return _every_output(xnnpack, converter), scheme + EVERY + f"; LayerNorm as {converter} lowers it"
 
 
-def _every_output(xnnpack: Any) -> Any:
+def _every_output(xnnpack: Any, converter: str) -> Any:
     """A PT2E quantizer: `xnnpack`'s annotations (a MEAN on its own grid, not its input's), then the output of every
     float op not yet annotated (except SAME_GRID ops)."""
     import torch
@@ -199,8 +201,11 @@ def _every_output(xnnpack: Any) -> Any:
             shared = getattr(node.meta.get(Q_ANNOTATION_KEY), "output_qspec", None)
             if name in OWN_GRID and isinstance(shared, SharedQuantizationSpec):
                 del node.meta[Q_ANNOTATION_KEY]  # XNNPACK's propagation put it on its input's grid
+            if node.meta.get(UNROUNDED) and Q_ANNOTATION_KEY not in node.meta:  # a model input it reads: rounded
+                read = {arg: spec for arg in node.args if getattr(arg, "op", None) == "placeholder"}
+                node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(read, None, _annotated=True)
             if (node.op != "call_function" or Q_ANNOTATION_KEY in node.meta or name in SAME_GRID
-                    or node.meta.get(UNROUNDED)
+                    or node.meta.get(UNROUNDED) or node.meta.get(WEIGHT_MATH)
                     or not isinstance(value, torch.Tensor) or not value.dtype.is_floating_point
                     or (name in FOLDED_NORMS and _after_conv(node))):  # folded into the conv: no tensor of its own
                 continue
@@ -209,7 +214,7 @@ def _every_output(xnnpack: Any) -> Any:
             node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(constants, grid, _annotated=True)
         _on_their_source_grid(model)
 
-    return _rewritten(xnnpack, every_output, tflite_norms)
+    return _rewritten(xnnpack, every_output, lambda model: tflite_norms(model, converter))
 
 
 
@@ -336,12 +341,12 @@ def _is_constant(arg: Any) -> bool:
     return getattr(arg, "op", None) == "get_attr"
 
 
-def tflite_norms(model: Any) -> Any:
+def tflite_norms(model: Any, converter: str = "onnx2tf") -> Any:
     """LiteRT lowers a LayerNorm, and a BatchNorm no convolution absorbs, into elementwise ops with an INT8 output
-    each (MEAN, SQUARED_DIFFERENCE, MEAN, ADD, RSQRT, SUB, MUL, MUL, ADD; and SUB, MUL, MUL, ADD), and an attention
-    into the query and key each scaled by the root of its scale, BATCH_MATMUL, SOFTMAX (on its fixed 1/256 grid) and
-    BATCH_MATMUL: the graph gets the same ops, so the simulation rounds where the device does. Same function, same
-    parameter names."""
+    each, and an attention into the query and key each scaled by the root of its scale, BATCH_MATMUL, SOFTMAX (on
+    its fixed 1/256 grid) and BATCH_MATMUL: the graph gets the same ops, so the simulation rounds where the device
+    does. A LayerNorm as `converter` lowers it (read from the shipped DeiT files; `_layer_norm`); a BatchNorm as SUB,
+    MUL, MUL, ADD. Same function, same parameter names."""
     import torch
 
     aten = torch.ops.aten
@@ -350,21 +355,8 @@ def tflite_norms(model: Any) -> Any:
         if node.op != "call_function":
             continue
         if node.target == aten.layer_norm.default:
-            x, shape, weight, bias = node.args[:4]
-            eps = node.args[4] if len(node.args) > 4 else 1e-5
-            dims = list(range(-len(shape), 0))
             with graph.inserting_before(node):
-                new = _Ops(model, graph, node.meta.get("nn_module_stack"))
-                mean = new(aten.mean.dim, x, dims, True)
-                centred = new(aten.sub.Tensor, x, mean)
-                # SQUARED_DIFFERENCE(x, mean): one op, the difference inside it not rounded (SUB's is, for the output)
-                difference = new(aten.sub.Tensor, x, mean)
-                difference.meta[UNROUNDED] = True
-                variance = new(aten.mean.dim, new(aten.mul.Tensor, difference, difference), dims, True)
-                floored = new(aten.clamp_min.default, new(aten.add.Tensor, variance, eps), RSQRT_FLOOR)
-                floored.meta[UNROUNDED] = True
-                scaled = new(aten.mul.Tensor, centred, new(aten.rsqrt.default, floored))
-                out = _affine(new, scaled, weight, bias)
+                out = _layer_norm(_Ops(model, graph, node.meta.get("nn_module_stack")), node, converter)
             node.replace_all_uses_with(out)
             graph.erase_node(node)
         elif node.target == aten.batch_norm.default and not _after_conv(node):
@@ -390,6 +382,59 @@ def tflite_norms(model: Any) -> Any:
     graph.eliminate_dead_code()
     model.recompile()
     return model
+
+
+def _layer_norm(new: Any, node: Any, converter: str) -> Any:
+    """A LayerNorm's ops on the device. Both converters: MEAN, SQUARED_DIFFERENCE (the difference inside the op, not
+    rounded), MEAN, ADD eps, RSQRT. onnx2tf then computes Keras's form: m = RSQRT * scale, x * m + (shift - mean *
+    m). litert-torch: x * RSQRT + (0 - mean * RSQRT), and the scale and shift folded into the weights and bias of a
+    linear layer that alone reads the norm (TFLite's fusion of a constant MUL and ADD into the following
+    FULLY_CONNECTED: the weights rounded per channel as W * scale), else MUL scale, ADD shift."""
+    import torch
+
+    aten = torch.ops.aten
+    x, shape, weight, bias = node.args[:4]
+    eps = node.args[4] if len(node.args) > 4 else 1e-5
+    dims = list(range(-len(shape), 0))
+    mean = new(aten.mean.dim, x, dims, True)
+    difference = new(aten.sub.Tensor, x, mean)
+    difference.meta[UNROUNDED] = True
+    variance = new(aten.mean.dim, new(aten.mul.Tensor, difference, difference), dims, True)
+    floored = new(aten.clamp_min.default, new(aten.add.Tensor, variance, eps), RSQRT_FLOOR)
+    floored.meta[UNROUNDED] = True
+    inverse = new(aten.rsqrt.default, floored)
+    if converter != "litert-torch":
+        m = inverse if weight is None else new(aten.mul.Tensor, inverse, weight)
+        product = new(aten.mul.Tensor, mean, m)
+        shift = new(aten.neg.default, product) if bias is None else new(aten.sub.Tensor, bias, product)
+        return new(aten.add.Tensor, new(aten.mul.Tensor, x, m), shift)
+    out = new(aten.add.Tensor, new(aten.mul.Tensor, x, inverse),
+              new(aten.neg.default, new(aten.mul.Tensor, inverse, mean)))
+    users = list(node.users)
+    if len(users) == 1 and users[0].target == aten.linear.default and users[0].args[0] is node:
+        _folded_into(new, users[0], weight, bias)
+        return out
+    return _affine(new, out, weight, bias)
+
+
+def _folded_into(new: Any, linear: Any, scale: Any, shift: Any) -> None:
+    """`linear` computes with W * scale and b + W @ shift in place of its weights and bias (what TFLite's converter
+    gives it), from the same parameters: they train as before, and the weights are rounded where the device's are."""
+    import torch
+
+    aten = torch.ops.aten
+    weight, bias = linear.args[1], linear.args[2] if len(linear.args) > 2 else None
+    made = []
+    with new.graph.inserting_before(linear):  # the linear's own parameters may be read only there
+        folded_weight = weight if scale is None else new(aten.mul.Tensor, weight, scale)
+        folded_bias = bias
+        if shift is not None:
+            made.append(new(aten.matmul.default, weight, shift))
+            folded_bias = made[-1] if bias is None else new(aten.add.Tensor, bias, made[-1])
+    for value in [*made, folded_weight, folded_bias]:
+        if value is not None and value not in (weight, bias):
+            value.meta[WEIGHT_MATH] = True
+    linear.args = (linear.args[0], folded_weight, folded_bias, *linear.args[3:])
 
 
 def _plain_attention(node: Any) -> bool:

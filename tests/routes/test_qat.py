@@ -97,8 +97,8 @@ def test_litert_rounds_a_mean_on_its_own_grid_as_tflite_does():
     variance = [n for n in graph.graph.nodes if str(n.target) == "aten.mean.dim"][1]
     assert str(variance.args[0].args[0].target) == "aten.mul.Tensor"  # the mean of the squared deviations
     assert scale(variance) < scale(variance.args[0].args[0]) / 3  # on its input's grid: the same scale
-    rows = simulated_layers(tuned, (x[:32],))
-    assert min(row["sqnr_db"] for row in rows if row["module"] == "norm" and row["op"] != "mean") > 20.0
+    rows = [row for row in simulated_layers(tuned, (x[:32],)) if row["module"] == "norm"]
+    assert [row["sqnr_db"] for row in rows if row["op"] == "mean"][1] > 30.0  # the variance keeps its precision
 
 
 class _Tiny(torch.nn.Module):
@@ -342,3 +342,102 @@ def test_onnxruntime_is_simulated_on_the_grids_of_its_qdq_model(tmp_path):
         simulated_shift = graph.get_submodule("norm_bias_int32")(graph.get_parameter("norm.bias")).numpy()
     device_shift = initializers[shift.input[0]].astype("float64") * float(initializers[shift.input[1]])
     assert simulated_shift == pytest.approx(device_shift, rel=1e-5, abs=1e-9)
+
+
+class _Block(torch.nn.Module):
+    """A transformer block's pattern: a LayerNorm read by a linear layer alone (litert-torch folds its scale and
+    shift into that layer's weights), a residual add, and a final LayerNorm read through a slice (not folded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = torch.nn.LayerNorm(16), torch.nn.LayerNorm(16)
+        self.fc1, self.fc2, self.head = torch.nn.Linear(16, 32), torch.nn.Linear(32, 16), torch.nn.Linear(16, 4)
+        with torch.no_grad():
+            for norm in (self.norm1, self.norm2):
+                norm.weight.uniform_(0.3, 2.0)
+                norm.bias.uniform_(-0.5, 0.5)
+
+    def forward(self, x):
+        y = x + self.fc2(torch.relu(self.fc1(self.norm1(x))))
+        return self.head(self.norm2(y)[:, 0])
+
+
+def _block_data():
+    torch.manual_seed(0)
+    return (torch.randn(96, 5, 16) * 2 + 0.5).numpy()
+
+
+def _tflite_grids(path):
+    """(activation scales, per-channel weight scales) of an INT8 .tflite: the tensors its ops write."""
+    import numpy as np
+
+    from edgekit.routes.litert.runner import open_interpreter
+
+    interpreter = open_interpreter(path)
+    written = {index for op in interpreter._get_ops_details() for index in op["outputs"]}
+    activations, weights = set(), []
+    for tensor in interpreter.get_tensor_details():
+        scales = tensor["quantization_parameters"]["scales"]
+        if tensor["dtype"] == np.int8 and len(scales) == 1 and tensor["index"] in written:
+            activations.add(float(f"{scales[0]:.5g}"))
+        elif tensor["dtype"] == np.int8 and len(scales) > 1:
+            weights.append(tuple(scales.tolist()))
+    return sorted(activations), sorted(weights)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("converter", ["litert-torch", "onnx2tf"])
+def test_litert_is_simulated_on_the_grids_of_its_tflite(converter, tmp_path):
+    """The two converters lower a LayerNorm differently (read from their .tflite files): onnx2tf as Keras,
+    x * (RSQRT * scale) + (shift - mean * (RSQRT * scale)); litert-torch as x * RSQRT + (0 - mean * RSQRT), the
+    scale and shift folded into the linear layer that alone reads the norm. The simulation rounded (x - mean) *
+    RSQRT, then the scale, then the shift: tensors neither device has. A fine-tuned model built as the route
+    builds it: every activation grid and every channel of weights is the simulation's."""
+    import dataclasses
+
+    import edgekit
+    from edgekit.inputs.model import load_model
+    from edgekit.pipeline.prepare import prepare
+    from edgekit.transform.export import export_onnx
+    from edgekit.transform.qat import Data, fine_tune
+
+    x = _block_data()[:64]
+    target = dataclasses.replace(edgekit.load_target("android-arm64-int8"), converter=converter)
+    quantizer, scheme = get_route("litert").qat_quantizer(target)
+    assert scheme.endswith(f"LayerNorm as {converter} lowers it")
+    tuned = fine_tune(_Block().eval(), Data((x,)), quantizer, steps=0, seconds=60, seed=0)
+    rounded = [tuned.simulation.get_submodule(n.target) for n in tuned.simulation.graph.nodes
+               if n.op == "call_module" and hasattr(tuned.simulation.get_submodule(n.target), "observer_enabled")
+               and n.args[0].op != "get_attr"]  # not the constants: no op writes them
+    simulated = sorted({float(f"{float(m.scale):.5g}") for m in rounded if not m.is_per_channel})
+    simulated_weights = sorted(tuple(m.scale.tolist()) for m in tuned.simulation.modules()
+                               if getattr(m, "is_per_channel", False))
+    options = edgekit.BuildOptions(conversion=edgekit.Conversion(converter=converter, equalize="off"))
+    plan = dataclasses.replace(prepare(tuned.module, "android-arm64-int8", {"x": x}, {"x": x[:8]},
+                                       tmp_path / "out", options), fine_tuned=True)
+    export = export_onnx(load_model(tuned.module), plan.inputs, tmp_path / "model.onnx")
+    device = get_route("litert").build(plan, export, tmp_path)
+    activations, weights = _tflite_grids(device.path)
+    assert len(simulated) >= 20
+    assert simulated == pytest.approx(activations, rel=1e-4)
+    assert sorted(len(w) for w in weights) == sorted(len(w) for w in simulated_weights) == [4, 16, 32]
+    for ours, theirs in zip(simulated_weights, weights):
+        assert ours == pytest.approx(theirs, rel=1e-5)  # litert-torch's fc1: W * the norm's scale
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("converter", ["litert-torch", "onnx2tf"])
+def test_a_fine_tuned_block_is_built_as_simulated(converter, tmp_path):
+    """`--qat`: the device model is the simulation within kernel rounding. Measured: 44 dB (litert-torch) and
+    40 dB (onnx2tf) here, 33 dB before the LayerNorms were lowered as each converter lowers them, the TFLite
+    converter's own calibration left for edgekit's ranges and bias correction left out after a fine-tune."""
+    import edgekit
+
+    x = _block_data()
+    options = edgekit.BuildOptions(qat=edgekit.Qat(steps=2), verify=edgekit.Verify(emulator="host"),
+                                   conversion=edgekit.Conversion(converter=converter),
+                                   gate=edgekit.Gate(max_drop=100.0, min_agreement=0.0))
+    report = edgekit.build(_Block().eval(), "android-arm64-int8", {"x": x[:64]}, {"x": x[64:]}, tmp_path / "out",
+                           options=options).report
+    assert report["qat"]["simulation_vs_device"]["outputs"][0]["sqnr_db"] > 37.0
+    assert report["quantization"]["bias_correction"] is None  # the device corrected toward float: not simulated

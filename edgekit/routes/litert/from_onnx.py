@@ -37,12 +37,15 @@ _LAYOUT_OPS = ("RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS")
 
 
 def uses_ai_edge_quantizer(plan: Plan) -> bool:
-    """INT8 from ai-edge-quantizer with edgekit's ranges (any method but minmax, or when a fallback may be
-    needed), and every precision onnx2tf does not write itself."""
+    """INT8 from ai-edge-quantizer with edgekit's ranges (any method but minmax, when a fallback may be needed, or
+    after a fine-tune: the TFLite converter's calibration gives some MULs of a LayerNorm wider ranges than their
+    values take, and the simulation rounds on the measured ones), and every precision onnx2tf does not write
+    itself."""
     precision = plan.target.precision
     calibration = plan.options.calibration
     if precision == "int8":
-        return calibration.method != "minmax" or calibration.weights != "minmax" or plan.options.fallback.mode == "auto"
+        return (plan.fine_tuned or calibration.method != "minmax" or calibration.weights != "minmax"
+                or plan.options.fallback.mode == "auto")
     return precision in RECIPES
 
 
@@ -185,9 +188,11 @@ def _quantize(plan: Plan, float_path: Path, ranges: dict | None, out: Path, floa
 def bias_corrected(plan: Plan, export: OnnxExport, device: tuple[Path, list[Binding]],
                    floats: tuple[Path, list[Binding]]) -> Corrected:
     """The INT8 device model with empirical bias correction (edgekit/routes/litert/bias_correction.py) under
-    --equalize auto/on, measured on the first calibration samples that fit the layer budget."""
+    --equalize auto/on, measured on the first calibration samples that fit the layer budget. Not after a
+    fine-tune (`--qat`): the weights were trained for the rounding the simulation applies, biases included, and a
+    correction toward the float32 model moves the device away from what was trained for."""
     (path, device_in), (float_path, float_in) = device, floats
-    if plan.target.precision != "int8" or plan.options.conversion.equalize == "off":
+    if plan.target.precision != "int8" or plan.options.conversion.equalize == "off" or plan.fine_tuned:
         return Corrected(path, None)
     samples = plan.calibration.take(slice(0, layer_samples(export.path, BIAS_SAMPLES))).inputs
     return correct_biases(path, device_in, float_path, float_in, samples, plan.options.conversion.equalize,

@@ -36,10 +36,12 @@ class LiteRTRoute(Route):
         check_converter(plan)
 
     def qat_quantizer(self, target):
-        """ai-edge-quantizer gives every tensor an INT8 grid, not only the XNNPACK patterns' (routes/qat.py)."""
+        """ai-edge-quantizer gives every tensor an INT8 grid, not only the XNNPACK patterns' (routes/qat.py); the
+        norms as the target's converter lowers them (`auto`'s choice is not known before the build: the default's)."""
         from edgekit.routes.qat import every_tensor_qat
 
-        return every_tensor_qat()
+        converter = getattr(target, "converter", None)
+        return every_tensor_qat(converter if converter in ("onnx2tf", "litert-torch") else "onnx2tf")
 
     def ladder(self, target) -> tuple[str, ...]:
         """An INT8 layer goes to 16x8 first (INT8's weights, INT16 activations), then float; a layer of the other

@@ -99,7 +99,8 @@ def _samples(data, limit: int | None = None) -> list[dict]:
 
 
 def _settings(plan) -> dict:
-    """NNCF's arguments: global ranges, full bias correction, the PERFORMANCE preset."""
+    """NNCF's arguments: global ranges, full bias correction (none after a fine-tune: `--qat` trained the biases
+    for the simulation's rounding), the PERFORMANCE preset."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
@@ -107,7 +108,7 @@ def _settings(plan) -> dict:
     ranges = getattr(RangeEstimatorParametersSet, METHODS[plan.options.calibration.method])
     return {"preset": nncf.QuantizationPreset.PERFORMANCE, "fast_bias_correction": False,
             "advanced_quantization_parameters": AdvancedQuantizationParameters(
-                activations_range_estimator_params=ranges)}
+                activations_range_estimator_params=ranges, disable_bias_correction=plan.fine_tuned)}
 
 
 def quantize(plan, model, ignored: list[str] | tuple[str, ...] = ()):
