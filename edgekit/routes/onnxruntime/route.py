@@ -53,7 +53,7 @@ class OnnxRuntimeRoute(Route):
 
         from edgekit.measure.layers import qdq_layer_drift, touching
         from edgekit.routes.device import DeviceModel, onnx_bindings
-        from edgekit.runners.onnxrt import OnnxRunner
+        from edgekit.runners.onnxrt import OnnxRunner, saturating_host
         from edgekit.transform.export import tensor_modules
 
         workdir.mkdir(parents=True, exist_ok=True)
@@ -65,10 +65,12 @@ class OnnxRuntimeRoute(Route):
             int8_weights(onnx_path, [n.name for n in kept if n.name not in floats])
         files = to_ort(onnx_path, workdir / "ort")
         modules = tensor_modules(export.path)
+        as_written = quantized and saturating_host()  # model.ort's fused INT8 kernels would saturate on this host
         device = DeviceModel(
             path=files["model.ort"], bundle_name=BUNDLE_NAME, float_path=export.path,
-            runtime=_runtime(quantized), bindings=onnx_bindings(export),
-            open_runner=OnnxRunner, open_float_runner=lambda: OnnxRunner(export.path),
+            runtime=_runtime(quantized, as_written), bindings=onnx_bindings(export),
+            open_runner=(lambda _: OnnxRunner(onnx_path, optimize=False)) if as_written else OnnxRunner,
+            open_float_runner=lambda: OnnxRunner(export.path), notes=[AS_WRITTEN] if as_written else [],
             extra_files={"model.onnx": onnx_path,
                          "model.required_operators.config": files["model.required_operators.config"]},
             float_modules=tuple(dict.fromkeys(modules.get(n.output[0]) or n.name for n in kept)),
@@ -187,10 +189,16 @@ def to_ort(model: Path, folder: Path) -> dict[str, Path]:
     return files
 
 
-def _runtime(quantized: bool) -> dict:
+AS_WRITTEN = ("host: this x86-64 CPU has no VNNI, where onnxruntime's U8S8 integer kernels saturate (an ARM64 "
+              "device's do not): drift measured on the bundle's Q/DQ model.onnx computed as written (each Q/DQ in "
+              "float), not on model.ort's fused kernels; the arm64 emulator runs model.ort")
+
+
+def _runtime(quantized: bool, as_written: bool = False) -> dict:
     import onnxruntime
 
-    return {"name": "onnxruntime", "version": onnxruntime.__version__, "where": "host-x86_64 (onnxruntime CPU)",
+    where = "host-x86_64 (onnxruntime CPU, the Q/DQ ONNX as written)" if as_written else "host-x86_64 (onnxruntime CPU)"
+    return {"name": "onnxruntime", "version": onnxruntime.__version__, "where": where,
             "converter": "onnxruntime.quantization" if quantized else "onnxruntime.tools (ORT format)",
             "converter_version": onnxruntime.__version__}
 
