@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import platform
-import re
 from pathlib import Path
 
 import numpy as np
 
 from edgekit.runners.base import Runner
+from edgekit.standalone.check import saturating_host  # noqa: F401  (the one definition: check.py ships it)
 
 
 def cpu_session(model: Path | bytes, optimize: bool = True):
@@ -22,19 +21,6 @@ def cpu_session(model: Path | bytes, optimize: bool = True):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
                                 providers=["CPUExecutionProvider"])
-
-
-def saturating_host(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """An x86-64 CPU without VNNI: onnxruntime's U8S8 integer kernels there add two products in a saturating 16-bit
-    lane (vpmaddubsw; its quantization docs warn of it), results no ARM64 device gives. Measured here on the digits
-    CNN: 20 dB from the same Q/DQ model computed as written (39 dB from PyTorch)."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        flags = cpuinfo.read_text(errors="replace")
-    except OSError:
-        return False
-    return not re.search(r"\b(avx512_vnni|avx_vnni)\b", flags)
 
 
 class OnnxRunner(Runner):

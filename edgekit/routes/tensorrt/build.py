@@ -20,7 +20,7 @@ from edgekit.routes.calibrate import RangeCollector, SampleReader, onnx_values, 
 from edgekit.routes.device import DeviceModel, onnx_bindings, step_name
 from edgekit.routes.tensorrt.engine_scripts import check_profile, write_scripts
 from edgekit.runners.base import Runner
-from edgekit.runners.onnxrt import OnnxRunner
+from edgekit.runners.onnxrt import OnnxRunner, saturating_host
 from edgekit.transform.export import OnnxExport, tensor_modules
 
 # TensorRT fuses Q/DQ best on the inputs of its weighted layers; everything between stays float (FP16 on the device)
@@ -200,7 +200,8 @@ def _device_runner(precision: str, engine: ModuleType | None, bindings: dict, wo
         return lambda path: EngineRunner(engine, path, bindings)
     if precision == "fp16":
         return lambda path: OnnxRunner(fp16_copy(path, workdir / "model.fp16-emulation.onnx"))
-    return lambda path: OnnxRunner(path)
+    # INT8: the Q/DQ graph as written where onnxruntime's fused kernels would saturate (runners/onnxrt.py)
+    return lambda path: OnnxRunner(path, optimize=not (precision == "int8" and saturating_host()))
 
 
 def _runtime(plan: Plan, engine: ModuleType | None) -> dict:
