@@ -124,4 +124,5 @@ def test_fallback_auto_cures_the_score_path_on_onnxruntime(files, tmp_path: Path
     assert cured["size"]["device_bytes"] <= bound
     moved = [r for r in cured["layers"] if r["precision"] != "int8"]
     assert moved and all("fallback auto" in r["chosen_because"] for r in moved)
-    assert len(moved) <= 8 < len(cured["layers"])  # a few activations out of INT8, the rest back in it
+    # a few activations out of INT8, the rest back in it (8 of 79 on one CPU, 15 on an AVX2 one without VNNI)
+    assert len(moved) <= len(cured["layers"]) // 4
