@@ -381,10 +381,10 @@ def run_onnxruntime(path: Path, device: dict, inputs: "dict[str, np.ndarray]") -
     except ImportError as exc:
         raise CheckError("no ONNX runtime: pip install onnxruntime (or run on the device with TensorRT)") from exc
     options, label = ort.SessionOptions(), "onnxruntime"
-    if device.get("precision") == "int8" and saturating_host():  # as edgekit measured it on such a host
+    written = path.with_name("model.onnx") if path.suffix == ".ort" else path  # the bundle's Q/DQ model beside it
+    if device.get("precision") == "int8" and saturating_host() and written.is_file():  # as edgekit measured it
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        path = path.with_name("model.onnx") if path.suffix == ".ort" else path  # the Q/DQ model beside model.ort
-        label = f"onnxruntime ({path.name} as written: x86-64 without VNNI)"
+        path, label = written, f"onnxruntime ({written.name} as written: x86-64 without VNNI)"
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = [b["model_name"] for b in device["outputs"]]
     rows: dict[str, list[np.ndarray]] = {n: [] for n in names}
